@@ -1,0 +1,535 @@
+"""Factual and counterfactual datasets of a causal model, as pandas DataFrames.
+
+Everything is vectorized: inputs are drawn as numpy columns and mechanisms run over
+whole columns, so a million base/source pairs take about a second.
+
+A counterfactual dataset has one row per (base, sources) pair:
+
+=====================  ================================================================
+column                 meaning
+=====================  ================================================================
+``base_id``            an integer identifying the base input (pairs sharing a base share
+                       it; statistics cluster on it, splits never divide it)
+``base.<input>``       the base input
+``source.<var>.<in>``  the source input that variable ``<var>`` takes its value from; on
+                       rows that do not intervene on ``<var>`` it equals the base input
+``do.<var>``           whether this row intervenes on ``<var>``
+``intervened``         the intervention set, e.g. ``"wx"`` or ``"wx+yz"``
+``value.<var>``        the value ``<var>`` takes after the interchange
+``base_label``         the model's output on the base (``base_label.<out>`` for several)
+``label``              the output after the interchange (``label.<out>`` for several)
+``changed``            whether ``label`` differs from ``base_label``
+=====================  ================================================================
+
+Samplers decide how inputs are drawn: :func:`uniform`, :func:`balanced` (so the
+joint values of some variables, e.g. the output, are uniform), or your own function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from abstraction.causal_model import GRID_LIMIT, CausalModel
+from abstraction.errors import DeclarationError, DomainError
+from abstraction.mechanism import as_column
+
+__all__ = [
+    "BalancedSampler",
+    "FunctionSampler",
+    "Sampler",
+    "UniformSampler",
+    "balanced",
+    "counterfactual_dataset",
+    "factual_dataset",
+    "from_function",
+    "intervention_label",
+    "label_columns",
+    "uniform",
+]
+
+Columns = dict[str, np.ndarray]
+
+EXHAUSTIVE_LIMIT = 5_000_000
+
+
+class Sampler(Protocol):
+    """Draws ``n`` input combinations of a model as columns."""
+
+    def __call__(self, model: CausalModel, rng: np.random.Generator, n: int) -> Columns: ...
+
+
+@dataclass(frozen=True)
+class UniformSampler:
+    """Each input independently uniform over its domain."""
+
+    def __call__(self, model: CausalModel, rng: np.random.Generator, n: int) -> Columns:
+        columns = {}
+        for v in model.inputs:
+            domain = model.domain(v)
+            if domain is None:
+                raise DomainError(
+                    f"input {v!r} has no finite domain, so it cannot be sampled uniformly; "
+                    "declare its domain or pass sampler=from_function(...)"
+                )
+            columns[v] = as_column(list(domain))[rng.integers(len(domain), size=n)]
+        return columns
+
+    def __repr__(self) -> str:
+        return "uniform()"
+
+
+@dataclass
+class BalancedSampler:
+    """Inputs drawn so that the joint values of ``by`` are uniform.
+
+    Within each joint value, inputs are uniform. Exact when the input combinations
+    can be enumerated (up to ``GRID_LIMIT``); otherwise rejection sampling from the
+    uniform distribution.
+    """
+
+    by: tuple[str, ...]
+    _strata: tuple[Columns, np.ndarray, np.ndarray, np.ndarray] | None = field(
+        default=None, repr=False, compare=False
+    )
+    _model_hash: str | None = field(default=None, repr=False, compare=False)
+
+    def __call__(self, model: CausalModel, rng: np.random.Generator, n: int) -> Columns:
+        for v in self.by:
+            model._check_variable(v, role="balanced")
+        try:
+            grid_size = int(np.prod([len(model.domain(v) or ()) for v in model.inputs]))
+        except TypeError:
+            grid_size = GRID_LIMIT + 1
+        if grid_size == 0 or grid_size > GRID_LIMIT:
+            return self._rejection(model, rng, n)
+        grid, order, starts, counts = self._grid_strata(model)
+        stratum = rng.integers(len(starts), size=n)
+        pick = starts[stratum] + (rng.random(n) * counts[stratum]).astype(np.int64)
+        rows = order[pick]
+        return {v: grid[v][rows] for v in model.inputs}
+
+    def _grid_strata(
+        self, model: CausalModel
+    ) -> tuple[Columns, np.ndarray, np.ndarray, np.ndarray]:
+        if self._strata is None or self._model_hash != model.source_hash:
+            grid = model.input_grid()
+            values = model.run_batch(grid, validate=False)
+            keys = _joint_codes([values[v] for v in self.by])
+            order = np.argsort(keys, kind="stable")
+            _, starts, counts = np.unique(keys[order], return_index=True, return_counts=True)
+            self._strata = (grid, order, starts, counts)
+            self._model_hash = model.source_hash
+        return self._strata
+
+    def _rejection(self, model: CausalModel, rng: np.random.Generator, n: int) -> Columns:
+        uniform_sampler = UniformSampler()
+        pool: list[Columns] = []
+        keys_pool: list[np.ndarray] = []
+        for _ in range(50):
+            candidate = uniform_sampler(model, rng, max(4 * n, 1024))
+            values = model.run_batch(candidate, validate=False)
+            pool.append(candidate)
+            keys_pool.append(_joint_values_as_strings([values[v] for v in self.by]))
+            keys = np.concatenate(keys_pool)
+            labels, counts = np.unique(keys, return_counts=True)
+            if counts.min() * len(labels) >= n:
+                break
+        merged = {v: np.concatenate([p[v] for p in pool]) for v in model.inputs}
+        codes = np.unique(keys, return_inverse=True)[1]
+        quota = -(-n // len(labels))
+        chosen = []
+        for code in range(len(labels)):
+            members = np.flatnonzero(codes == code)
+            if len(members) < quota:
+                raise DomainError(
+                    f"balancing by {self.by}: value {labels[code]} is too rare to sample "
+                    f"{quota} inputs with it by rejection; declare smaller domains so the "
+                    "inputs can be enumerated, or use a custom sampler"
+                )
+            chosen.append(rng.choice(members, size=quota, replace=False))
+        rows = rng.permutation(np.concatenate(chosen))[:n]
+        return {v: merged[v][rows] for v in model.inputs}
+
+
+@dataclass(frozen=True)
+class FunctionSampler:
+    """Inputs drawn by a user function ``fn(rng, n) -> {input: column}``."""
+
+    fn: Callable[[np.random.Generator, int], Mapping[str, Any]]
+
+    def __call__(self, model: CausalModel, rng: np.random.Generator, n: int) -> Columns:
+        drawn = self.fn(rng, n)
+        if not isinstance(drawn, Mapping):
+            raise TypeError(
+                f"sampler function {self.fn!r} returned {type(drawn).__name__}; it must return a "
+                "dict mapping each input name to a column of n values"
+            )
+        model._check_inputs(drawn)
+        columns = {v: as_column(list(drawn[v])) for v in model.inputs}
+        for v, column in columns.items():
+            if len(column) != n:
+                raise ValueError(
+                    f"sampler function {self.fn!r} returned {len(column)} values for input "
+                    f"{v!r}; it must return exactly n={n}"
+                )
+            model._check_column(v, column)
+        return columns
+
+
+def uniform() -> UniformSampler:
+    """Each input uniform over its domain."""
+    return UniformSampler()
+
+
+def balanced(by: str | Sequence[str]) -> BalancedSampler:
+    """Inputs such that the joint values of ``by`` (variable names) are uniform.
+
+    ``balanced(model.outputs)`` balances by output; ``balanced("wx")`` by the value
+    of ``wx``.
+    """
+    names = (by,) if isinstance(by, str) else tuple(by)
+    if not names:
+        raise ValueError("balanced() needs at least one variable name")
+    return BalancedSampler(names)
+
+
+def from_function(fn: Callable[[np.random.Generator, int], Mapping[str, Any]]) -> FunctionSampler:
+    """Wrap ``fn(rng, n) -> {input: column}`` as a sampler (values are domain-checked)."""
+    return FunctionSampler(fn)
+
+
+SamplerSpec = str | Sampler | Callable[[np.random.Generator, int], Mapping[str, Any]]
+
+
+def _resolve(spec: SamplerSpec, model: CausalModel, by: Sequence[str]) -> Sampler:
+    if isinstance(spec, str):
+        if spec == "uniform":
+            return UniformSampler()
+        if spec == "output":
+            return BalancedSampler(tuple(model.outputs))
+        if spec == "value":
+            return BalancedSampler(tuple(by)) if by else UniformSampler()
+        raise ValueError(
+            f"unknown sampler {spec!r}; use 'uniform', 'output', 'value', a Sampler, or a "
+            "function fn(rng, n) -> {input: column}"
+        )
+    if isinstance(spec, (UniformSampler, BalancedSampler, FunctionSampler)):
+        return spec
+    if callable(spec):
+        return FunctionSampler(spec)  # type: ignore[arg-type]
+    raise TypeError(f"sampler must be a string, a Sampler or a function, not {spec!r}")
+
+
+def _joint_codes(columns: Sequence[np.ndarray]) -> np.ndarray:
+    frame = pd.DataFrame({str(i): pd.Series(c) for i, c in enumerate(columns)})
+    return frame.groupby(list(frame.columns), sort=True, dropna=False).ngroup().to_numpy()
+
+
+def _joint_values_as_strings(columns: Sequence[np.ndarray]) -> np.ndarray:
+    parts = [np.asarray([repr(v) for v in c.tolist()], dtype=object) for c in columns]
+    joined = parts[0]
+    for p in parts[1:]:
+        joined = joined + "|" + p
+    return joined.astype(str)
+
+
+def input_ids(model: CausalModel, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """An integer per row identifying the input combination (equal inputs, equal id)."""
+    radix = 1
+    ids = np.zeros(len(next(iter(columns.values()))), dtype=np.int64)
+    domains = [model.domain(v) for v in model.inputs]
+    total = np.prod([float(len(d)) if d is not None else np.inf for d in domains])
+    if total < 2**62:
+        for v, domain in zip(model.inputs, domains, strict=True):
+            assert domain is not None
+            ids += radix * _index_in_domain(columns[v], domain)
+            radix *= len(domain)
+        return ids
+    codes: np.ndarray = _joint_codes([columns[v] for v in model.inputs]).astype(np.int64)
+    return codes
+
+
+def _index_in_domain(column: np.ndarray, domain: tuple[Any, ...]) -> np.ndarray:
+    values = as_column(list(domain))
+    if values.dtype.kind in "iu" and column.dtype.kind in "iu" and len(values) > 1:
+        step = values[1] - values[0]
+        if step != 0 and np.array_equal(values, values[0] + step * np.arange(len(values))):
+            # an arithmetic progression such as range(20): the index is arithmetic too
+            return np.asarray((column - values[0]) // step, dtype=np.int64)
+    if values.dtype != object and column.dtype != object:
+        order = np.argsort(values, kind="stable")
+        pos = np.searchsorted(values[order], column)
+        return order[np.clip(pos, 0, len(values) - 1)].astype(np.int64)
+    lookup = {v: i for i, v in enumerate(domain)}
+    return np.fromiter((lookup[v] for v in column), np.int64, len(column))
+
+
+def label_columns(model: CausalModel) -> tuple[list[str], list[str]]:
+    """Names of the (counterfactual label, base label) columns for ``model``'s outputs."""
+    if len(model.outputs) == 1:
+        return ["label"], ["base_label"]
+    return [f"label.{o}" for o in model.outputs], [f"base_label.{o}" for o in model.outputs]
+
+
+def intervention_label(variables: Sequence[str]) -> str:
+    """The ``intervened`` column's text for a set of variables: ``"wx+yz"``."""
+    return "+".join(variables)
+
+
+def _normalise_sets(
+    model: CausalModel, interventions: Sequence[str | Sequence[str]] | None
+) -> list[tuple[str, ...]]:
+    if interventions is None:
+        if not model.intermediates:
+            raise DeclarationError(
+                f"causal model {model.name!r} has no intermediate variables to intervene on",
+                "pass interventions=[...] naming the variables to interchange",
+            )
+        return [(v,) for v in model.intermediates]
+    if isinstance(interventions, str):
+        interventions = [interventions]
+    sets: list[tuple[str, ...]] = []
+    for item in interventions:
+        names = (item,) if isinstance(item, str) else tuple(item)
+        if not names:
+            raise ValueError("an intervention set is empty; name at least one variable")
+        for v in names:
+            model._check_variable(v, role="intervened")
+        if len(set(names)) != len(names):
+            raise ValueError(f"intervention set {names} names a variable twice")
+        ordered = tuple(v for v in model.variables if v in names)
+        if ordered not in sets:
+            sets.append(ordered)
+    if not sets:
+        raise ValueError("interventions is empty; name at least one variable to intervene on")
+    return sets
+
+
+def factual_dataset(
+    model: CausalModel,
+    n: int | None = None,
+    *,
+    sampler: SamplerSpec = "uniform",
+    seed: int = 0,
+    exhaustive: bool = False,
+) -> pd.DataFrame:
+    """Inputs and the value of every variable, one row per example.
+
+    Args:
+        model: the causal model.
+        n: number of rows (ignored when ``exhaustive``).
+        sampler: ``"uniform"``, ``"output"`` (balanced by output), a sampler, or a
+            function ``fn(rng, n) -> {input: column}``.
+        seed: random seed; the same seed gives the same dataset.
+        exhaustive: enumerate every input combination instead of sampling.
+    """
+    if exhaustive:
+        columns = model.input_grid(limit=EXHAUSTIVE_LIMIT)
+    else:
+        if n is None or n <= 0:
+            raise ValueError(f"n must be a positive number of rows, not {n!r}")
+        columns = _resolve(sampler, model, model.outputs)(model, np.random.default_rng(seed), n)
+    values = model.run_batch(columns, validate=False)
+    frame = pd.DataFrame({v: values[v] for v in model.variables}, copy=False)
+    frame.insert(0, "input_id", input_ids(model, columns))
+    frame.attrs.update({"model": model.name, "seed": seed, "kind": "factual"})
+    return frame
+
+
+def counterfactual_dataset(
+    model: CausalModel,
+    n: int | None = None,
+    interventions: Sequence[str | Sequence[str]] | None = None,
+    *,
+    sampler: SamplerSpec = "uniform",
+    source_sampler: SamplerSpec | None = None,
+    seed: int = 0,
+    changed_only: bool = False,
+    exhaustive: bool = False,
+) -> pd.DataFrame:
+    """Base/source pairs, the intervention applied, and the counterfactual label.
+
+    Args:
+        model: the causal model.
+        n: number of rows; rows are split evenly across the intervention sets.
+        interventions: intervention sets, each a variable name or a list of names
+            (``[["wx"], ["yz"], ["wx", "yz"]]``); by default each intermediate variable
+            on its own.
+        sampler: how base inputs are drawn: ``"uniform"``; ``"output"`` (bases and
+            sources balanced by the model's output); ``"value"`` (bases balanced by the
+            joint values of the intervened variables, each variable's source balanced by
+            that variable's value); a sampler; or ``fn(rng, n) -> {input: column}``.
+        source_sampler: how sources are drawn, when different from ``sampler``.
+        seed: random seed; the same seed gives the same dataset.
+        changed_only: keep only pairs whose label differs from the base label (still
+            returns ``n`` rows, drawing more pairs as needed).
+        exhaustive: every base with every source combination, for each set (small
+            domains only); ``n`` and the samplers are ignored.
+
+    Returns:
+        A DataFrame with the columns documented in this module.
+    """
+    sets = _normalise_sets(model, interventions)
+    targets = [v for v in model.variables if any(v in s for s in sets)]
+    if exhaustive:
+        frame = _exhaustive(model, sets, targets)
+    else:
+        if n is None or n <= 0:
+            raise ValueError(f"n must be a positive number of rows, not {n!r}")
+        rng = np.random.default_rng(seed)
+        base_sampler = _resolve(sampler, model, targets)
+        per_variable = {
+            v: _resolve(source_sampler if source_sampler is not None else sampler, model, [v])
+            for v in targets
+        }
+        frame = _sampled(model, n, sets, targets, base_sampler, per_variable, rng)
+        if changed_only:
+            frame = _fill_changed(model, n, sets, targets, base_sampler, per_variable, rng, frame)
+    if changed_only and exhaustive:
+        frame = frame[frame["changed"].to_numpy()].reset_index(drop=True)
+    if changed_only and len(frame) == 0:
+        raise DomainError(
+            f"no interchange on {[intervention_label(s) for s in sets]} changes the output of "
+            f"{model.name!r}; these variables cannot be tested by interchange interventions"
+        )
+    frame.attrs.update(
+        {
+            "model": model.name,
+            "seed": seed,
+            "kind": "counterfactual",
+            "interventions": [list(s) for s in sets],
+            "sampler": repr(sampler),
+        }
+    )
+    return frame
+
+
+def _assemble(
+    model: CausalModel,
+    sets: list[tuple[str, ...]],
+    targets: list[str],
+    base: Columns,
+    sources: dict[str, Columns],
+    set_index: np.ndarray,
+) -> pd.DataFrame:
+    n = len(set_index)
+    do = {v: np.zeros(n, dtype=bool) for v in targets}
+    for k, s in enumerate(sets):
+        rows = set_index == k
+        for v in s:
+            do[v] |= rows
+    for v in targets:
+        # A row that does not intervene on v takes v's "source" from its own base,
+        # which makes the interchange of v a no-op on that row.
+        keep = ~do[v]
+        for name in model.inputs:
+            sources[v][name] = np.where(keep, base[name], sources[v][name])
+    base_values = model.run_batch(base, validate=False)
+    patched = {v: model.run_batch(sources[v], validate=False)[v] for v in targets}
+    counterfactual = model.run_batch(base, patched, validate=False)
+    label_names, base_label_names = label_columns(model)
+    data: dict[str, Any] = {"base_id": input_ids(model, base)}
+    for name in model.inputs:
+        data[f"base.{name}"] = base[name]
+    for v in targets:
+        for name in model.inputs:
+            data[f"source.{v}.{name}"] = sources[v][name]
+    for v in targets:
+        data[f"do.{v}"] = do[v]
+    labels = [intervention_label(s) for s in sets]
+    data["intervened"] = pd.Categorical.from_codes(
+        set_index.astype(np.int64), categories=pd.Index(labels)
+    )
+    for v in targets:
+        data[f"value.{v}"] = patched[v]
+    changed = np.zeros(n, dtype=bool)
+    for out, label, base_label in zip(model.outputs, label_names, base_label_names, strict=True):
+        data[base_label] = base_values[out]
+        data[label] = counterfactual[out]
+        changed |= np.asarray(base_values[out] != counterfactual[out], dtype=bool)
+    data["changed"] = changed
+    # copy=False keeps one block per column instead of copying every column into
+    # consolidated blocks, which would cost more than generating the data.
+    return pd.DataFrame(data, copy=False)
+
+
+def _sampled(
+    model: CausalModel,
+    n: int,
+    sets: list[tuple[str, ...]],
+    targets: list[str],
+    base_sampler: Sampler,
+    per_variable: dict[str, Sampler],
+    rng: np.random.Generator,
+) -> pd.DataFrame:
+    set_index = rng.permutation(np.arange(n) % len(sets))
+    base = base_sampler(model, rng, n)
+    sources = {v: dict(per_variable[v](model, rng, n)) for v in targets}
+    return _assemble(model, sets, targets, base, sources, set_index)
+
+
+def _fill_changed(
+    model: CausalModel,
+    n: int,
+    sets: list[tuple[str, ...]],
+    targets: list[str],
+    base_sampler: Sampler,
+    per_variable: dict[str, Sampler],
+    rng: np.random.Generator,
+    frame: pd.DataFrame,
+) -> pd.DataFrame:
+    kept = [frame[frame["changed"].to_numpy()]]
+    drawn, have = len(frame), len(kept[0])
+    for _ in range(100):
+        if have >= n or have == 0:
+            break
+        rate = have / drawn
+        size = int(min((n - have) / rate * 1.2 + 64, 8 * n))
+        extra = _sampled(model, size, sets, targets, base_sampler, per_variable, rng)
+        drawn += len(extra)
+        extra = extra[extra["changed"].to_numpy()]
+        kept.append(extra)
+        have += len(extra)
+    merged = pd.concat(kept, ignore_index=True)
+    if len(merged) < n and len(merged) > 0:
+        raise DomainError(
+            f"only {len(merged)} of {n} requested pairs change the output after many draws; "
+            "lower n, use a balanced sampler, or drop changed_only"
+        )
+    return merged.iloc[:n].reset_index(drop=True)
+
+
+def _exhaustive(
+    model: CausalModel, sets: list[tuple[str, ...]], targets: list[str]
+) -> pd.DataFrame:
+    grid = model.input_grid(limit=EXHAUSTIVE_LIMIT)
+    size = len(next(iter(grid.values())))
+    total = sum(size ** (1 + len(s)) for s in sets)
+    if total > EXHAUSTIVE_LIMIT:
+        raise DomainError(
+            f"exhaustive enumeration would produce {total:,} pairs (limit "
+            f"{EXHAUSTIVE_LIMIT:,}); sample with n=... instead"
+        )
+    frames = []
+    for k, s in enumerate(sets):
+        index = np.indices([size] * (1 + len(s))).reshape(1 + len(s), -1)
+        base = {name: grid[name][index[0]] for name in model.inputs}
+        sources = {v: dict(base) for v in targets}
+        for j, v in enumerate(s):
+            sources[v] = {name: grid[name][index[1 + j]] for name in model.inputs}
+        set_index = np.full(index.shape[1], k)
+        frames.append((base, sources, set_index))
+    base = {name: np.concatenate([f[0][name] for f in frames]) for name in model.inputs}
+    sources = {
+        v: {name: np.concatenate([f[1][v][name] for f in frames]) for name in model.inputs}
+        for v in targets
+    }
+    set_index = np.concatenate([f[2] for f in frames])
+    frame = _assemble(model, sets, targets, base, sources, set_index)
+    frame.attrs["exhaustive"] = True
+    return frame
