@@ -205,9 +205,14 @@ class CausalModel:
 
     @classmethod
     def _from_parsed(
-        cls, parsed: ParsedProgram, inputs: Mapping[str, Any] | None, namespace: Mapping[str, Any]
+        cls,
+        parsed: ParsedProgram,
+        inputs: Mapping[str, Any] | None,
+        namespace: Mapping[str, Any],
+        evaluated: Mapping[str, Any] | None = None,
     ) -> CausalModel:
         inputs = dict(inputs or {})
+        evaluated = {k: v for k, v in (evaluated or {}).items() if not isinstance(v, str)}
         for key in inputs:
             if key not in parsed.parameters:
                 raise DeclarationError(
@@ -221,6 +226,8 @@ class CausalModel:
         for param in parsed.parameters:
             if param in inputs:
                 domains[param] = as_domain(inputs[param], what=f"input {param!r}")
+            elif param in evaluated:
+                domains[param] = as_domain(evaluated[param], what=f"input {param!r}")
             elif param in parsed.annotations:
                 annotation = parsed.annotations[param]
                 try:
@@ -404,6 +411,8 @@ class CausalModel:
             A dict from every variable (inputs included) to its value.
         """
         self._check_inputs(inputs)
+        for var in self._inputs:
+            self._check_value(var, inputs[var], role="input")
         interventions = dict(interventions or {})
         for var, value in interventions.items():
             self._check_variable(var, role="intervened")
@@ -453,6 +462,7 @@ class CausalModel:
         inputs: Mapping[str, Any],
         interventions: Mapping[str, Any] | None = None,
         *,
+        where: Mapping[str, np.ndarray] | None = None,
         validate: bool = True,
     ) -> dict[str, np.ndarray]:
         """Compute every variable for a batch of examples given as columns.
@@ -460,6 +470,8 @@ class CausalModel:
         Args:
             inputs: one array (or list) per input variable, all of the same length.
             interventions: variables to fix, each to a scalar or to one value per row.
+            where: for some intervened variables, a boolean mask of the rows the
+                intervention applies to (other rows run the mechanism as usual).
             validate: check that input and intervention values lie in their domains.
 
         Returns:
@@ -482,18 +494,24 @@ class CausalModel:
         for var, value in (interventions or {}).items():
             self._check_variable(var, role="intervened")
             fixed[var] = _broadcast(value, n, var)
+        masks = {v: np.asarray(m, dtype=bool) for v, m in (where or {}).items()}
+        for var in masks:
+            if var not in fixed:
+                raise ValueError(f"where= names {var!r}, which is not intervened on")
         if validate:
             for var, column in [*columns.items(), *fixed.items()]:
-                self._check_column(var, column)
+                self._check_column(var, column if var not in masks else column[masks[var]])
         values: dict[str, np.ndarray] = {}
         for v in self._order:
-            if v in fixed:
+            if v in fixed and v not in masks:
                 values[v] = fixed[v]
-            elif v in self._inputs:
-                values[v] = columns[v]
+                continue
+            if v in self._inputs:
+                computed = columns[v]
             else:
                 mech = self._mechanisms[v]
-                values[v] = mech.evaluate_batch([values[p] for p in mech.parents], n)
+                computed = mech.evaluate_batch([values[p] for p in mech.parents], n)
+            values[v] = np.where(masks[v], fixed[v], computed) if v in masks else computed
         return values
 
     def interchange_batch(
@@ -501,14 +519,18 @@ class CausalModel:
         base: Mapping[str, Any],
         sources: Mapping[str, Mapping[str, Any]],
         *,
+        where: Mapping[str, np.ndarray] | None = None,
         validate: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Columnar :meth:`interchange`: row ``i`` of each source serves row ``i`` of base."""
+        """Columnar :meth:`interchange`: row ``i`` of each source serves row ``i`` of base.
+
+        ``where`` optionally restricts each variable's interchange to some rows.
+        """
         fixed = {}
         for var, source in sources.items():
             self._check_variable(var, role="intervened")
             fixed[var] = self.run_batch(source, validate=validate)[var]
-        return self.run_batch(base, fixed, validate=validate)
+        return self.run_batch(base, fixed, where=where, validate=validate)
 
     def input_grid(self, limit: int = GRID_LIMIT) -> dict[str, np.ndarray]:
         """Every combination of input values, as columns (inputs need finite domains)."""
@@ -724,7 +746,7 @@ class CausalModelBuilder:
 
 def _caller(depth: int = 2) -> tuple[str | None, int | None]:
     frame = inspect.currentframe()
-    for _ in range(depth + 1):
+    for _ in range(depth):
         if frame is None:
             return None, None
         frame = frame.f_back
@@ -844,7 +866,9 @@ def causal_model(
 
     def decorate(function: Callable[..., Any]) -> CausalModel:
         parsed = parse_function(function)
-        model = CausalModel._from_parsed(parsed, inputs, function_namespace(function))
+        model = CausalModel._from_parsed(
+            parsed, inputs, function_namespace(function), getattr(function, "__annotations__", {})
+        )
         if name is not None:
             model._name = name
         return model

@@ -15,7 +15,8 @@ column                 meaning
                        rows that do not intervene on ``<var>`` it equals the base input
 ``do.<var>``           whether this row intervenes on ``<var>``
 ``intervened``         the intervention set, e.g. ``"wx"`` or ``"wx+yz"``
-``value.<var>``        the value ``<var>`` takes after the interchange
+``value.<var>``        the value ``<var>`` takes in the counterfactual run (on rows that
+                       intervene on it: the value it had on its source)
 ``base_label``         the model's output on the base (``base_label.<out>`` for several)
 ``label``              the output after the interchange (``label.<out>`` for several)
 ``changed``            whether ``label`` differs from ``base_label``
@@ -424,14 +425,13 @@ def _assemble(
         for v in s:
             do[v] |= rows
     for v in targets:
-        # A row that does not intervene on v takes v's "source" from its own base,
-        # which makes the interchange of v a no-op on that row.
+        # A row that does not intervene on v takes v's "source" from its own base, so
+        # the source columns are never blank; the `do` mask keeps v computed there.
         keep = ~do[v]
         for name in model.inputs:
             sources[v][name] = np.where(keep, base[name], sources[v][name])
     base_values = model.run_batch(base, validate=False)
-    patched = {v: model.run_batch(sources[v], validate=False)[v] for v in targets}
-    counterfactual = model.run_batch(base, patched, validate=False)
+    counterfactual = model.interchange_batch(base, sources, where=do, validate=False)
     label_names, base_label_names = label_columns(model)
     data: dict[str, Any] = {"base_id": input_ids(model, base)}
     for name in model.inputs:
@@ -446,7 +446,7 @@ def _assemble(
         set_index.astype(np.int64), categories=pd.Index(labels)
     )
     for v in targets:
-        data[f"value.{v}"] = patched[v]
+        data[f"value.{v}"] = counterfactual[v]
     changed = np.zeros(n, dtype=bool)
     for out, label, base_label in zip(model.outputs, label_names, base_label_names, strict=True):
         data[base_label] = base_values[out]

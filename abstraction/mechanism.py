@@ -79,12 +79,22 @@ def _not(a: Any) -> Any:
     return np.logical_not(_truthy(a))
 
 
-_HELPERS: dict[str, Callable[..., Any]] = {
+def _num(a: Any) -> Any:
+    # Python does arithmetic on bools as ints (True + True == 2); numpy does logic.
+    if isinstance(a, (np.ndarray, np.bool_)) and a.dtype == bool:
+        return a.astype(np.int64)
+    return a
+
+
+_HELPERS: dict[str, Any] = {
     "__abstraction_where__": _where,
     "__abstraction_and__": _and,
     "__abstraction_or__": _or,
     "__abstraction_not__": _not,
+    "__abstraction_num__": _num,
 }
+
+_ARITHMETIC = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
 
 
 def vector_namespace(namespace: dict[str, Any]) -> dict[str, Any]:
@@ -112,6 +122,14 @@ class _Vectorizer(ast.NodeTransformer):
         self.generic_visit(node)
         if isinstance(node.op, ast.Not):
             return _call("__abstraction_not__", [node.operand])
+        node.operand = _call("__abstraction_num__", [node.operand])
+        return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, _ARITHMETIC):
+            node.left = _call("__abstraction_num__", [node.left])
+            node.right = _call("__abstraction_num__", [node.right])
         return node
 
     def visit_Compare(self, node: ast.Compare) -> ast.AST:

@@ -1,0 +1,148 @@
+"""Running, intervening and inspecting causal models, and the builder."""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import pytest
+import sympy
+
+from abstraction import (
+    CausalModel,
+    DeclarationError,
+    DomainError,
+    UnknownNameError,
+    VectorizationWarning,
+    causal_model,
+)
+
+ENTITIES = range(20)
+
+
+@causal_model(inputs={"w": ENTITIES, "x": ENTITIES, "y": ENTITIES, "z": ENTITIES})
+def hierarchical_equality(w, x, y, z):  # type: ignore[no-untyped-def]
+    wx = w == x
+    yz = y == z
+    return wx == yz
+
+
+def test_structure() -> None:
+    m = hierarchical_equality
+    assert m.inputs == ("w", "x", "y", "z")
+    assert m.intermediates == ("wx", "yz")
+    assert m.outputs == ("output",)
+    assert m.variables == ("w", "x", "y", "z", "wx", "yz", "output")
+    assert m.parents["output"] == ("wx", "yz")
+    assert m.children["wx"] == ("output",)
+    assert m.descendants("w") == {"wx", "output"}
+    g = m.graph()
+    assert isinstance(g, nx.DiGraph)
+    assert set(g.edges) == {
+        ("w", "wx"),
+        ("x", "wx"),
+        ("y", "yz"),
+        ("z", "yz"),
+        ("wx", "output"),
+        ("yz", "output"),
+    }
+    assert g.nodes["wx"]["kind"] == "intermediate"
+    assert m.values("wx") == (False, True)
+
+
+def test_run_and_interchange() -> None:
+    m = hierarchical_equality
+    base = {"w": 1, "x": 1, "y": 2, "z": 3}
+    assert m.run(base)["output"] is False
+    assert m.run(base, {"yz": True})["output"] is True
+    source = {"w": 4, "x": 5, "y": 6, "z": 6}
+    out = m.interchange(base, {"wx": source, "yz": source})
+    assert out["wx"] is False and out["yz"] is True and out["output"] is False
+    assert m(1, 1, 2, 2) is True
+
+
+def test_bad_run_input() -> None:
+    m = hierarchical_equality
+    with pytest.raises(UnknownNameError, match="did you mean 'wx'"):
+        m.run({"w": 1, "x": 1, "y": 2, "z": 3}, {"wxx": True})
+    with pytest.raises(DomainError, match="outside its domain"):
+        m.run({"w": 100, "x": 1, "y": 2, "z": 3})
+    with pytest.raises(UnknownNameError, match="missing"):
+        m.run({"w": 1})
+    with pytest.raises(DomainError):
+        m.run_batch({"w": [1, 25], "x": [1, 1], "y": [2, 2], "z": [3, 3]})
+
+
+def test_builder_callables_and_sympy() -> None:
+    a, b = sympy.symbols("a b")
+    model = (
+        CausalModel.builder("adder")
+        .add_input("a", range(10))
+        .add_input("b", range(10))
+        .add_variable("carry", lambda a, b: (a + b) >= 10, parents=["a", "b"])
+        .add_variable("ones", sympy.Mod(a + b, 10))
+        .add_variable("total", lambda carry, ones: 10 * carry + ones)
+        .build()
+    )
+    assert model.outputs == ("total",)
+    assert model.run({"a": 7, "b": 8})["total"] == 15
+    eq = model.equations("latex")["ones"]
+    assert "bmod" in eq or "mod" in eq
+    batch = model.run_batch({"a": np.arange(10), "b": np.full(10, 9)})
+    assert batch["total"].tolist() == [a_ + 9 for a_ in range(10)]
+
+
+def test_builder_rejects_unknown_parent_and_cycles() -> None:
+    b = CausalModel.builder("m").add_input("a", [0, 1])
+    b.add_variable("c", lambda a, q: a, parents=["a", "q"])
+    with pytest.raises(DeclarationError, match="unknown parent 'q'") as info:
+        b.build()
+    assert info.value.line is not None and info.value.file == __file__
+
+    b = CausalModel.builder("m").add_input("a", [0, 1])
+    b.add_variable("c", lambda a, d: a, parents=["a", "d"])
+    b.add_variable("d", lambda c: c, parents=["c"])
+    b.add_variable("e", lambda d: d, parents=["d"])
+    with pytest.raises(DeclarationError, match="cycle"):
+        b.build()
+
+
+def test_builder_values_checked_on_intervention() -> None:
+    model = (
+        CausalModel.builder("m")
+        .add_input("a", [0, 1])
+        .add_variable("b", lambda a: a + 1, values=[1, 2])
+        .add_variable("c", lambda b: b * 2)
+        .build()
+    )
+    with pytest.raises(DomainError, match="outside its domain"):
+        model.run({"a": 0}, {"b": 7})
+
+
+def test_mechanism_refusing_arrays_falls_back_with_warning() -> None:
+    def branchy(v: int) -> int:
+        if v > 2:  # a Python `if` cannot run on a column
+            return 1
+        return 0
+
+    @causal_model(inputs={"a": range(5)})
+    def m(a):  # type: ignore[no-untyped-def]
+        b = branchy(a)
+        return b
+
+    with pytest.warns(VectorizationWarning, match="'b'"):
+        out = m.run_batch({"a": np.arange(5)})
+    assert out["b"].tolist() == [0, 0, 0, 1, 1]
+
+
+def test_logic_operators_vectorize_with_python_semantics() -> None:
+    @causal_model(inputs={"a": range(-2, 3), "b": range(-2, 3)})
+    def m(a, b):  # type: ignore[no-untyped-def]
+        c = (a and b) or (not a)
+        d = 0 < a <= b
+        return c + d
+
+    grid = m.input_grid()
+    batch = m.run_batch(grid)
+    for i in range(len(grid["a"])):
+        row = m.run({"a": int(grid["a"][i]), "b": int(grid["b"][i])})
+        assert batch["c"][i] == row["c"] and batch["d"][i] == row["d"]

@@ -1,0 +1,161 @@
+"""Factual and counterfactual datasets: columns, samplers, seeds and filtering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from abstraction import (
+    CausalModel,
+    DomainError,
+    balanced,
+    causal_model,
+    counterfactual_dataset,
+    factual_dataset,
+    from_function,
+)
+
+ENTITIES = range(20)
+
+
+@causal_model(inputs={"w": ENTITIES, "x": ENTITIES, "y": ENTITIES, "z": ENTITIES})
+def hierarchical_equality(w, x, y, z):  # type: ignore[no-untyped-def]
+    wx = w == x
+    yz = y == z
+    return wx == yz
+
+
+HE = hierarchical_equality
+SETS = [["wx"], ["yz"], ["wx", "yz"]]
+
+
+def test_columns_and_labels_match_scalar_interchange() -> None:
+    frame = counterfactual_dataset(HE, 300, SETS, seed=3)
+    assert len(frame) == 300
+    for col in [
+        "base_id",
+        "base.w",
+        "source.wx.w",
+        "source.yz.z",
+        "do.wx",
+        "do.yz",
+        "intervened",
+        "value.wx",
+        "label",
+        "base_label",
+        "changed",
+    ]:
+        assert col in frame.columns
+    assert set(frame["intervened"]) == {"wx", "yz", "wx+yz"}
+    assert frame["intervened"].value_counts().tolist() == [100, 100, 100]
+    for _, row in frame.iterrows():
+        base = {v: int(row[f"base.{v}"]) for v in HE.inputs}
+        sets = row["intervened"].split("+")
+        sources = {s: {v: int(row[f"source.{s}.{v}"]) for v in HE.inputs} for s in sets}
+        expected = HE.interchange(base, sources)
+        assert row["label"] == expected["output"]
+        assert row["base_label"] == HE.run(base)["output"]
+        assert row["changed"] == (row["label"] != row["base_label"])
+        for s in ("wx", "yz"):
+            assert row[f"do.{s}"] == (s in sets)
+            assert row[f"value.{s}"] == expected[s]
+            if s not in sets:  # the unused source is the base itself
+                assert all(row[f"source.{s}.{v}"] == row[f"base.{v}"] for v in HE.inputs)
+
+
+def test_same_seed_same_data_different_seed_different_data() -> None:
+    a = counterfactual_dataset(HE, 500, SETS, seed=1)
+    b = counterfactual_dataset(HE, 500, SETS, seed=1)
+    c = counterfactual_dataset(HE, 500, SETS, seed=2)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(c)
+
+
+def test_base_id_identifies_base_inputs() -> None:
+    frame = counterfactual_dataset(HE, 5000, SETS, seed=0, sampler="value")
+    keys = frame[[f"base.{v}" for v in HE.inputs]].astype(str).agg("|".join, axis=1)
+    assert keys.groupby(frame["base_id"]).nunique().max() == 1
+    assert frame["base_id"].groupby(keys).nunique().max() == 1
+
+
+def test_balanced_by_value_and_output() -> None:
+    frame = counterfactual_dataset(HE, 40_000, SETS, sampler="value", seed=0)
+    wx_rows = frame[frame["do.wx"]]
+    assert abs(wx_rows["value.wx"].mean() - 0.5) < 0.02
+    base_wx = frame[[f"base.{v}" for v in "wx"]].nunique(axis=1).eq(1)
+    assert abs(base_wx.mean() - 0.5) < 0.02  # bases balanced on the joint (wx, yz)
+    uniform = counterfactual_dataset(HE, 40_000, SETS, sampler="uniform", seed=0)
+    assert uniform[uniform["do.wx"]]["value.wx"].mean() < 0.1
+    facts = factual_dataset(HE, 20_000, sampler="output", seed=0)
+    assert abs(facts["output"].mean() - 0.5) < 0.02
+    joint = factual_dataset(HE, 40_000, sampler=balanced(["wx", "yz"]), seed=0)
+    shares = joint.groupby(["wx", "yz"]).size() / len(joint)
+    assert np.allclose(shares.to_numpy(), 0.25, atol=0.02)
+
+
+def test_changed_only() -> None:
+    frame = counterfactual_dataset(HE, 2000, SETS, seed=0, changed_only=True)
+    assert len(frame) == 2000 and frame["changed"].all()
+
+
+def test_no_change_possible_is_an_error() -> None:
+    model = (
+        CausalModel.builder("constant")
+        .add_input("a", [0, 1])
+        .add_variable("b", lambda a: a)
+        .add_variable("out", lambda b: b * 0)
+        .build()
+    )
+    with pytest.raises(DomainError, match="cannot be tested"):
+        counterfactual_dataset(model, 100, ["b"], changed_only=True)
+
+
+def test_exhaustive_enumeration() -> None:
+    @causal_model(inputs={"a": range(3), "b": range(2)})
+    def small(a, b):  # type: ignore[no-untyped-def]
+        s = a + b
+        return s > 1
+
+    frame = counterfactual_dataset(small, interventions=["s"], exhaustive=True)
+    assert len(frame) == 6 * 6
+    assert frame[["base_id", "source.s.a", "source.s.b"]].drop_duplicates().shape[0] == 36
+    facts = factual_dataset(small, exhaustive=True)
+    assert len(facts) == 6 and facts["input_id"].nunique() == 6
+
+
+def test_user_sampler_is_validated() -> None:
+    def always_same(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        return {v: np.full(n, 3) for v in HE.inputs}
+
+    frame = counterfactual_dataset(HE, 50, ["wx"], sampler=from_function(always_same))
+    assert (frame["base.w"] == 3).all() and not frame["changed"].any()
+
+    def bad(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        return {v: np.full(n, 99) for v in HE.inputs}
+
+    with pytest.raises(DomainError, match="outside its domain"):
+        counterfactual_dataset(HE, 50, ["wx"], sampler=bad)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(KeyError, match="did you mean 'wx'"):
+        counterfactual_dataset(HE, 10, ["wxx"])
+    with pytest.raises(ValueError, match="positive"):
+        counterfactual_dataset(HE, 0, ["wx"])
+    with pytest.raises(ValueError, match="unknown sampler"):
+        counterfactual_dataset(HE, 10, ["wx"], sampler="nope")
+
+
+def test_entities_as_tuples() -> None:
+    vectors = [tuple(np.round(np.random.default_rng(i).uniform(-1, 1, 4), 2)) for i in range(5)]
+
+    @causal_model(inputs={"w": vectors, "x": vectors})
+    def eq(w, x):  # type: ignore[no-untyped-def]
+        same = w == x
+        return not same
+
+    frame = counterfactual_dataset(eq, 200, ["same"], seed=0)
+    assert isinstance(frame["base.w"].iloc[0], tuple)
+    for _, row in frame.head(30).iterrows():
+        assert row["base_label"] == (row["base.w"] != row["base.x"])
