@@ -50,6 +50,7 @@ __all__ = [
     "from_function",
     "intervention_label",
     "label_columns",
+    "split_by_base",
     "uniform",
 ]
 
@@ -533,3 +534,36 @@ def _exhaustive(
     frame = _assemble(model, sets, targets, base, sources, set_index)
     frame.attrs["exhaustive"] = True
     return frame
+
+
+def split_by_base(
+    frame: pd.DataFrame, fractions: Sequence[float] = (0.8, 0.1, 0.1), *, seed: int = 0
+) -> list[pd.DataFrame]:
+    """Split pairs into parts that never share a base input (train / validation / test).
+
+    Args:
+        frame: a counterfactual dataset with a ``base_id`` column.
+        fractions: the share of distinct bases in each part (normalised to sum to 1).
+        seed: which bases go where.
+    """
+    if "base_id" not in frame:
+        raise ValueError("split_by_base needs a counterfactual dataset with a base_id column")
+    if not fractions or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"fractions must be non-negative and sum to more than 0, not {fractions}")
+    bases = np.unique(frame["base_id"].to_numpy())
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(bases)
+    bounds = np.floor(np.cumsum(np.asarray(fractions) / sum(fractions)) * len(bases)).astype(int)
+    bounds[-1] = len(bases)
+    part_of = np.empty(len(bases), dtype=np.int64)
+    start = 0
+    for k, stop in enumerate(bounds):
+        part_of[np.searchsorted(bases, shuffled[start:stop])] = k
+        start = stop
+    which = part_of[np.searchsorted(bases, frame["base_id"].to_numpy())]
+    parts = []
+    for k in range(len(fractions)):
+        part = frame[which == k].reset_index(drop=True)
+        part.attrs = dict(frame.attrs)
+        parts.append(part)
+    return parts

@@ -349,7 +349,7 @@ def collect(network: Network, batch: Batch, locations: Sequence[Location]) -> li
         return record
 
     with hooks(network, [(site, recorder(i, site)) for i, site in enumerate(sites)]):
-        network.module(**batch.to(network.device).inputs)
+        network.call(batch.to(network.device).inputs)
     result = []
     for loc, act in zip(locations, found, strict=True):
         if act is None:
@@ -425,7 +425,7 @@ def intervene(
     ]
     batch = base.to(network.device)
     with hooks(network, edits):
-        output = network.module(**batch.inputs)
+        output = network.call(batch.inputs)
     return readout_logits(output, batch)
 
 

@@ -245,7 +245,14 @@ class Network:
             )
         config = json.loads(config_file.read_text())
         model_class = _model_class(config)
-        module = model_class.from_pretrained(str(directory))
+        if config.get("model_type") == "mlp":
+            from pyvene.models.mlp.modelings_mlp import MLPConfig
+
+            module = model_class.from_pretrained(
+                str(directory), config=MLPConfig.from_pretrained(str(directory))
+            )
+        else:
+            module = model_class.from_pretrained(str(directory))
         return cls(module, name=name or directory.name)
 
     @classmethod
@@ -275,6 +282,7 @@ class Network:
                 f"{type(self.module).__name__} has no save_pretrained; save its state_dict "
                 "with safetensors instead"
             )
+        _quiet_transformers()
         save(str(path))
 
     # -- identity ----------------------------------------------------------------------
@@ -400,10 +408,15 @@ class Network:
 
     # -- running ----------------------------------------------------------------------
 
+    def call(self, inputs: Mapping[str, torch.Tensor]) -> Any:
+        """Call the module on keyword inputs (without a KV cache for causal transformers)."""
+        extra = {"use_cache": False} if self.family in ("gpt2", "gpt_neox", "llama") else {}
+        return self.module(**inputs, **extra)
+
     def logits(self, batch: Batch) -> torch.Tensor:
         """Run the module on ``batch`` and return the readout logits ``(batch, classes)``."""
-        output = self.module(**batch.inputs)
-        return readout_logits(output, batch)
+        batch = batch.to(self.device)
+        return readout_logits(self.call(batch.inputs), batch)
 
     @torch.no_grad()
     def predict(self, batch: Batch, batch_size: int = 4096) -> torch.Tensor:
@@ -449,6 +462,12 @@ def restore_default_linear_init(module: nn.Module) -> None:
     for sub in module.modules():
         if isinstance(sub, nn.Linear):
             sub.reset_parameters()
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
 
 def _model_class(config: Mapping[str, Any]) -> Any:

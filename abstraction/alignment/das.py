@@ -1,0 +1,410 @@
+"""Interchange intervention training: DAS, low-rank DAS, boundless DAS and plain patching.
+
+:func:`align` trains an orthogonal basis so that interchanging each causal
+variable's subspace between a base and a source makes the network output the
+causal model's counterfactual label (cross-entropy on the readout), with Adam and
+early stopping on validation IIA. Several variables share one rotation, each in its
+own disjoint block of columns, trained on the mix of single- and multi-variable
+interchanges the dataset contains (as in the DAS paper).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from abstraction.alignment.engine import InterchangeEngine, patch_edit, subspace_edit
+from abstraction.alignment.result import Alignment, AlignmentError
+from abstraction.cache import DEFAULT_MEMORY_BUDGET
+from abstraction.errors import UnknownNameError, nearest
+from abstraction.interventions import boundary_mask
+from abstraction.locations import Location
+from abstraction.network import Network
+from abstraction.task import Task
+
+__all__ = ["METHODS", "TrainingConfig", "align", "evaluate", "train_on_engines"]
+
+METHODS = ("das", "low_rank", "boundless", "patch")
+
+
+class TrivialIIAWarning(UserWarning):
+    """No counterfactual label differs from its base label: IIA would be trivially high."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How an alignment is trained.
+
+    Attributes:
+        epochs: passes over the training pairs.
+        batch_size: pairs per step.
+        lr: Adam's learning rate.
+        patience: epochs without a better validation IIA before stopping early.
+        seed: seeds the initial rotation and the order of pairs.
+        boundary_coef: boundless DAS's penalty on the subspace size.
+        temperature: boundless DAS's temperature schedule (start, end), linear in steps.
+    """
+
+    epochs: int = 10
+    batch_size: int = 6400
+    lr: float = 1e-3
+    patience: int = 3
+    seed: int = 0
+    boundary_coef: float = 0.1
+    temperature: tuple[float, float] = (50.0, 0.1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy."""
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "patience": self.patience,
+            "seed": self.seed,
+            "boundary_coef": self.boundary_coef,
+            "temperature": list(self.temperature),
+        }
+
+
+class _Rotation(nn.Module):
+    """An orthonormal ``(width, k)`` basis, parametrised to stay orthonormal (as pyvene)."""
+
+    def __init__(self, width: int, k: int, generator: torch.Generator) -> None:
+        super().__init__()
+        weight = torch.empty(width, k)
+        _orthogonal_init(weight, generator)
+        self.weight = nn.Parameter(weight)
+        nn.utils.parametrizations.orthogonal(self, "weight")
+
+
+def _orthogonal_init(weight: torch.Tensor, generator: torch.Generator) -> None:
+    rows, cols = weight.shape
+    flat = torch.randn(max(rows, cols), min(rows, cols), generator=generator)
+    q, r = torch.linalg.qr(flat)
+    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    with torch.no_grad():
+        weight.copy_(q if rows >= cols else q.T)
+
+
+def _subspaces(
+    method: str,
+    variables: Sequence[str],
+    width: int,
+    rank: int | Mapping[str, int] | None,
+    subspaces: Mapping[str, tuple[int, int]] | None,
+) -> dict[str, tuple[int, int]]:
+    if subspaces is not None:
+        missing = [v for v in variables if v not in subspaces]
+        if missing:
+            raise AlignmentError(f"subspaces= gives no columns for {missing}")
+        spans = sorted((tuple(subspaces[v]), v) for v in variables)
+        for (start, stop), v in spans:
+            if not 0 <= start < stop <= width:
+                raise AlignmentError(
+                    f"subspace {start}:{stop} of {v!r} does not fit width {width}; "
+                    f"use 0 <= start < stop <= {width}"
+                )
+        for ((_, stop_a), a), ((start_b, _), b) in zip(spans, spans[1:], strict=False):
+            if start_b < stop_a:
+                raise AlignmentError(
+                    f"the subspaces of {a!r} and {b!r} overlap; give each variable disjoint "
+                    "columns (e.g. 0:8 and 8:16)"
+                )
+        return {v: (int(subspaces[v][0]), int(subspaces[v][1])) for v in variables}
+    if rank is None:
+        per = {v: max(1, width // len(variables)) for v in variables}
+        if method == "low_rank":
+            per = dict.fromkeys(variables, 1)
+    elif isinstance(rank, int):
+        per = dict.fromkeys(variables, rank)
+    else:
+        per = {v: int(rank[v]) for v in variables}
+    for v, k in per.items():
+        if k < 1:
+            raise AlignmentError(f"rank of {v!r} must be at least 1, got {k}")
+    total = sum(per.values())
+    if total > width:
+        raise AlignmentError(
+            f"ranks {per} need {total} dimensions but the location has width {width}; lower "
+            "the rank or choose a wider location"
+        )
+    out, start = {}, 0
+    for v in variables:
+        out[v] = (start, start + per[v])
+        start += per[v]
+    return out
+
+
+def _check_data(data: pd.DataFrame, name: str) -> None:
+    if len(data) == 0:
+        raise AlignmentError(f"the {name} set is empty; generate counterfactual pairs first")
+    if not bool(data["changed"].any()):
+        warnings.warn(
+            f"no pair in the {name} set changes the label: IIA equals plain task accuracy and "
+            "says nothing about the variable. Sample with changed_only=True or a balanced "
+            "sampler",
+            TrivialIIAWarning,
+            stacklevel=3,
+        )
+
+
+def evaluate(alignment: Alignment, engine: InterchangeEngine) -> torch.Tensor:
+    """Per-pair correctness (counterfactual label predicted) of ``alignment`` on ``engine``."""
+    if alignment.method == "patch" or alignment.basis is None:
+        return engine.correct(patch_edit(engine, alignment.variables))
+    bases = {v: alignment.variable_basis(v) for v in alignment.variables}
+    return engine.correct(subspace_edit(engine, bases))
+
+
+def align(
+    network: Network,
+    task: Task,
+    train: pd.DataFrame,
+    location: Location,
+    variables: Sequence[str],
+    *,
+    method: str = "das",
+    rank: int | Mapping[str, int] | None = None,
+    subspaces: Mapping[str, tuple[int, int]] | None = None,
+    validation: pd.DataFrame | None = None,
+    config: TrainingConfig | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> Alignment:
+    """Train an alignment of ``variables`` with subspaces at ``location``.
+
+    Args:
+        network: the network.
+        task: encodes the causal inputs and labels for the network.
+        train: training counterfactual pairs (rows intervening on any of ``variables``).
+        location: where to look for the variables.
+        variables: causal variables, aligned with disjoint subspaces of one rotation.
+        method: ``"das"`` (full rotation), ``"low_rank"``, ``"boundless"`` (one
+            variable, learned subspace size) or ``"patch"`` (no training).
+        rank: dimensions per variable (an int for all, or per variable); default: an
+            equal share of the width for DAS, 1 for low-rank.
+        subspaces: explicit column ranges per variable, e.g. ``{"wx": (0, 8)}``.
+        validation: pairs for early stopping (never the test pairs).
+        config: epochs, batch size, learning rate, patience, seed.
+        memory_budget: bytes of cached activations held in RAM.
+        progress: called after every epoch with the training curve's newest entry.
+    """
+    config = config or TrainingConfig()
+    if method not in METHODS:
+        raise AlignmentError(f"unknown method {method!r}; {nearest(method, METHODS)}")
+    if not variables:
+        raise AlignmentError("name at least one causal variable to align")
+    for v in variables:
+        if v not in task.model.variables:
+            raise UnknownNameError(
+                f"variable {v!r} is not in causal model {task.model.name!r}; "
+                + nearest(v, task.model.variables)
+            )
+    _check_data(train, "training")
+    engine = InterchangeEngine(
+        network, task, train, location, variables, memory_budget=memory_budget
+    )
+    val_engine = (
+        InterchangeEngine(
+            network, task, validation, location, variables, memory_budget=memory_budget
+        )
+        if validation is not None
+        else None
+    )
+    try:
+        return train_on_engines(
+            engine,
+            val_engine,
+            task,
+            variables,
+            method=method,
+            rank=rank,
+            subspaces=subspaces,
+            config=config,
+            progress=progress,
+        )
+    finally:
+        engine.close()
+        if val_engine is not None:
+            val_engine.close()
+
+
+def train_on_engines(
+    engine: InterchangeEngine,
+    val_engine: InterchangeEngine | None,
+    task: Task,
+    variables: Sequence[str],
+    *,
+    method: str = "das",
+    rank: int | Mapping[str, int] | None = None,
+    subspaces: Mapping[str, tuple[int, int]] | None = None,
+    config: TrainingConfig | None = None,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> Alignment:
+    """:func:`align` on prepared engines (reuse them across seeds, ranks and baselines)."""
+    config = config or TrainingConfig()
+    width = engine.width
+    network = engine.network
+    common = {
+        "location": engine.site.location,
+        "network_hash": network.hash,
+        "model_hash": task.model.source_hash,
+    }
+    if method == "patch":
+        alignment = Alignment(
+            "patch",
+            basis=None,
+            subspaces={v: (0, width) for v in variables},
+            config={"method": "patch"},
+            **common,
+        )
+        return _with_curve(alignment, engine, val_engine, 0, 0.0, progress)
+    if method == "boundless" and len(variables) != 1:
+        raise AlignmentError(
+            "boundless DAS learns one subspace size, so it aligns one variable at a time; "
+            "call align once per variable, or use method='das'"
+        )
+    spans = _subspaces(method, variables, width, rank, subspaces)
+    generator = torch.Generator().manual_seed(config.seed)
+    k = width if method in ("das", "boundless") else max(stop for _, stop in spans.values())
+    rotation = _Rotation(width, k, generator).to(network.device)
+    boundary = nn.Parameter(torch.tensor(0.5, device=network.device))
+    params: list[nn.Parameter] = [*rotation.parameters()]
+    if method == "boundless":
+        params.append(boundary)
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    steps_per_epoch = math.ceil(engine.rows / config.batch_size)
+    total = max(1, config.epochs * steps_per_epoch)
+    temperatures = torch.linspace(config.temperature[0], config.temperature[1], total)
+    curve: list[dict[str, float]] = []
+    best: tuple[float, torch.Tensor, float] | None = None
+    stale, step = 0, 0
+    start_time = time.perf_counter()
+
+    def bases_now(weight: torch.Tensor, temperature: float | None) -> dict[str, torch.Tensor]:
+        if method == "boundless":
+            assert temperature is not None
+            mask = boundary_mask(width, boundary, torch.tensor(temperature, device=weight.device))
+            return {variables[0]: weight * mask.sqrt().unsqueeze(0)}
+        return {v: weight[:, a:b] for v, (a, b) in spans.items()}
+
+    for epoch in range(config.epochs):
+        order = torch.randperm(engine.rows, generator=generator)
+        losses = []
+        for s in range(0, engine.rows, config.batch_size):
+            rows = order[s : s + config.batch_size]
+            temperature = float(temperatures[min(step, total - 1)])
+            weight = rotation.weight
+            edit = subspace_edit(engine, bases_now(weight, temperature))
+            logits = engine.logits(rows, edit)
+            loss = nn.functional.cross_entropy(logits, engine.labels[rows].to(logits.device))
+            if method == "boundless":
+                loss = loss + config.boundary_coef * torch.clamp(boundary, 1e-3, 1.0)
+            if not torch.isfinite(loss):
+                raise AlignmentError(
+                    f"the loss became {loss.item()} at epoch {epoch}, step {step}; lower the "
+                    "learning rate or check the network's outputs for NaN"
+                )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            step += 1
+        with torch.no_grad():
+            weight = rotation.weight.detach().clone()
+            final = _final_bases(method, weight, spans, boundary, width, variables)
+            scored = val_engine if val_engine is not None else engine
+            val_iia = float(scored.correct(subspace_edit(scored, final)).float().mean())
+        entry = {
+            "epoch": float(epoch + 1),
+            "step": float(step),
+            "loss": sum(losses) / len(losses),
+            "val_iia": val_iia,
+            "seconds": time.perf_counter() - start_time,
+        }
+        if method == "boundless":
+            entry["boundary"] = float(torch.clamp(boundary.detach(), 1e-3, 1.0))
+        curve.append(entry)
+        if progress is not None:
+            progress(entry)
+        if best is None or val_iia > best[0]:
+            best, stale = (val_iia, weight, float(boundary.detach())), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    assert best is not None
+    _, weight, boundary_value = best
+    boundary.data.fill_(boundary_value)
+    result_spans = dict(spans)
+    stored = weight.cpu()
+    boundaries: dict[str, float] = {}
+    if method == "boundless":
+        mask = boundary_mask(width, boundary.detach().cpu(), torch.tensor(config.temperature[1]))
+        keep = (mask > 0.5).nonzero().flatten()
+        if len(keep) == 0:
+            keep = torch.tensor([0])
+        stored = stored[:, keep]
+        result_spans = {variables[0]: (0, len(keep))}
+        boundaries = {variables[0]: float(torch.clamp(boundary.detach(), 1e-3, 1.0))}
+    return Alignment(
+        method=method,
+        basis=stored,
+        subspaces=result_spans,
+        boundary=boundaries,
+        temperature=config.temperature[1] if method == "boundless" else None,
+        curve=curve,
+        config={
+            "method": method,
+            "rank": rank if isinstance(rank, (int, type(None))) else dict(rank),
+            **config.to_dict(),
+        },
+        **common,
+    )
+
+
+def _final_bases(
+    method: str,
+    weight: torch.Tensor,
+    spans: Mapping[str, tuple[int, int]],
+    boundary: torch.Tensor,
+    width: int,
+    variables: Sequence[str],
+) -> dict[str, torch.Tensor]:
+    """The hard subspaces used for scoring (boundless: coordinates with mask > 1/2)."""
+    if method == "boundless":
+        mask = boundary_mask(width, boundary.detach(), torch.tensor(0.1, device=weight.device))
+        keep = (mask > 0.5).nonzero().flatten()
+        return {variables[0]: weight[:, keep if len(keep) else torch.tensor([0])]}
+    return {v: weight[:, a:b] for v, (a, b) in spans.items()}
+
+
+def _with_curve(
+    alignment: Alignment,
+    engine: InterchangeEngine,
+    val_engine: InterchangeEngine | None,
+    epoch: int,
+    seconds: float,
+    progress: Callable[[dict[str, float]], None] | None,
+) -> Alignment:
+    scored = val_engine if val_engine is not None else engine
+    iia = float(evaluate(alignment, scored).float().mean())
+    entry = {
+        "epoch": float(epoch),
+        "step": 0.0,
+        "loss": float("nan"),
+        "val_iia": iia,
+        "seconds": seconds,
+    }
+    if progress is not None:
+        progress(entry)
+    alignment.curve.append(entry)
+    return alignment

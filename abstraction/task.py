@@ -1,0 +1,287 @@
+"""Tasks: how a causal model's inputs become network inputs, and its output a label.
+
+A :class:`Task` pairs a causal model with an encoder (input columns -> a
+:class:`~abstraction.network.Batch`) and a label map (output values -> class ids of
+the network's readout). Two ready-made kinds:
+
+* :class:`EntityVectorTask`: each input is an entity id mapped to a fixed random
+  vector; the vectors are concatenated (pyvene's hierarchical-equality MLP setup).
+* :class:`TokenTask`: a template of tokens, some of which are the inputs' values;
+  named positions (one per input, plus ``"last"``) are resolved per example, with
+  left or right padding when templates differ in length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from abstraction.causal_model import CausalModel
+from abstraction.errors import AbstractionError, DeclarationError, nearest
+from abstraction.network import Batch
+
+__all__ = ["EntityVectorTask", "Task", "TaskError", "TokenTask"]
+
+
+class TaskError(AbstractionError, ValueError):
+    """A task cannot encode these inputs or labels."""
+
+
+class Task:
+    """Base class: encode causal inputs as a network batch and outputs as class ids."""
+
+    name: str
+    model: CausalModel
+
+    @property
+    def n_classes(self) -> int:
+        """The number of readout classes."""
+        raise NotImplementedError
+
+    def encode(self, columns: Mapping[str, np.ndarray]) -> Batch:
+        """A batch from one column per causal-model input."""
+        raise NotImplementedError
+
+    def label_ids(self, values: np.ndarray) -> torch.Tensor:
+        """Class ids ``(n,)`` for output values of the causal model."""
+        raise NotImplementedError
+
+    @property
+    def positions(self) -> tuple[str, ...]:
+        """Named positions the task defines (empty for non-sequence tasks)."""
+        return ()
+
+    def batch(self, frame: pd.DataFrame, prefix: str = "") -> Batch:
+        """Encode the inputs stored in ``frame`` under ``prefix`` (``"base."``, ``"source.wx."``)."""
+        missing = [f"{prefix}{v}" for v in self.model.inputs if f"{prefix}{v}" not in frame]
+        if missing:
+            raise TaskError(
+                f"the dataset has no column(s) {missing}; columns with prefix {prefix!r} "
+                f"must hold the inputs {list(self.model.inputs)}"
+            )
+        return self.encode({v: frame[f"{prefix}{v}"].to_numpy() for v in self.model.inputs})
+
+    def labels(self, frame: pd.DataFrame, column: str = "label") -> torch.Tensor:
+        """Class ids of an output column of ``frame``."""
+        return self.label_ids(frame[column].to_numpy())
+
+
+def _label_table(values: Sequence[Any], labels: Mapping[Any, int] | None) -> dict[Any, int]:
+    if labels is not None:
+        return dict(labels)
+    return {v: i for i, v in enumerate(values)}
+
+
+def _map_labels(table: Mapping[Any, int], values: np.ndarray, task: str) -> torch.Tensor:
+    if values.dtype != object and all(
+        isinstance(k, (bool, int, np.integer, np.bool_)) for k in table
+    ):
+        keys = np.array(list(table.keys()), dtype=np.int64)
+        ids = np.array(list(table.values()), dtype=np.int64)
+        order = np.argsort(keys)
+        pos = np.searchsorted(keys[order], values.astype(np.int64))
+        pos = np.clip(pos, 0, len(keys) - 1)
+        ok = keys[order][pos] == values.astype(np.int64)
+        if not ok.all():
+            bad = values[~ok][0]
+            raise TaskError(f"task {task!r} has no label for output value {bad!r}")
+        return torch.from_numpy(ids[order][pos])
+    try:
+        return torch.tensor([table[v] for v in values.tolist()], dtype=torch.long)
+    except KeyError as exc:
+        raise TaskError(f"task {task!r} has no label for output value {exc.args[0]!r}") from None
+
+
+@dataclass
+class EntityVectorTask(Task):
+    """Inputs are entity ids, each mapped to a fixed random vector; vectors are concatenated.
+
+    Args:
+        name: the task's name.
+        model: the causal model (its inputs share one entity domain).
+        dim: the dimension of each entity vector.
+        seed: seed of the random vectors (uniform in [-1, 1], rounded to 2 decimals as in
+            pyvene's tutorial).
+        labels: output value -> class id (default: the output's values in order).
+        sequence_dim: add a length-1 position dimension (pyvene's MLP expects
+            ``inputs_embeds`` of shape ``(batch, 1, width)``).
+    """
+
+    name: str
+    model: CausalModel
+    dim: int = 4
+    seed: int = 0
+    labels_map: Mapping[Any, int] | None = None
+    sequence_dim: bool = True
+    vectors: dict[Any, torch.Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        entities: list[Any] = []
+        for v in self.model.inputs:
+            domain = self.model.domain(v)
+            if domain is None:
+                raise DeclarationError(
+                    f"input {v!r} has no finite domain of entities",
+                    "give every input a finite domain of entity ids",
+                )
+            entities.extend(e for e in domain if e not in entities)
+        rng = np.random.default_rng(self.seed)
+        table = np.round(rng.uniform(-1, 1, (len(entities), self.dim)), 2)
+        self._ids = {e: i for i, e in enumerate(entities)}
+        self._table = torch.tensor(table, dtype=torch.float32)
+        self.vectors = {e: self._table[i] for e, i in self._ids.items()}
+        self._labels = _label_table(self.model.values(self.model.output), self.labels_map)
+
+    @property
+    def n_classes(self) -> int:
+        return max(self._labels.values()) + 1
+
+    @property
+    def width(self) -> int:
+        """The network's input width: inputs x entity dimension."""
+        return len(self.model.inputs) * self.dim
+
+    def encode(self, columns: Mapping[str, np.ndarray]) -> Batch:
+        ids = np.stack([self._entity_ids(columns[v]) for v in self.model.inputs], axis=1)
+        x = self._table[torch.from_numpy(ids)].reshape(len(ids), self.width)
+        return Batch({"inputs_embeds": x.unsqueeze(1) if self.sequence_dim else x})
+
+    def _entity_ids(self, column: np.ndarray) -> np.ndarray:
+        if column.dtype.kind in "iu" and all(isinstance(e, int) for e in self._ids):
+            keys = np.fromiter(self._ids.keys(), np.int64)
+            if np.array_equal(keys, np.arange(len(keys))):
+                return column.astype(np.int64)
+        try:
+            return np.fromiter((self._ids[v] for v in column.tolist()), np.int64, len(column))
+        except KeyError as exc:
+            raise TaskError(f"entity {exc.args[0]!r} has no vector in task {self.name!r}") from None
+
+    def label_ids(self, values: np.ndarray) -> torch.Tensor:
+        return _map_labels(self._labels, values, self.name)
+
+
+@dataclass
+class TokenTask(Task):
+    """Inputs written into a template of tokens; the output is read at a position.
+
+    Args:
+        name: the task's name.
+        model: the causal model.
+        template: tokens; an item equal to an input's name is replaced by that input's
+            value (as ``str(value)``), other items are literal tokens.
+        vocab: all tokens, in id order (the first is the padding token).
+        readout: the position whose logits give the answer (``"last"`` by default).
+        padding: ``"left"`` or ``"right"``, when ``pad_to`` is longer than the template.
+        pad_to: pad every sequence to this length (default: the template's length).
+        labels_map: output value -> token (default ``str(value)``).
+        named: extra named positions: name -> index in the template.
+    """
+
+    name: str
+    model: CausalModel
+    template: Sequence[str]
+    vocab: Sequence[str]
+    readout: str = "last"
+    padding: str = "left"
+    pad_to: int | None = None
+    labels_map: Mapping[Any, str] | None = None
+    named: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._token_id = {t: i for i, t in enumerate(self.vocab)}
+        if len(self._token_id) != len(self.vocab):
+            raise DeclarationError("vocab lists a token twice", "list each token once")
+        for item in self.template:
+            if item not in self.model.inputs and item not in self._token_id:
+                raise DeclarationError(
+                    f"template token {item!r} is neither an input of {self.model.name!r} nor in "
+                    f"the vocabulary; {nearest(item, [*self.model.inputs, *self.vocab])}",
+                    "add it to vocab or fix the template",
+                )
+        if self.padding not in ("left", "right"):
+            raise DeclarationError(
+                f"padding must be 'left' or 'right', not {self.padding!r}", "use 'left' or 'right'"
+            )
+        self.length = self.pad_to or len(self.template)
+        if self.length < len(self.template):
+            raise DeclarationError(
+                f"pad_to={self.pad_to} is shorter than the template ({len(self.template)} tokens)",
+                "raise pad_to or shorten the template",
+            )
+        self._offset = self.length - len(self.template) if self.padding == "left" else 0
+        output_values = self.model.values(self.model.output)
+        table = self.labels_map or {v: str(v) for v in output_values}
+        for value, token in table.items():
+            if token not in self._token_id:
+                raise DeclarationError(
+                    f"output value {value!r} maps to token {token!r}, which is not in the vocab",
+                    "add the token to vocab or pass labels_map",
+                )
+        self._labels = {v: self._token_id[t] for v, t in table.items()}
+        self._value_tokens: dict[str, dict[Any, int]] = {}
+        for v in self.model.inputs:
+            domain = self.model.domain(v) or ()
+            missing = [x for x in domain if str(x) not in self._token_id]
+            if missing:
+                raise DeclarationError(
+                    f"value(s) {missing[:3]} of input {v!r} have no token in the vocab",
+                    "add str(value) of every input value to vocab",
+                )
+            self._value_tokens[v] = {x: self._token_id[str(x)] for x in domain}
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def positions(self) -> tuple[str, ...]:
+        names = [item for item in self.template if item in self.model.inputs]
+        return ("last", *names, *self.named)
+
+    def _position_index(self) -> dict[str, int]:
+        index = {
+            item: i + self._offset
+            for i, item in enumerate(self.template)
+            if item in self.model.inputs
+        }
+        index.update({k: v + self._offset for k, v in self.named.items()})
+        index["last"] = self._offset + len(self.template) - 1
+        return index
+
+    def encode(self, columns: Mapping[str, np.ndarray]) -> Batch:
+        n = len(next(iter(columns.values())))
+        ids = torch.zeros((n, self.length), dtype=torch.long)
+        mask = torch.zeros((n, self.length), dtype=torch.long)
+        mask[:, self._offset : self._offset + len(self.template)] = 1
+        for i, item in enumerate(self.template):
+            col = self._offset + i
+            if item in self.model.inputs:
+                table = self._value_tokens[item]
+                values = columns[item].tolist()
+                try:
+                    ids[:, col] = torch.tensor([table[x] for x in values], dtype=torch.long)
+                except KeyError as exc:
+                    raise TaskError(
+                        f"value {exc.args[0]!r} of input {item!r} has no token"
+                    ) from None
+            else:
+                ids[:, col] = self._token_id[item]
+        positions = {
+            name: torch.full((n,), index, dtype=torch.long)
+            for name, index in self._position_index().items()
+        }
+        if self.readout not in positions:
+            raise TaskError(f"readout position {self.readout!r} is not a named position")
+        return Batch(
+            {"input_ids": ids, "attention_mask": mask},
+            positions,
+            readout=positions[self.readout].clone(),
+        )
+
+    def label_ids(self, values: np.ndarray) -> torch.Tensor:
+        return _map_labels(self._labels, values, self.name)

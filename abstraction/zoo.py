@@ -1,0 +1,331 @@
+"""The zoo: small reference networks trained here, deterministically, and cached.
+
+No pretrained weights can be downloaded where this library is developed and tested,
+so examples and tests use networks trained on the spot from a config and a seed:
+
+* ``hierarchical_equality_mlp``: pyvene's tutorial MLP (16-dim input of four 4-dim
+  entity vectors, 3 layers of width 16, ReLU) trained on hierarchical equality;
+* ``addition_gpt2``: a 2-layer GPT-2 predicting the tens digit of a two-digit sum,
+  whose algorithm has a known intermediate variable (the carry).
+
+Each network is saved with ``save_pretrained`` (safetensors + config.json) under the
+cache directory (``ABSTRACTION_CACHE`` or the user cache dir), keyed by name, config,
+seed and library version, and reloaded through :meth:`Network.from_pretrained`, the
+path a user's real checkpoint takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from abstraction.causal_model import CausalModel, causal_model
+from abstraction.counterfactuals import balanced, factual_dataset
+from abstraction.errors import UnknownNameError, nearest
+from abstraction.network import Network, restore_default_linear_init
+from abstraction.task import EntityVectorTask, Task, TokenTask
+
+__all__ = ["ZooEntry", "cache_dir", "entries", "load", "task"]
+
+VERSION = "1"
+"""Bump when a zoo recipe changes, so cached networks are retrained."""
+
+
+def cache_dir() -> Path:
+    """Where zoo networks are cached: ``$ABSTRACTION_CACHE`` or the user cache directory."""
+    env = os.environ.get("ABSTRACTION_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("abstraction"))
+
+
+# -- causal models and tasks -----------------------------------------------------------
+
+ENTITIES = range(20)
+
+
+@causal_model(inputs={"w": ENTITIES, "x": ENTITIES, "y": ENTITIES, "z": ENTITIES})
+def hierarchical_equality(w, x, y, z):  # type: ignore[no-untyped-def]
+    wx = w == x
+    yz = y == z
+    return wx == yz
+
+
+DIGITS = range(10)
+
+
+@causal_model(inputs={"a1": DIGITS, "a0": DIGITS, "b1": DIGITS, "b0": DIGITS})
+def addition_tens(a1, a0, b1, b0):  # type: ignore[no-untyped-def]
+    carry = a0 + b0 >= 10
+    tens = (a1 + b1 + carry) % 10
+    return tens
+
+
+ADDITION_VOCAB = ("<pad>", *(str(d) for d in DIGITS), "+", "=")
+
+
+def _hierarchical_equality_task(model: CausalModel = hierarchical_equality) -> Task:
+    return EntityVectorTask("hierarchical_equality", model, dim=4, seed=0)
+
+
+def _addition_task(model: CausalModel = addition_tens) -> Task:
+    return TokenTask(
+        "addition_tens", model, template=["a1", "a0", "+", "b1", "b0", "="], vocab=ADDITION_VOCAB
+    )
+
+
+# -- training recipes -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A reference network: its task, config and training recipe."""
+
+    name: str
+    description: str
+    task: Callable[[], Task]
+    config: dict[str, Any]
+    train: Callable[
+        [ZooEntry, int, Callable[[str, float], None] | None], tuple[Any, dict[str, Any]]
+    ]
+
+    def key(self, seed: int) -> str:
+        """The cache key: name, config, seed and recipe version."""
+        text = json.dumps(
+            {"name": self.name, "config": self.config, "seed": seed, "v": VERSION}, sort_keys=True
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _train_hierarchical_equality(
+    entry: ZooEntry, seed: int, progress: Callable[[str, float], None] | None
+) -> tuple[Any, dict[str, Any]]:
+    from pyvene.models.mlp.modelings_mlp import MLPConfig, MLPForClassification
+
+    cfg = entry.config
+    task = entry.task()
+    torch.manual_seed(seed)
+    config = MLPConfig(
+        h_dim=cfg["width"],
+        n_layer=cfg["layers"],
+        num_classes=2,
+        activation_function="relu",
+        pdrop=0.0,
+        squeeze_output=True,
+    )
+    module = MLPForClassification(config)
+    restore_default_linear_init(module)
+    # pyvene's tutorial draws training inputs with wx and yz balanced (four equally
+    # likely cases), which the balanced sampler reproduces.
+    data = factual_dataset(task.model, cfg["examples"], sampler=balanced(["wx", "yz"]), seed=seed)
+    x = task.batch(data).inputs["inputs_embeds"]
+    y = task.labels(data, task.model.output)
+    _fit(module, lambda idx: _logits(module(inputs_embeds=x[idx])), y, cfg, seed, progress)
+    test = factual_dataset(task.model, 20_000, sampler=balanced(["wx", "yz"]), seed=seed + 10_000)
+    with torch.no_grad():
+        logits = _logits(module(inputs_embeds=task.batch(test).inputs["inputs_embeds"]))
+    accuracy = float((logits.argmax(-1) == task.labels(test, task.model.output)).float().mean())
+    return module, {"test_accuracy": accuracy, "test_examples": len(test)}
+
+
+def _train_addition(
+    entry: ZooEntry, seed: int, progress: Callable[[str, float], None] | None
+) -> tuple[Any, dict[str, Any]]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = entry.config
+    task = entry.task()
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(ADDITION_VOCAB),
+        n_positions=8,
+        n_embd=cfg["width"],
+        n_layer=cfg["layers"],
+        n_head=cfg["heads"],
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    module = GPT2LMHeadModel(config)
+    data = factual_dataset(task.model, exhaustive=True)
+    order = np.random.default_rng(seed).permutation(len(data))
+    n_test = int(len(data) * cfg["test_fraction"])
+    train, test = data.iloc[order[n_test:]], data.iloc[order[:n_test]]
+    batch = task.batch(train)
+    y = task.labels(train, task.model.output)
+    ids, mask, readout = batch.inputs["input_ids"], batch.inputs["attention_mask"], batch.readout
+    assert readout is not None
+
+    def logits(idx: torch.Tensor) -> torch.Tensor:
+        out = module(input_ids=ids[idx], attention_mask=mask[idx], use_cache=False).logits
+        return out[torch.arange(len(idx)), readout[idx]]
+
+    _fit(module, logits, y, cfg, seed, progress)
+    module.eval()
+    test_batch = task.batch(test)
+    with torch.no_grad():
+        out = module(**test_batch.inputs, use_cache=False).logits
+        assert test_batch.readout is not None
+        pred = out[torch.arange(len(test)), test_batch.readout].argmax(-1)
+    accuracy = float((pred == task.labels(test, task.model.output)).float().mean())
+    return module, {"test_accuracy": accuracy, "test_examples": len(test)}
+
+
+def _logits(output: Any) -> torch.Tensor:
+    logits = getattr(output, "logits", None)
+    result: torch.Tensor = logits if logits is not None else output[0]
+    return result
+
+
+def _fit(
+    module: torch.nn.Module,
+    logits: Callable[[torch.Tensor], torch.Tensor],
+    labels: torch.Tensor,
+    cfg: dict[str, Any],
+    seed: int,
+    progress: Callable[[str, float], None] | None,
+) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(
+        module.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0)
+    )
+    module.train()
+    n = len(labels)
+    steps = cfg["epochs"] * -(-n // cfg["batch_size"])
+    step = 0
+    for _ in range(cfg["epochs"]):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, cfg["batch_size"]):
+            idx = order[start : start + cfg["batch_size"]]
+            loss = torch.nn.functional.cross_entropy(logits(idx), labels[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if progress is not None and step % 50 == 0:
+                progress(f"loss {loss.item():.4f}", step / steps)
+    module.eval()
+
+
+_ENTRIES: dict[str, ZooEntry] = {
+    "hierarchical_equality_mlp": ZooEntry(
+        "hierarchical_equality_mlp",
+        "pyvene's hierarchical-equality MLP: four 4-dim entity vectors in, 3 ReLU layers of "
+        "width 16, trained on 1,048,576 balanced examples (3 epochs, batch 1024, Adam 1e-3)",
+        _hierarchical_equality_task,
+        {
+            "width": 16,
+            "layers": 3,
+            "examples": 1_048_576,
+            "epochs": 3,
+            "batch_size": 1024,
+            "lr": 1e-3,
+        },
+        _train_hierarchical_equality,
+    ),
+    "addition_gpt2": ZooEntry(
+        "addition_gpt2",
+        "2-layer GPT-2 (d_model 64, 4 heads) reading 'a1 a0 + b1 b0 =' and predicting the "
+        "tens digit of the sum; trained on 90% of all 10,000 problems",
+        _addition_task,
+        {
+            "width": 64,
+            "layers": 2,
+            "heads": 4,
+            "epochs": 30,
+            "batch_size": 128,
+            "lr": 3e-3,
+            "weight_decay": 0.01,
+            "test_fraction": 0.1,
+        },
+        _train_addition,
+    ),
+}
+
+
+def entries() -> list[ZooEntry]:
+    """Every reference network."""
+    return list(_ENTRIES.values())
+
+
+def _entry(name: str) -> ZooEntry:
+    if name not in _ENTRIES:
+        raise UnknownNameError(f"no zoo network {name!r}; {nearest(name, _ENTRIES)}")
+    return _ENTRIES[name]
+
+
+def task(name: str) -> Task:
+    """The task a zoo network was trained on."""
+    return _entry(name).task()
+
+
+def path(name: str, seed: int = 0) -> Path:
+    """The cache directory of a zoo network (it may not exist yet)."""
+    entry = _entry(name)
+    return cache_dir() / "zoo" / f"{name}-seed{seed}-{entry.key(seed)}"
+
+
+def load(
+    name: str,
+    seed: int = 0,
+    *,
+    retrain: bool = False,
+    progress: Callable[[str, float], None] | None = None,
+) -> Network:
+    """A zoo network: loaded from the cache, or trained and cached first.
+
+    Args:
+        name: the network (see :func:`entries`).
+        seed: the training seed; the same seed gives the same weights on one machine.
+        retrain: train again even when cached.
+        progress: called with (message, fraction done) while training.
+    """
+    entry = _entry(name)
+    target = path(name, seed)
+    if retrain or not (target / "zoo.json").is_file():
+        torch.set_num_threads(max(torch.get_num_threads(), 1))
+        start = time.perf_counter()
+        module, metrics = entry.train(entry, seed, progress)
+        metrics.update(
+            {
+                "name": name,
+                "seed": seed,
+                "key": entry.key(seed),
+                "config": entry.config,
+                "train_seconds": round(time.perf_counter() - start, 2),
+                "version": VERSION,
+            }
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        Network(module, name=name).save_pretrained(staging)
+        (staging / "zoo.json").write_text(json.dumps(metrics, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)  # atomic: readers never see a half-written network
+    return Network.from_pretrained(target, name=name)
+
+
+def metrics(name: str, seed: int = 0) -> dict[str, Any]:
+    """Training metrics recorded when the zoo network was trained (accuracy, seconds)."""
+    file = path(name, seed) / "zoo.json"
+    if not file.is_file():
+        load(name, seed)
+    data: dict[str, Any] = json.loads(file.read_text())
+    return data
