@@ -16,6 +16,7 @@ memory-mapped file in chunks instead of held in RAM. :attr:`PrefixCache.nbytes` 
 from __future__ import annotations
 
 import contextlib
+import copy
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -210,7 +211,19 @@ class PrefixCache:
         if isinstance(self._data, torch.Tensor):
             return self._data[rows]
         index = rows.numpy() if isinstance(rows, torch.Tensor) else rows
+        if isinstance(index, np.ndarray):
+            index = np.sort(index)  # memory-mapped reads are faster in file order
+            order = np.argsort(np.argsort(rows.numpy()))  # type: ignore[union-attr]
+            return torch.from_numpy(np.ascontiguousarray(self._data[index][order]))
         return torch.from_numpy(np.ascontiguousarray(self._data[index]))
+
+    def reordered(self, order: torch.Tensor) -> PrefixCache:
+        """An in-memory copy with rows permuted by ``order`` (for shuffled training)."""
+        assert isinstance(self._data, torch.Tensor), "only in-memory caches are reordered"
+        view = copy.copy(self)
+        view._data = self._data[order]
+        view._tmp = None
+        return view
 
     def close(self) -> None:
         """Release the cache (and delete its file, when it made one)."""

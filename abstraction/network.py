@@ -467,7 +467,7 @@ def restore_default_linear_init(module: nn.Module) -> None:
 def _quiet_transformers() -> None:
     from transformers.utils import logging
 
-    logging.disable_progress_bar()
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _model_class(config: Mapping[str, Any]) -> Any:

@@ -57,7 +57,7 @@ class Task:
         return ()
 
     def batch(self, frame: pd.DataFrame, prefix: str = "") -> Batch:
-        """Encode the inputs stored in ``frame`` under ``prefix`` (``"base."``, ``"source.wx."``)."""
+        """Encode the inputs stored in ``frame`` under ``prefix`` (``"base."``, ``"source.v."``)."""
         missing = [f"{prefix}{v}" for v in self.model.inputs if f"{prefix}{v}" not in frame]
         if missing:
             raise TaskError(

@@ -174,10 +174,10 @@ def _train_addition(
 
     def logits(idx: torch.Tensor) -> torch.Tensor:
         out = module(input_ids=ids[idx], attention_mask=mask[idx], use_cache=False).logits
-        return out[torch.arange(len(idx)), readout[idx]]
+        picked: torch.Tensor = out[torch.arange(len(idx)), readout[idx]]
+        return picked
 
     _fit(module, logits, y, cfg, seed, progress)
-    module.eval()
     test_batch = task.batch(test)
     with torch.no_grad():
         out = module(**test_batch.inputs, use_cache=False).logits
@@ -215,7 +215,7 @@ def _fit(
             idx = order[start : start + cfg["batch_size"]]
             loss = torch.nn.functional.cross_entropy(logits(idx), labels[idx])
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             step += 1
             if progress is not None and step % 50 == 0:
@@ -317,8 +317,14 @@ def load(
         Network(module, name=name).save_pretrained(staging)
         (staging / "zoo.json").write_text(json.dumps(metrics, indent=2))
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)  # atomic: readers never see a half-written network
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(staging, target)  # atomic: readers never see a half-written network
+        except OSError:
+            # another process finished the same training first; keep its copy
+            shutil.rmtree(staging, ignore_errors=True)
+            if not (target / "zoo.json").is_file():
+                raise
     return Network.from_pretrained(target, name=name)
 
 

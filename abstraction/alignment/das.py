@@ -10,6 +10,7 @@ interchanges the dataset contains (as in the DAS paper).
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -112,7 +113,7 @@ def _subspaces(
                     f"subspace {start}:{stop} of {v!r} does not fit width {width}; "
                     f"use 0 <= start < stop <= {width}"
                 )
-        for ((_, stop_a), a), ((start_b, _), b) in zip(spans, spans[1:], strict=False):
+        for ((_, stop_a), a), ((start_b, _), b) in itertools.pairwise(spans):
             if start_b < stop_a:
                 raise AlignmentError(
                     f"the subspaces of {a!r} and {b!r} overlap; give each variable disjoint "
@@ -253,18 +254,16 @@ def train_on_engines(
     config = config or TrainingConfig()
     width = engine.width
     network = engine.network
-    common = {
-        "location": engine.site.location,
-        "network_hash": network.hash,
-        "model_hash": task.model.source_hash,
-    }
+    location, network_hash, model_hash = engine.site.location, network.hash, task.model.source_hash
     if method == "patch":
         alignment = Alignment(
             "patch",
-            basis=None,
-            subspaces={v: (0, width) for v in variables},
+            location,
+            None,
+            {v: (0, width) for v in variables},
+            network_hash,
+            model_hash,
             config={"method": "patch"},
-            **common,
         )
         return _with_curve(alignment, engine, val_engine, 0, 0.0, progress)
     if method == "boundless" and len(variables) != 1:
@@ -297,15 +296,15 @@ def train_on_engines(
         return {v: weight[:, a:b] for v, (a, b) in spans.items()}
 
     for epoch in range(config.epochs):
-        order = torch.randperm(engine.rows, generator=generator)
+        shuffled = engine.reordered(torch.randperm(engine.rows, generator=generator))
         losses = []
         for s in range(0, engine.rows, config.batch_size):
-            rows = order[s : s + config.batch_size]
+            rows = slice(s, s + config.batch_size)
             temperature = float(temperatures[min(step, total - 1)])
             weight = rotation.weight
-            edit = subspace_edit(engine, bases_now(weight, temperature))
-            logits = engine.logits(rows, edit)
-            loss = nn.functional.cross_entropy(logits, engine.labels[rows].to(logits.device))
+            edit = subspace_edit(shuffled, bases_now(weight, temperature))
+            logits = shuffled.logits(rows, edit)
+            loss = nn.functional.cross_entropy(logits, shuffled.labels[rows].to(logits.device))
             if method == "boundless":
                 loss = loss + config.boundary_coef * torch.clamp(boundary, 1e-3, 1.0)
             if not torch.isfinite(loss):
@@ -314,13 +313,13 @@ def train_on_engines(
                     "learning rate or check the network's outputs for NaN"
                 )
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             losses.append(float(loss.detach()))
             step += 1
         with torch.no_grad():
-            weight = rotation.weight.detach().clone()
-            final = _final_bases(method, weight, spans, boundary, width, variables)
+            snapshot = rotation.weight.detach().clone()
+            final = _final_bases(method, snapshot, spans, boundary, width, variables)
             scored = val_engine if val_engine is not None else engine
             val_iia = float(scored.correct(subspace_edit(scored, final)).float().mean())
         entry = {
@@ -336,16 +335,17 @@ def train_on_engines(
         if progress is not None:
             progress(entry)
         if best is None or val_iia > best[0]:
-            best, stale = (val_iia, weight, float(boundary.detach())), 0
+            best, stale = (val_iia, snapshot, float(boundary.detach())), 0
         else:
             stale += 1
             if stale >= config.patience:
                 break
     assert best is not None
-    _, weight, boundary_value = best
-    boundary.data.fill_(boundary_value)
+    _, best_weight, boundary_value = best
+    with torch.no_grad():
+        boundary.fill_(boundary_value)
     result_spans = dict(spans)
-    stored = weight.cpu()
+    stored = best_weight.cpu()
     boundaries: dict[str, float] = {}
     if method == "boundless":
         mask = boundary_mask(width, boundary.detach().cpu(), torch.tensor(config.temperature[1]))
@@ -357,6 +357,9 @@ def train_on_engines(
         boundaries = {variables[0]: float(torch.clamp(boundary.detach(), 1e-3, 1.0))}
     return Alignment(
         method=method,
+        location=location,
+        network_hash=network_hash,
+        model_hash=model_hash,
         basis=stored,
         subspaces=result_spans,
         boundary=boundaries,
@@ -367,7 +370,6 @@ def train_on_engines(
             "rank": rank if isinstance(rank, (int, type(None))) else dict(rank),
             **config.to_dict(),
         },
-        **common,
     )
 
 

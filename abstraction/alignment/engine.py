@@ -9,6 +9,7 @@ network's suffix with an edit of the selected activation, in large batches.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
@@ -23,7 +24,7 @@ from abstraction.task import Task
 
 __all__ = ["Edit", "InterchangeEngine", "subspace_edit"]
 
-Edit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Edit = Callable[[torch.Tensor, "torch.Tensor | slice"], torch.Tensor]
 """``edit(selected_base_activation, rows) -> new activation``."""
 
 
@@ -94,7 +95,7 @@ class InterchangeEngine:
         """The width of the selected activation."""
         return int(self.sources[self.variables[0]].shape[-1]) if self.variables else 0
 
-    def logits(self, rows: torch.Tensor, edit: Edit | None) -> torch.Tensor:
+    def logits(self, rows: torch.Tensor | slice, edit: Edit | None) -> torch.Tensor:
         """Readout logits of base rows ``rows`` with the selected activation edited."""
         base = self.base.select(rows)
         device = self.network.device
@@ -116,7 +117,7 @@ class InterchangeEngine:
         )
 
     def _hook(
-        self, base: Batch, rows: torch.Tensor, edit: Edit
+        self, base: Batch, rows: torch.Tensor | slice, edit: Edit
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         def apply(act: torch.Tensor) -> torch.Tensor:
             positions = _positions(self.site, base, act)
@@ -143,6 +144,24 @@ class InterchangeEngine:
         rows = torch.arange(self.rows) if rows is None else rows
         return self.predict(edit, rows) == self.labels[rows]
 
+    def reordered(self, order: torch.Tensor) -> InterchangeEngine:
+        """A view of this engine with rows permuted by ``order``, materialised once.
+
+        Training takes contiguous slices of a shuffled copy instead of gathering
+        random rows at every step, which is several times faster for small networks.
+        A disk-backed prefix cache stays on disk (rows are then gathered per step).
+        """
+        view = copy.copy(self)
+        view.base = self.base.select(order)
+        view.labels = self.labels[order]
+        view.base_labels = self.base_labels[order]
+        view.changed = self.changed[order]
+        view.do = {v: m[order] for v, m in self.do.items()}
+        view.sources = {v: t[order] for v, t in self.sources.items()}
+        if self.cache is not None and self.cache.storage == "memory":
+            view.cache = self.cache.reordered(order)
+        return view
+
     def close(self) -> None:
         """Free the prefix cache."""
         if self.cache is not None:
@@ -156,7 +175,7 @@ def subspace_edit(engine: InterchangeEngine, bases: Mapping[str, torch.Tensor]) 
     different variables must be orthogonal to each other (disjoint subspaces).
     """
 
-    def edit(selected: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def edit(selected: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:
         out = selected
         for v, basis in bases.items():
             source = engine.sources[v][rows].to(selected.device, selected.dtype)
@@ -173,7 +192,7 @@ def subspace_edit(engine: InterchangeEngine, bases: Mapping[str, torch.Tensor]) 
 def patch_edit(engine: InterchangeEngine, variables: Sequence[str]) -> Edit:
     """Replace the whole selected activation by the source's (full-component patch)."""
 
-    def edit(selected: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def edit(selected: torch.Tensor, rows: torch.Tensor | slice) -> torch.Tensor:
         out = selected
         for v in variables:
             source = engine.sources[v][rows].to(selected.device, selected.dtype)
