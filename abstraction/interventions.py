@@ -86,6 +86,11 @@ def _tensor_repr(t: torch.Tensor | None) -> str:
 
 
 def _check_width(name: str, tensor: torch.Tensor, width: int | None, dim: int = 0) -> None:
+    if not tensor.is_floating_point():
+        raise InterventionError(
+            f"{name} has dtype {tensor.dtype}; it must be a floating-point tensor (it is cast "
+            "to the network's dtype and device when applied)"
+        )
     if width is not None and tensor.shape[dim] != width:
         raise InterventionError(
             f"{name} has {tensor.shape[dim]} rows but the location's activation has width "
@@ -123,7 +128,7 @@ class Patch(Intervention):
 
     def apply(self, base: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
         assert source is not None
-        return source.to(base.dtype).expand_as(base)
+        return source.to(base.device, base.dtype).expand_as(base)
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -144,9 +149,9 @@ class RotatedPatch(Intervention):
 
     def apply(self, base: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
         assert source is not None
-        r = self.rotation.to(base.dtype)
+        r = self.rotation.to(base.device, base.dtype)
         rotated = torch.matmul(base, r)
-        rotated_source = torch.matmul(source.to(base.dtype), r)
+        rotated_source = torch.matmul(source.to(base.device, base.dtype), r)
         start, stop = self.dims
         rotated = torch.cat(
             [
@@ -174,7 +179,9 @@ class LowRankPatch(Intervention):
 
     def apply(self, base: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
         assert source is not None
-        return subspace_interchange(base, source.to(base.dtype), self.basis.to(base.dtype))
+        return subspace_interchange(
+            base, source.to(base.device, base.dtype), self.basis.to(base.device, base.dtype)
+        )
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -196,10 +203,10 @@ class BoundlessPatch(Intervention):
 
     def apply(self, base: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
         assert source is not None
-        r = self.rotation.to(base.dtype)
-        mask = self.mask().to(base.dtype)
+        r = self.rotation.to(base.device, base.dtype)
+        mask = self.mask().to(base.device, base.dtype)
         rotated = torch.matmul(base, r)
-        rotated_source = torch.matmul(source.to(base.dtype), r)
+        rotated_source = torch.matmul(source.to(base.device, base.dtype), r)
         mixed = (1.0 - mask) * rotated + mask * rotated_source
         return torch.matmul(mixed, r.T)
 
@@ -218,10 +225,10 @@ class MeanAblation(Intervention):
             _check_width("basis", self.basis, width)
 
     def apply(self, base: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
-        mean = self.mean.to(base.dtype).expand_as(base)
+        mean = self.mean.to(base.device, base.dtype).expand_as(base)
         if self.basis is None:
             return mean
-        return subspace_interchange(base, mean, self.basis.to(base.dtype))
+        return subspace_interchange(base, mean, self.basis.to(base.device, base.dtype))
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -238,7 +245,9 @@ class ZeroAblation(Intervention):
     def apply(self, base: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
         if self.basis is None:
             return torch.zeros_like(base)
-        return subspace_interchange(base, torch.zeros_like(base), self.basis.to(base.dtype))
+        return subspace_interchange(
+            base, torch.zeros_like(base), self.basis.to(base.device, base.dtype)
+        )
 
 
 # -- reading and writing activations ---------------------------------------------------

@@ -16,13 +16,14 @@ path a user's real checkpoint takes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,34 +299,52 @@ def load(
     """
     entry = _entry(name)
     target = path(name, seed)
-    if retrain or not (target / "zoo.json").is_file():
-        torch.set_num_threads(max(torch.get_num_threads(), 1))
-        start = time.perf_counter()
-        module, metrics = entry.train(entry, seed, progress)
-        metrics.update(
-            {
-                "name": name,
-                "seed": seed,
-                "key": entry.key(seed),
-                "config": entry.config,
-                "train_seconds": round(time.perf_counter() - start, 2),
-                "version": VERSION,
-            }
-        )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-        Network(module, name=name).save_pretrained(staging)
-        (staging / "zoo.json").write_text(json.dumps(metrics, indent=2))
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(staging, target)  # atomic: readers never see a half-written network
-        except OSError:
-            # another process finished the same training first; keep its copy
-            shutil.rmtree(staging, ignore_errors=True)
-            if not (target / "zoo.json").is_file():
-                raise
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(target.with_name(target.name + ".lock")):
+        if retrain or not (target / "zoo.json").is_file():
+            _train_and_save(entry, name, seed, target, progress)
     return Network.from_pretrained(target, name=name)
+
+
+@contextlib.contextmanager
+def _lock(file: Path) -> Iterator[None]:
+    """An exclusive lock across processes, so parallel test workers train a network once."""
+    with open(file, "w") as handle:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - not POSIX: no lock, at worst train twice
+            pass
+        yield
+
+
+def _train_and_save(
+    entry: ZooEntry,
+    name: str,
+    seed: int,
+    target: Path,
+    progress: Callable[[str, float], None] | None,
+) -> None:
+    start = time.perf_counter()
+    module, metrics = entry.train(entry, seed, progress)
+    metrics.update(
+        {
+            "name": name,
+            "seed": seed,
+            "key": entry.key(seed),
+            "config": entry.config,
+            "train_seconds": round(time.perf_counter() - start, 2),
+            "version": VERSION,
+        }
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    Network(module, name=name).save_pretrained(staging)
+    (staging / "zoo.json").write_text(json.dumps(metrics, indent=2))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)  # atomic: readers never see a half-written network
 
 
 def metrics(name: str, seed: int = 0) -> dict[str, Any]:

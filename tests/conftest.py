@@ -1,0 +1,70 @@
+"""Shared fixtures: small networks built from configs, and zoo networks trained once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Zoo networks are trained once and reused across test runs (and xdist workers, which
+# share the cache through a file lock).
+os.environ.setdefault("ABSTRACTION_CACHE", str(ROOT / ".cache" / "abstraction"))
+
+
+@pytest.fixture(scope="session")
+def he_network():  # type: ignore[no-untyped-def]
+    from abstraction import zoo
+
+    return zoo.load("hierarchical_equality_mlp")
+
+
+@pytest.fixture(scope="session")
+def he_task():  # type: ignore[no-untyped-def]
+    from abstraction import zoo
+
+    return zoo.task("hierarchical_equality_mlp")
+
+
+@pytest.fixture(scope="session")
+def addition_network():  # type: ignore[no-untyped-def]
+    from abstraction import zoo
+
+    return zoo.load("addition_gpt2")
+
+
+@pytest.fixture(scope="session")
+def addition_task():  # type: ignore[no-untyped-def]
+    from abstraction import zoo
+
+    return zoo.task("addition_gpt2")
+
+
+@pytest.fixture
+def small_gpt2():  # type: ignore[no-untyped-def]
+    from transformers import GPT2Config
+
+    from abstraction.network import Network
+
+    config = GPT2Config(
+        n_layer=3,
+        n_embd=32,
+        n_head=4,
+        vocab_size=20,
+        n_positions=16,
+        bos_token_id=0,
+        eos_token_id=0,
+        architectures=["GPT2LMHeadModel"],
+    )
+    return Network.from_config(config, seed=0)
+
+
+@pytest.fixture
+def small_mlp():  # type: ignore[no-untyped-def]
+    from pyvene.models.mlp.modelings_mlp import MLPConfig
+
+    from abstraction.network import Network
+
+    config = MLPConfig(h_dim=16, n_layer=3, num_classes=2, activation_function="relu", pdrop=0.0)
+    return Network.from_config(config, seed=0)
