@@ -84,7 +84,11 @@ def _hierarchical_equality_task(model: CausalModel = hierarchical_equality) -> T
 
 def _addition_task(model: CausalModel = addition_tens) -> Task:
     return TokenTask(
-        "addition_tens", model, template=["a1", "a0", "+", "b1", "b0", "="], vocab=ADDITION_VOCAB
+        "addition_tens",
+        model,
+        template=["a1", "a0", "+", "b1", "b0", "="],
+        vocab=ADDITION_VOCAB,
+        named={"plus": 2, "equals": 5},
     )
 
 

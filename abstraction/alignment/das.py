@@ -62,6 +62,15 @@ class TrainingConfig:
     boundary_coef: float = 0.1
     temperature: tuple[float, float] = (50.0, 0.1)
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
+            raise AlignmentError(
+                f"epochs, batch_size and patience must be at least 1, got {self.epochs}, "
+                f"{self.batch_size}, {self.patience}"
+            )
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise AlignmentError(f"lr must be a positive finite number, got {self.lr}")
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
         return {

@@ -61,7 +61,7 @@ def test_cached_suffix_equals_uncached(small_gpt2: Network, left: bool, componen
             out = run_suffix(small_gpt2, base, cut, hidden, tuple_len=cache.tuple_len)
         else:
 
-            def edit(act: torch.Tensor) -> torch.Tensor:
+            def edit(act: torch.Tensor, site=site, iv=iv, src_act=src_act) -> torch.Tensor:  # type: ignore[no-untyped-def]
                 pos = _positions(site, base, act)
                 return _replace(act, site, pos, iv.apply(_select(act, site, pos), src_act))
 
@@ -94,7 +94,7 @@ def test_bad_locations_are_rejected_before_running(small_gpt2: Network) -> None:
         resolve(small_gpt2, Location(layer=7))
     with pytest.raises(LocationError, match="valid: 0 to 3"):
         resolve(small_gpt2, Location(layer=0, component="head", head=9))
-    with pytest.raises(KeyError, match="transformer.h.0.mlp"):
+    with pytest.raises(KeyError, match=r"transformer\.h\.0\.mlp"):
         resolve(small_gpt2, Location.module("transformer.h.0.mpl"))
     with pytest.raises(LocationError, match="0 <= start < stop <= 32"):
         resolve(small_gpt2, Location(layer=0, dims=(0, 40)))

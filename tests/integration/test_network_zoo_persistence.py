@@ -31,7 +31,7 @@ def test_hash_changes_with_weights(small_gpt2: Network) -> None:
 
 
 def test_not_a_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(NetworkError, match="no config.json"):
+    with pytest.raises(NetworkError, match=r"no config\.json"):
         Network.from_pretrained(tmp_path)
 
 
