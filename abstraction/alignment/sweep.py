@@ -173,9 +173,9 @@ def sweep(
         for cell in cells:
             file = cell_file(cell)
             if file is not None and file.is_file():
-                record = json.loads(file.read_text())
-                if record.get("signature") == signature:
-                    done[cell] = (None, record["val_iia"], record["seconds"])
+                saved = json.loads(file.read_text())
+                if saved.get("signature") == signature:
+                    done[cell] = (None, saved["val_iia"], saved["seconds"])
                     continue
             finished = False
         if not finished:
@@ -268,8 +268,9 @@ def _signature(
             default=str,
         ).encode()
     )
-    digest.update(pd.util.hash_pandas_object(train["base_id"], index=False).values.tobytes())
-    digest.update(pd.util.hash_pandas_object(validation["base_id"], index=False).values.tobytes())
+    for frame in (train, validation):
+        hashed = pd.util.hash_pandas_object(frame["base_id"], index=False).to_numpy()
+        digest.update(hashed.tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -300,7 +301,7 @@ def _run_on_ray(
         )
         started = True
     try:
-        remote = ray.remote(_run_location)
+        remote: Any = ray.remote(_run_location)
         shared = [ray.put(a) for a in args]
         futures = [
             remote.remote(*shared, loc, list(variables), list(ranks), method, config)
