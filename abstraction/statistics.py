@@ -347,7 +347,7 @@ def seed_summary(
     for i in range(resamples):
         seeds = rng.integers(matrix.shape[0], size=matrix.shape[0])
         picked = rng.integers(n_clusters, size=n_clusters)
-        draws[i] = sums[np.ix_(seeds, picked)].sum() / (len(seeds) * counts[picked].sum())
+        draws[i] = sums[np.ix_(seeds, picked)].sum() / (matrix.shape[0] * counts[picked].sum())
     low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
     value = float(per_seed.mean())
     interval = Estimate(
