@@ -37,7 +37,7 @@ import pandas as pd
 
 from abstraction.causal_model import GRID_LIMIT, CausalModel
 from abstraction.errors import DeclarationError, DomainError
-from abstraction.mechanism import as_column
+from abstraction.mechanism import Mechanism, as_column
 
 __all__ = [
     "BalancedSampler",
@@ -45,11 +45,13 @@ __all__ = [
     "Sampler",
     "UniformSampler",
     "balanced",
+    "control_model",
     "counterfactual_dataset",
     "factual_dataset",
     "from_function",
     "intervention_label",
     "label_columns",
+    "relabel",
     "split_by_base",
     "uniform",
 ]
@@ -567,3 +569,82 @@ def split_by_base(
         part.attrs = dict(frame.attrs)
         parts.append(part)
     return parts
+
+
+def relabel(frame: pd.DataFrame, model: CausalModel) -> pd.DataFrame:
+    """The same base/source pairs, with labels and values recomputed by another model.
+
+    ``model`` must have the same inputs as the model that generated ``frame`` (a rival
+    hypothesis, or a control model); variables it lacks cannot be intervened on.
+    """
+    targets = [c[len("do.") :] for c in frame.columns if c.startswith("do.")]
+    for v in targets:
+        model._check_variable(v, role="intervened")
+    base = {name: frame[f"base.{name}"].to_numpy() for name in model.inputs}
+    sources = {
+        v: {name: frame[f"source.{v}.{name}"].to_numpy() for name in model.inputs} for v in targets
+    }
+    sets = (
+        list(frame["intervened"].cat.categories)
+        if hasattr(frame["intervened"], "cat")
+        else (sorted(set(frame["intervened"])))
+    )
+    codes = pd.Categorical(frame["intervened"], categories=sets).codes.astype(np.int64)
+    out = _assemble(model, [tuple(s.split("+")) for s in sets], targets, base, sources, codes)
+    out["base_id"] = frame["base_id"].to_numpy()
+    out.attrs = {**frame.attrs, "model": model.name}
+    return out
+
+
+def control_model(model: CausalModel, variable: str, seed: int = 0) -> CausalModel:
+    """A control hypothesis: ``variable``'s values shuffled consistently across inputs.
+
+    Every input combination keeps one fixed value of ``variable``, but which value is a
+    random permutation of the true assignment (so its distribution is unchanged and
+    its relation to the inputs is destroyed). Downstream mechanisms are unchanged.
+    Aligning this control measures what DAS can fit regardless of the hypothesis;
+    selectivity is the real IIA minus the control's.
+    """
+    model._check_variable(variable, role="controlled")
+    if variable in model.inputs:
+        raise DeclarationError(
+            f"{variable!r} is an input; a control task shuffles an intermediate variable",
+            "name an intermediate variable",
+        )
+    grid = model.input_grid()
+    values = model.run_batch(grid, validate=False)[variable]
+    table = np.empty(len(values), dtype=values.dtype)
+    table[input_ids(model, grid)] = values[np.random.default_rng(seed).permutation(len(values))]
+    inputs = model.inputs
+
+    def lookup_columns(*columns: np.ndarray) -> np.ndarray:
+        result: np.ndarray = table[input_ids(model, dict(zip(inputs, columns, strict=True)))]
+        return result
+
+    def lookup(*values: Any) -> Any:
+        single = [as_column([v]) if not isinstance(v, tuple) else _object_column(v) for v in values]
+        value = lookup_columns(*single)[0]
+        return value.item() if isinstance(value, np.generic) else value
+
+    mechanisms = []
+    for name, mech in model.mechanisms.items():
+        if name == variable:
+            mech = Mechanism(
+                name,
+                tuple(inputs),
+                lookup,
+                lookup_columns,
+                f"{name} = shuffled({', '.join(inputs)})",
+                kind="control",
+            )
+        mechanisms.append(mech)
+    order = {v: i for i, v in enumerate(model.variables)}
+    mechanisms.sort(key=lambda m: order[m.name])
+    domains = {v: model.domain(v) for v in inputs}
+    return CausalModel(f"{model.name}_control_{variable}", domains, mechanisms, model.outputs)
+
+
+def _object_column(value: Any) -> np.ndarray:
+    column = np.empty(1, dtype=object)
+    column[0] = value
+    return column
