@@ -2,11 +2,24 @@
 
 Write the algorithm as a causal model (a short Python program), generate
 counterfactual datasets from it, align its variables with subspaces of a network's
-activations and score how faithful it is.
+activations, and score how faithful it is with confidence intervals, null baselines,
+rival hypotheses and a verdict.
 
 The public API is listed here; everything else is internal.
 """
 
+from abstraction import zoo
+from abstraction.alignment import (
+    Alignment,
+    AlignmentError,
+    InterchangeEngine,
+    TrainingConfig,
+    align,
+    evaluate,
+)
+from abstraction.alignment.sweep import Cell, SweepResult, sweep
+from abstraction.baselines import BASELINES, run_baselines
+from abstraction.cache import PrefixCache
 from abstraction.causal_model import CausalModel, CausalModelBuilder, Domain, causal_model
 from abstraction.counterfactuals import (
     BalancedSampler,
@@ -14,35 +27,99 @@ from abstraction.counterfactuals import (
     Sampler,
     UniformSampler,
     balanced,
+    control_model,
     counterfactual_dataset,
     factual_dataset,
     from_function,
+    relabel,
+    split_by_base,
     uniform,
 )
 from abstraction.errors import AbstractionError, DeclarationError, DomainError, UnknownNameError
+from abstraction.experiment import Experiment, Search, load_network, run
+from abstraction.interventions import (
+    BoundlessPatch,
+    Intervention,
+    LowRankPatch,
+    MeanAblation,
+    Patch,
+    RotatedPatch,
+    ZeroAblation,
+    collect,
+    from_pyvene,
+    intervene,
+    to_pyvene,
+)
+from abstraction.locations import Location, LocationError
 from abstraction.mechanism import Mechanism, VectorizationWarning
+from abstraction.network import Batch, Network, NetworkError
+from abstraction.task import EntityVectorTask, Task, TokenTask
+from abstraction.verdict import Thresholds, Verification, compare, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BASELINES",
     "AbstractionError",
+    "Alignment",
+    "AlignmentError",
     "BalancedSampler",
+    "Batch",
+    "BoundlessPatch",
     "CausalModel",
     "CausalModelBuilder",
+    "Cell",
     "DeclarationError",
     "Domain",
     "DomainError",
+    "EntityVectorTask",
+    "Experiment",
     "FunctionSampler",
+    "InterchangeEngine",
+    "Intervention",
+    "Location",
+    "LocationError",
+    "LowRankPatch",
+    "MeanAblation",
     "Mechanism",
+    "Network",
+    "NetworkError",
+    "Patch",
+    "PrefixCache",
+    "RotatedPatch",
     "Sampler",
+    "Search",
+    "SweepResult",
+    "Task",
+    "Thresholds",
+    "TokenTask",
+    "TrainingConfig",
     "UniformSampler",
     "UnknownNameError",
     "VectorizationWarning",
+    "Verification",
+    "ZeroAblation",
     "__version__",
+    "align",
     "balanced",
     "causal_model",
+    "collect",
+    "compare",
+    "control_model",
     "counterfactual_dataset",
+    "evaluate",
     "factual_dataset",
     "from_function",
+    "from_pyvene",
+    "intervene",
+    "load_network",
+    "relabel",
+    "run",
+    "run_baselines",
+    "split_by_base",
+    "sweep",
+    "to_pyvene",
     "uniform",
+    "verify",
+    "zoo",
 ]

@@ -1,26 +1,37 @@
 """The ``abstraction`` command line.
 
-``abstraction run FILE`` loads an experiment file from ``hypotheses/`` and runs it.
-Exit codes: 0 done, 1 the run failed, 2 bad input (with a message naming the problem
-and the fix; ``--debug`` shows the traceback).
+==================  ===============================================================
+``run FILE``         train/load the network, generate counterfactuals, align, verify,
+                     write ``reports/<experiment>/``
+``sweep FILE``       the same, forcing the file's location search (``search=``)
+``report DIR``       render a report again from its ``results.json``
+``zoo``              list the reference networks (``--train NAME`` trains one)
+``graph FILE``       draw the causal model(s) of a hypothesis file to PNG
+==================  ===============================================================
+
+Exit codes: 0 done, 1 the run failed, 2 bad input - with a one-paragraph message
+naming the problem and the fix (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 import time
 import traceback
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from abstraction.causal_model import CausalModel
-from abstraction.counterfactuals import counterfactual_dataset
 from abstraction.errors import AbstractionError
+from abstraction.experiment import Experiment
 
 app = typer.Typer(
     add_completion=False,
@@ -41,18 +52,22 @@ class BadInput(Exception):
 
 
 def load_file(path: Path) -> ModuleType:
-    """Import an experiment file as a module, turning failures into :class:`BadInput`."""
+    """Import a hypothesis file as a module, turning failures into :class:`BadInput`."""
     if not path.exists():
         raise BadInput(
             f"{path} does not exist. Pass the path of a hypothesis file, e.g. "
             "hypotheses/hierarchical_equality.py."
         )
-    if path.suffix != ".py":
-        raise BadInput(f"{path} is not a Python file. Hypothesis files are .py files.")
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if path.is_dir() or path.suffix != ".py":
+        raise BadInput(
+            f"{path} is not a Python file. Hypothesis files are .py files that "
+            "define a top-level `experiment = Experiment(...)`."
+        )
+    spec = importlib.util.spec_from_file_location(f"hypothesis_{path.stem}", path)
     if spec is None or spec.loader is None:
         raise BadInput(f"{path} cannot be imported as a Python module.")
     module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))
     try:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
@@ -60,78 +75,261 @@ def load_file(path: Path) -> ModuleType:
             f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg}. Fix the Python syntax of "
             "the hypothesis file."
         ) from None
-    except AbstractionError as exc:
-        raise BadInput(str(exc)) from None
+    except (AbstractionError, KeyError) as exc:
+        raise BadInput(f"{path}: {exc}") from None
+    finally:
+        sys.path.pop(0)
     return module
 
 
-def find_models(module: ModuleType) -> list[CausalModel]:
-    """The causal models a hypothesis file declares at top level."""
-    return [v for v in vars(module).values() if isinstance(v, CausalModel)]
+def find_experiment(module: ModuleType, path: Path) -> Experiment:
+    """The file's top-level ``experiment``."""
+    experiment = getattr(module, "experiment", None)
+    if experiment is None:
+        models = [n for n, v in vars(module).items() if isinstance(v, CausalModel)]
+        found = f" It declares causal model(s) {', '.join(models)}, but" if models else ""
+        raise BadInput(
+            f"{path} has no top-level `experiment`.{found} `abstraction run` needs "
+            "`experiment = Experiment(model=..., task=..., network=..., variables=[...], "
+            "location=...)`; see hypotheses/hierarchical_equality.py for a complete example."
+        )
+    if not isinstance(experiment, Experiment):
+        raise BadInput(
+            f"{path}: `experiment` is a {type(experiment).__name__}, not an abstraction.Experiment."
+        )
+    return experiment
 
 
 def _fail(exc: BaseException, code: int, debug: bool) -> None:
     if debug:
         errors.print(traceback.format_exc())
-    errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+    errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
     raise typer.Exit(code)
+
+
+def _run(
+    file: Path, seed: int, quick: bool, out: Path, as_json: bool, debug: bool, require_search: bool
+) -> None:
+    from abstraction import experiment as runner
+    from abstraction import report
+
+    try:
+        module = load_file(file)
+        experiment = find_experiment(module, file)
+        if require_search and experiment.search is None:
+            raise BadInput(
+                f"{file}: `abstraction sweep` needs the experiment to declare "
+                "search=Search(layers=..., positions=...)."
+            )
+        quiet = as_json
+        start = time.perf_counter()
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=errors if quiet else console,
+            transient=quiet,
+        ) as progress:
+            current: dict[str, Any] = {}
+
+            def phase(message: str) -> None:
+                if "task" in current:
+                    progress.update(current["task"], completed=1, total=1)
+                current["task"] = progress.add_task(message, total=None)
+
+            results = runner.run(
+                experiment,
+                seed=seed,
+                quick=quick,
+                progress=phase,
+                sweep_directory=out / experiment.name / ".sweep",
+            )
+            if "task" in current:
+                progress.update(current["task"], completed=1, total=1)
+        index = report.write(results, out / experiment.name)
+    except (BadInput, AbstractionError, KeyError, ValueError) as exc:
+        _fail(exc, 2, debug)
+        return
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _fail(exc, 1, debug)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(results, indent=2, default=str) + "\n")
+        return
+    _summary(results, index, time.perf_counter() - start)
+
+
+def _summary(results: dict[str, Any], index: Path, seconds: float) -> None:
+    colour = {"faithful": "green", "partial": "yellow", "unfaithful": "red"}.get(
+        results["verdict"], "white"
+    )
+    table = Table(title=f"{results['experiment']}: [bold {colour}]{results['verdict']}[/]")
+    for column in ("variable", "IIA", "95% CI", "changed-only", "best null", "passed"):
+        table.add_column(column, justify="left" if column == "variable" else "right")
+    for name, v in results["variables"].items():
+        nulls = {k: b for k, b in v["baselines"].items() if k in v["p_values"]}
+        best = max(nulls.items(), key=lambda kv: kv[1]) if nulls else None
+        table.add_row(
+            name,
+            f"{v['iia']:.3f}",
+            f"{v['ci'][0]:.3f}-{v['ci'][1]:.3f}",
+            "-" if v["changed_iia"] is None else f"{v['changed_iia']:.3f}",
+            f"{best[0]} {best[1]:.3f}" if best else "-",
+            "yes" if v["passed"] else "no",
+        )
+    console.print(table)
+    for reason in results["reasons"]:
+        console.print(f"  - {reason}", highlight=False)
+    for rival in results.get("rivals", []):
+        diff = rival["comparison"]["difference"]
+        console.print(
+            f"  rival {rival['name']}: {rival['verdict']}, IIA "
+            f"{rival['overall_iia']:.3f}; difference {diff['value']:+.3f} "
+            f"(p = {rival['comparison']['p_value']:.3g})",
+            highlight=False,
+        )
+    console.print(f"report: {index} ({seconds:.0f} s)")
+
+
+QuickOption = Annotated[bool, typer.Option("--quick", help="a small, fast run")]
+SeedOption = Annotated[int, typer.Option(help="random seed")]
+OutOption = Annotated[Path, typer.Option(help="directory that receives reports/<experiment>")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print results.json to stdout")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+FileArgument = Annotated[Path, typer.Argument(help="a hypothesis file, e.g. hypotheses/x.py")]
 
 
 @app.command()
 def run(
-    file: Annotated[Path, typer.Argument(help="a hypothesis file, e.g. hypotheses/x.py")],
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    pairs: Annotated[int, typer.Option(help="counterfactual pairs to generate")] = 100_000,
-    debug: Annotated[bool, typer.Option(help="show tracebacks")] = False,
+    file: FileArgument,
+    seed: SeedOption = 0,
+    quick: QuickOption = False,
+    out: OutOption = Path("reports"),
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
 ) -> None:
-    """Run the experiment declared in FILE."""
+    """Run the experiment declared in FILE and write its report."""
+    _run(file, seed, quick, out, as_json, debug, require_search=False)
+
+
+@app.command()
+def sweep(
+    file: FileArgument,
+    seed: SeedOption = 0,
+    quick: QuickOption = False,
+    out: OutOption = Path("reports"),
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Run FILE's location sweep (resumable), choose on validation, verify on test."""
+    _run(file, seed, quick, out, as_json, debug, require_search=True)
+
+
+@app.command()
+def report(
+    directory: Annotated[Path, typer.Argument(help="a report directory with results.json")],
+    debug: DebugOption = False,
+) -> None:
+    """Render a report again from its results.json."""
+    from abstraction.report import rerender
+
+    try:
+        index = rerender(directory)
+    except FileNotFoundError as exc:
+        _fail(exc, 2, debug)
+        return
+    except Exception as exc:
+        _fail(exc, 2 if "ValidationError" in type(exc).__name__ else 1, debug)
+        return
+    console.print(f"report: {index}")
+
+
+@app.command()
+def zoo(
+    train: Annotated[str | None, typer.Option(help="train (or load) this network")] = None,
+    seed: SeedOption = 0,
+    debug: DebugOption = False,
+) -> None:
+    """List the reference networks, or train one."""
+    from abstraction import zoo as zoo_module
+
+    if train is not None:
+        try:
+            with Progress(
+                TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+            ) as progress:
+                task = progress.add_task(f"training {train}", total=1.0)
+                network = zoo_module.load(
+                    train,
+                    seed=seed,
+                    progress=lambda msg, frac: progress.update(
+                        task, completed=frac, description=f"{train}: {msg}"
+                    ),
+                )
+            metrics = zoo_module.metrics(train, seed)
+        except (AbstractionError, KeyError) as exc:
+            _fail(exc, 2, debug)
+            return
+        console.print(
+            f"{network!r}\ntest accuracy {metrics['test_accuracy']:.4f}, trained in "
+            f"{metrics['train_seconds']} s, cached at {zoo_module.path(train, seed)}"
+        )
+        return
+    table = Table(title=f"reference networks (cache: {zoo_module.cache_dir()})")
+    table.add_column("name")
+    table.add_column("description")
+    table.add_column("cached")
+    for entry in zoo_module.entries():
+        cached = (zoo_module.path(entry.name, seed) / "zoo.json").is_file()
+        table.add_row(entry.name, entry.description, "yes" if cached else "no")
+    console.print(table)
+
+
+@app.command()
+def graph(
+    file: FileArgument,
+    out: Annotated[Path, typer.Option(help="directory for the PNG files")] = Path("."),
+    debug: DebugOption = False,
+) -> None:
+    """Draw the causal model(s) declared in FILE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import networkx as nx
+
     try:
         module = load_file(file)
-        models = find_models(module)
+        models = [v for v in vars(module).values() if isinstance(v, CausalModel)]
         if not models:
             raise BadInput(
-                f"{file} declares no causal model. Decorate a function with @causal_model "
-                "at the top level of the file."
+                f"{file} declares no causal model. Decorate a function with "
+                "@causal_model at the top level of the file."
             )
-        for model in models:
-            _describe_model(model, pairs, seed)
     except (BadInput, AbstractionError) as exc:
         _fail(exc, 2, debug)
-    except Exception as exc:
-        _fail(exc, 1, debug)
-
-
-def _describe_model(model: CausalModel, pairs: int, seed: int) -> None:
-    console.rule(f"causal model [bold]{model.name}[/]")
-    for v in model.inputs:
-        domain = model.domain(v)
-        size = f"{len(domain)} values" if domain is not None else "unbounded"
-        console.print(f"  input  {v}: {size}")
-    for eq in model.equations().values():
-        console.print(f"  {eq}")
-    sets = [[v] for v in model.intermediates]
-    if len(model.intermediates) > 1:
-        sets.append(list(model.intermediates))
-    start = time.perf_counter()
-    frame = counterfactual_dataset(model, pairs, sets, sampler="value", seed=seed)
-    elapsed = time.perf_counter() - start
-    table = Table(
-        title=f"{len(frame):,} counterfactual pairs in {elapsed:.2f} s "
-        f"({len(frame) / elapsed:,.0f} pairs/s), sources balanced by value"
-    )
-    table.add_column("intervened")
-    table.add_column("pairs", justify="right")
-    table.add_column("label changed", justify="right")
-    table.add_column("label true", justify="right")
-    label = "label" if len(model.outputs) == 1 else f"label.{model.outputs[0]}"
-    for name, group in frame.groupby("intervened", observed=True):
-        share_true = (
-            group[label].astype(float).mean() if group[label].dtype == bool else float("nan")
-        )
-        table.add_row(
-            str(name), f"{len(group):,}", f"{group['changed'].mean():.3f}", f"{share_true:.3f}"
-        )
-    console.print(table)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for model in models:
+        g = model.graph()
+        layers: dict[str, int] = {}
+        for node in nx.topological_sort(g):
+            preds = list(g.predecessors(node))
+            layers[node] = 0 if not preds else 1 + max(layers[p] for p in preds)
+        nx.set_node_attributes(g, layers, "layer")
+        pos = nx.multipartite_layout(g, subset_key="layer", align="horizontal")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        colours = ["#b0bec5" if g.nodes[n]["kind"] == "input" else "#90caf9" for n in g.nodes]
+        nx.draw_networkx(g, pos, ax=ax, node_color=colours, node_size=1400, arrowsize=15)
+        ax.set_title("\n".join(model.equations().values()), fontsize=8)
+        ax.axis("off")
+        fig.tight_layout()
+        target = out / f"{model.name}.png"
+        fig.savefig(target, dpi=110)
+        plt.close(fig)
+        console.print(f"{model.name}: {target}")
 
 
 if __name__ == "__main__":

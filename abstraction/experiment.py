@@ -1,0 +1,435 @@
+"""Experiments: a hypothesis, a task, a network and a plan, run end to end.
+
+A hypothesis file in ``hypotheses/`` declares one top-level ``experiment``::
+
+    experiment = Experiment(
+        name="hierarchical_equality",
+        model=hierarchical_equality,            # the causal model (a program)
+        task=zoo.task("hierarchical_equality_mlp"),
+        network="hierarchical_equality_mlp",    # zoo name, local checkpoint dir, or Network
+        variables=["wx", "yz"],
+        location=Location(layer=0),             # or search=Search(layers=..., positions=...)
+        subspaces={"wx": (0, 8), "yz": (8, 16)},
+    )
+
+:func:`run` generates counterfactual pairs, splits them by base input, chooses the
+location on validation (when ``search`` is given), verifies the hypothesis and any
+rivals on the same test pairs, and returns a JSON-ready result that
+:mod:`abstraction.report` renders. The CLI's ``abstraction run FILE`` does exactly
+this; everything is available from Python too.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from abstraction.alignment.das import TrainingConfig, train_on_engines
+from abstraction.alignment.engine import InterchangeEngine
+from abstraction.alignment.result import library_versions
+from abstraction.alignment.sweep import sweep
+from abstraction.baselines import BASELINES
+from abstraction.causal_model import CausalModel
+from abstraction.counterfactuals import counterfactual_dataset, relabel, split_by_base
+from abstraction.errors import AbstractionError, DeclarationError
+from abstraction.locations import Location, resolve
+from abstraction.network import Network
+from abstraction.statistics import seed_summary
+from abstraction.task import Task
+from abstraction.verdict import Thresholds, Verification, compare, verify
+
+__all__ = ["RESULTS_SCHEMA_VERSION", "Experiment", "Search", "load_network", "run"]
+
+RESULTS_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Search:
+    """Where to look for the variables: every combination is tried, chosen on validation.
+
+    Attributes:
+        layers: layers (default: all).
+        positions: token positions (ints or task-named positions; ``None`` for MLPs).
+        components: components, e.g. ``("residual", "mlp_output")``.
+        ranks: dimensions per variable.
+    """
+
+    layers: Sequence[int] | None = None
+    positions: Sequence[int | str | None] = (None,)
+    components: Sequence[str] = ("residual",)
+    ranks: Sequence[int] = (1,)
+
+
+@dataclass
+class Experiment:
+    """One experiment: what to test, on what network, and how.
+
+    Attributes:
+        name: names the report directory.
+        model: the causal model under test.
+        task: turns the model's inputs into network inputs and outputs into labels.
+        network: a zoo name, a local ``save_pretrained`` directory, a
+            :class:`Network`, or a function returning one.
+        variables: the causal variables to align.
+        location: where to look (give this or ``search``).
+        search: a sweep over locations, chosen on validation.
+        method: ``"das"``, ``"low_rank"``, ``"boundless"`` or ``"patch"``.
+        rank: dimensions per variable (when ``subspaces`` is not given).
+        subspaces: explicit column ranges per variable, e.g. ``{"wx": (0, 8)}``.
+        interventions: intervention sets (default: each variable, and all together).
+        pairs: counterfactual pairs generated (split by base into train/val/test).
+        split: fractions of bases in train, validation and test.
+        sampler: how bases are drawn (see :func:`counterfactual_dataset`).
+        source_sampler: how sources are drawn.
+        training: the alignment's training configuration.
+        thresholds: what ``faithful`` requires.
+        seeds: alignment seeds (seed variability is reported when more than one).
+        baselines: baselines to run.
+        rivals: alternative causal models (same variable names) compared on the same
+            pairs.
+        quick: overrides applied by ``--quick`` (e.g. ``{"pairs": 20000}``).
+        description: shown at the top of the report.
+    """
+
+    name: str
+    model: CausalModel
+    task: Task
+    network: str | Path | Network | Callable[[], Network]
+    variables: Sequence[str]
+    location: Location | None = None
+    search: Search | None = None
+    method: str = "das"
+    rank: int | Mapping[str, int] | None = None
+    subspaces: Mapping[str, tuple[int, int]] | None = None
+    interventions: Sequence[Sequence[str]] | None = None
+    pairs: int = 100_000
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    sampler: Any = "output"
+    source_sampler: Any = "value"
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    seeds: int = 1
+    baselines: Sequence[str] = BASELINES
+    rivals: Sequence[CausalModel] = ()
+    quick: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.location is None) == (self.search is None):
+            raise DeclarationError(
+                f"experiment {self.name!r} needs exactly one of location= or search=",
+                "give location=Location(layer=..., ...) to verify one site, or "
+                "search=Search(layers=..., positions=...) to choose the site on validation",
+            )
+        for v in self.variables:
+            self.model._check_variable(v, role="aligned")
+        if self.task.model is not self.model:
+            if self.task.model.inputs != self.model.inputs:
+                raise DeclarationError(
+                    f"the task encodes inputs {self.task.model.inputs} but the model has "
+                    f"{self.model.inputs}",
+                    "build the task for this causal model's inputs",
+                )
+            self.task = _with_model(self.task, self.model)
+        for rival in self.rivals:
+            for v in self.variables:
+                rival._check_variable(v, role="aligned")
+
+    def quick_version(self) -> Experiment:
+        """The experiment with its ``quick`` overrides (and smaller defaults) applied."""
+        overrides: dict[str, Any] = {
+            "pairs": min(self.pairs, 20_000),
+            "seeds": 1,
+            "training": replace(self.training, epochs=min(self.training.epochs, 3)),
+        }
+        overrides.update(self.quick)
+        return replace(self, **overrides)
+
+
+def load_network(spec: str | Path | Network | Callable[[], Network], seed: int = 0) -> Network:
+    """A network from a zoo name, a local checkpoint directory, a Network, or a factory."""
+    from abstraction import zoo
+
+    if isinstance(spec, Network):
+        return spec
+    if callable(spec) and not isinstance(spec, (str, Path)):
+        network = spec()
+        if not isinstance(network, Network):
+            raise AbstractionError("the network factory must return an abstraction.Network")
+        return network
+    path = Path(spec)
+    if path.is_dir():
+        return Network.from_pretrained(path)
+    return zoo.load(str(spec), seed=seed)
+
+
+def _with_model(task: Task, model: CausalModel) -> Task:
+    clone = copy.copy(task)
+    clone.model = model
+    return clone
+
+
+def run(
+    experiment: Experiment,
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+    sweep_directory: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run an experiment end to end and return its JSON-ready results.
+
+    Args:
+        experiment: what to run.
+        seed: seeds data generation, splits and alignment.
+        quick: apply the experiment's ``quick`` overrides (a small, fast run).
+        progress: called with a message at the start of each phase.
+        sweep_directory: where sweep cells are persisted (resumable).
+    """
+    exp = experiment.quick_version() if quick else experiment
+    timings: dict[str, float] = {}
+
+    def phase(message: str) -> float:
+        if progress is not None:
+            progress(message)
+        return time.perf_counter()
+
+    start = phase("loading the network")
+    network = load_network(exp.network)
+    timings["network"] = time.perf_counter() - start
+    sets = (
+        [list(s) for s in exp.interventions]
+        if exp.interventions
+        else (
+            [[v] for v in exp.variables] + ([list(exp.variables)] if len(exp.variables) > 1 else [])
+        )
+    )
+    if exp.location is not None:
+        resolve(network, exp.location)  # bad locations fail before any data is made
+    start = phase(f"generating {exp.pairs:,} counterfactual pairs")
+    data = counterfactual_dataset(
+        exp.model,
+        exp.pairs,
+        sets,
+        sampler=exp.sampler,
+        source_sampler=exp.source_sampler,
+        seed=seed,
+    )
+    train, validation, test = split_by_base(data, exp.split, seed=seed)
+    timings["data"] = time.perf_counter() - start
+    training = replace(exp.training, seed=seed)
+
+    sweep_result = None
+    location = exp.location
+    if exp.search is not None:
+        start = phase("sweeping locations (chosen on validation)")
+        sweep_result = sweep(
+            network,
+            exp.task,
+            train,
+            validation,
+            list(exp.variables),
+            layers=exp.search.layers,
+            positions=exp.search.positions,
+            components=exp.search.components,
+            ranks=exp.search.ranks,
+            method=exp.method,
+            test=test,
+            config=training,
+            directory=sweep_directory,
+        )
+        location = sweep_result.best.location
+        timings["sweep"] = time.perf_counter() - start
+    assert location is not None
+    rank = exp.rank if sweep_result is None else sweep_result.best.rank
+
+    start = phase("verifying the hypothesis")
+    verification = verify(
+        network,
+        exp.task,
+        train,
+        validation,
+        test,
+        location,
+        list(exp.variables),
+        method=exp.method,
+        rank=rank,
+        subspaces=exp.subspaces,
+        config=training,
+        thresholds=exp.thresholds,
+        baselines=exp.baselines,
+        progress=progress,
+        alignment=sweep_result.alignment if sweep_result is not None else None,
+    )
+    timings["verify"] = time.perf_counter() - start
+
+    seeds_info = None
+    if exp.seeds > 1:
+        start = phase(f"retraining with {exp.seeds} seeds")
+        seeds_info = _seed_variability(
+            network, exp, train, validation, test, location, rank, training, verification
+        )
+        timings["seeds"] = time.perf_counter() - start
+
+    rivals = []
+    for rival in exp.rivals:
+        start = phase(f"verifying rival {rival.name}")
+        rival_task = _with_model(exp.task, rival)
+        rival_verification = verify(
+            network,
+            rival_task,
+            relabel(train, rival),
+            relabel(validation, rival),
+            relabel(test, rival),
+            location,
+            list(exp.variables),
+            method=exp.method,
+            rank=rank,
+            subspaces=exp.subspaces,
+            config=training,
+            thresholds=exp.thresholds,
+            baselines=("random_subspace",),
+        )
+        comparison = compare(verification, rival_verification)
+        rivals.append(
+            {
+                "name": rival.name,
+                "verdict": rival_verification.verdict,
+                "reasons": rival_verification.reasons,
+                "overall_iia": rival_verification.overall.value,
+                "overall_ci": [rival_verification.overall.low, rival_verification.overall.high],
+                "behavior_accuracy": rival_verification.accuracy.value,
+                "comparison": comparison.to_dict(),
+                "source": rival.source,
+            }
+        )
+        timings[f"rival:{rival.name}"] = time.perf_counter() - start
+
+    return _results(
+        exp,
+        network,
+        verification,
+        sweep_result,
+        rivals,
+        seeds_info,
+        timings,
+        seed=seed,
+        quick=quick,
+        pairs=(len(train), len(validation), len(test)),
+    )
+
+
+def _seed_variability(
+    network: Network,
+    exp: Experiment,
+    train: Any,
+    validation: Any,
+    test: Any,
+    location: Location,
+    rank: Any,
+    training: TrainingConfig,
+    verification: Verification,
+) -> dict[str, Any]:
+    variables = list(exp.variables)
+    engine = InterchangeEngine(network, exp.task, train, location, variables)
+    val_engine = InterchangeEngine(network, exp.task, validation, location, variables)
+    test_engine = InterchangeEngine(network, exp.task, test, location, variables)
+    rows = [verification.correct.numpy()]
+    try:
+        from abstraction.alignment.das import evaluate
+
+        for extra in range(1, exp.seeds):
+            alignment = train_on_engines(
+                engine,
+                val_engine,
+                exp.task,
+                variables,
+                method=exp.method,
+                rank=rank,
+                subspaces=exp.subspaces,
+                config=replace(training, seed=training.seed + extra),
+            )
+            rows.append(evaluate(alignment, test_engine).numpy())
+    finally:
+        engine.close()
+        val_engine.close()
+        test_engine.close()
+    summary = seed_summary(np.stack(rows), test["base_id"].to_numpy())
+    return summary.to_dict()
+
+
+def _results(
+    exp: Experiment,
+    network: Network,
+    verification: Verification,
+    sweep_result: Any,
+    rivals: list[dict[str, Any]],
+    seeds_info: dict[str, Any] | None,
+    timings: dict[str, float],
+    *,
+    seed: int,
+    quick: bool,
+    pairs: tuple[int, int, int],
+) -> dict[str, Any]:
+    model = exp.model
+    graph = model.graph()
+    body = verification.to_dict()
+    sweep_part = None
+    if sweep_result is not None:
+        sweep_part = {
+            "cells": sweep_result.cells.to_dict(orient="records"),
+            "chosen": {
+                "layer": sweep_result.best.layer,
+                "position": sweep_result.best.position,
+                "component": sweep_result.best.component,
+                "rank": sweep_result.best.rank,
+            },
+            "test_iia": sweep_result.test_iia,
+        }
+    return {
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "experiment": exp.name,
+        "description": exp.description,
+        **body,
+        "seeds": seeds_info,
+        "sweep": sweep_part,
+        "rivals": rivals,
+        "causal_model": {
+            "name": model.name,
+            "source": model.source,
+            "equations": model.equations(),
+            "inputs": list(model.inputs),
+            "outputs": list(model.outputs),
+            "graph": {
+                "nodes": [{"name": n, **graph.nodes[n]} for n in graph.nodes],
+                "edges": [list(e) for e in graph.edges],
+            },
+            "source_hash": model.source_hash,
+        },
+        "network": {
+            "name": network.name,
+            "family": network.family,
+            "layers": network.n_layers,
+            "width": network.width,
+        },
+        "network_hash": network.hash,
+        "config": {
+            "seed": seed,
+            "quick": quick,
+            "method": exp.method,
+            "variables": list(exp.variables),
+            "location": verification.alignment.location.to_dict(),
+            "pairs": {"train": pairs[0], "validation": pairs[1], "test": pairs[2]},
+            "training": replace(exp.training, seed=seed).to_dict(),
+            "baselines": list(exp.baselines),
+        },
+        "versions": {**library_versions(), "python": platform.python_version()},
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
