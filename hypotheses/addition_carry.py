@@ -35,5 +35,9 @@ experiment = Experiment(
     pairs=40_000,
     sampler="value",
     training=TrainingConfig(epochs=6, batch_size=256, lr=1e-2),
-    quick={"pairs": 12_000, "search": Search(positions=["b0", "equals"], ranks=[1])},
+    quick={
+        "pairs": 10_000,
+        "search": Search(positions=["b0", "equals"], ranks=[1]),
+        "training": TrainingConfig(epochs=4, batch_size=256, lr=1e-2),
+    },
 )

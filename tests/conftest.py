@@ -12,6 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # share the cache through a file lock).
 os.environ.setdefault("ABSTRACTION_CACHE", str(ROOT / ".cache" / "abstraction"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers share the cores: one thread each, or the small-tensor ops of
+    # alignment training spin-wait against each other and run many times slower.
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def he_network():  # type: ignore[no-untyped-def]

@@ -1,0 +1,193 @@
+"""The command line on the example hypotheses (quick runs) and on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from abstraction.cli import app
+from abstraction.report import validate
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def quick_reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reports")
+    for name in ("hierarchical_equality", "hierarchical_equality_wrong"):
+        code, output = _run(
+            "run", str(ROOT / "hypotheses" / f"{name}.py"), "--quick", "--out", str(out)
+        )
+        assert code == 0, output
+    return out
+
+
+def test_quick_run_writes_a_valid_report(quick_reports: Path) -> None:
+    directory = quick_reports / "hierarchical_equality"
+    results = json.loads((directory / "results.json").read_text())
+    validate(results)
+    assert {"wx", "yz"} == set(results["variables"])
+    assert results["behavior"]["accuracy"] > 0.99
+    for variable in results["variables"].values():
+        assert variable["ci"][0] <= variable["iia"] <= variable["ci"][1]
+        assert {"random_subspace", "untrained", "control"} <= set(variable["p_values"])
+    assert results["rivals"] and results["rivals"][0]["name"] == "crossed_equality"
+    assert results["rivals"][0]["comparison"]["difference"]["value"] > 0
+    html = (directory / "index.html").read_text()
+    assert "data:image/png;base64," in html and results["verdict"] in html
+    assert (directory / "report.md").read_text().startswith("# hierarchical_equality")
+    assert (directory / "figures" / "causal_graph.png").stat().st_size > 1000
+
+
+def test_wrong_hypothesis_is_never_faithful(quick_reports: Path) -> None:
+    results = json.loads(
+        (quick_reports / "hierarchical_equality_wrong" / "results.json").read_text()
+    )
+    assert results["verdict"] != "faithful"
+    assert any("does not describe the network's behaviour" in r for r in results["reasons"])
+
+
+def test_report_rerenders_from_results(quick_reports: Path) -> None:
+    directory = quick_reports / "hierarchical_equality"
+    before = (directory / "results.json").read_text()
+    code, output = _run("report", str(directory))
+    assert code == 0, output
+    assert (directory / "results.json").read_text() == before
+
+
+TINY = """
+from abstraction import Experiment, Location, TrainingConfig, zoo
+from abstraction.zoo import hierarchical_equality
+experiment = Experiment(name="tiny", model=hierarchical_equality,
+                        task=zoo.task("hierarchical_equality_mlp"),
+                        network="hierarchical_equality_mlp", variables=["wx", "yz"],
+                        location=Location(layer=0), pairs=6000, baselines=("random_subspace",),
+                        training=TrainingConfig(epochs=2, batch_size=512, lr=5e-3))
+"""
+
+
+def test_json_output(tmp_path: Path) -> None:
+    (tmp_path / "tiny.py").write_text(TINY)
+    code, output = _run("run", str(tmp_path / "tiny.py"), "--json", "--out", str(tmp_path))
+    assert code == 0, output
+    payload = json.loads(output[output.index("{") :])
+    assert payload["experiment"] == "tiny"
+    validate(payload)
+    assert payload["config"]["pairs"]["train"] > payload["config"]["pairs"]["test"] > 0
+
+
+def test_sweep_example_quick(tmp_path: Path) -> None:
+    code, output = _run(
+        "sweep", str(ROOT / "hypotheses" / "addition_carry.py"), "--quick", "--out", str(tmp_path)
+    )
+    assert code == 0, output
+    results = json.loads((tmp_path / "addition_carry" / "results.json").read_text())
+    validate(results)
+    assert results["sweep"]["chosen"]["position"] == "b0"  # the carry appears with b0
+    assert results["sweep"]["test_iia"] > 0.7
+    assert (tmp_path / "addition_carry" / "figures" / "sweep_heatmap.png").is_file()
+
+
+BAD = {
+    "missing.py": ("does not exist", None),
+    "no_experiment.py": (
+        "has no top-level `experiment`",
+        "from abstraction import causal_model\n\n"
+        "@causal_model(inputs={'a': range(3)})\ndef m(a):\n    b = a + 1\n"
+        "    return b\n",
+    ),
+    "syntax.py": ("syntax error", "def broken(:\n    pass\n"),
+    "unknown_zoo.py": ("no zoo network 'nope'", None),
+    "bad_location.py": ("layer 9 is out of range", None),
+    "bad_program.py": (
+        "an `if` statement",
+        "from abstraction import causal_model\n\n"
+        "@causal_model(inputs={'a': range(3)})\ndef m(a):\n    if a:\n"
+        "        b = 1\n    return b\n",
+    ),
+}
+
+EXPERIMENT = """
+from abstraction import Experiment, Location, zoo
+from abstraction.zoo import hierarchical_equality
+experiment = Experiment(name="bad", model=hierarchical_equality,
+                        task=zoo.task("hierarchical_equality_mlp"), network={network!r},
+                        variables=["wx"], location=Location(layer={layer}), pairs=2000)
+"""
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_exits_2_with_a_message(name: str, tmp_path: Path) -> None:
+    expected, text = BAD[name]
+    path = tmp_path / name
+    if name == "unknown_zoo.py":
+        text = EXPERIMENT.format(network="nope", layer=0)
+    if name == "bad_location.py":
+        text = EXPERIMENT.format(network="hierarchical_equality_mlp", layer=9)
+    if text is not None:
+        path.write_text(text)
+    code, output = _run("run", str(path), "--out", str(tmp_path / "reports"))
+    assert code == 2, output
+    assert expected in " ".join(output.split())
+    assert "Traceback" not in output
+
+
+def test_graph_command(tmp_path: Path) -> None:
+    code, output = _run(
+        "graph", str(ROOT / "hypotheses" / "hierarchical_equality.py"), "--out", str(tmp_path)
+    )
+    assert code == 0, output
+    assert (tmp_path / "hierarchical_equality.png").stat().st_size > 1000
+
+
+def test_zoo_listing() -> None:
+    code, output = _run("zoo")
+    assert code == 0 and "hierarchical_equality_mlp" in output and "addition_gpt2" in output
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium not installed")
+def test_html_renders_in_headless_chromium(quick_reports: Path, tmp_path: Path) -> None:
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1000,1400",
+            f"--screenshot={shot}",
+            (quick_reports / "hierarchical_equality" / "index.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_module_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "abstraction.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "run" in result.stdout
