@@ -304,10 +304,13 @@ def train_on_engines(
             return {variables[0]: weight * mask.sqrt().unsqueeze(0)}
         return {v: weight[:, a:b] for v, (a, b) in spans.items()}
 
+    # Rows are shuffled once into a contiguous copy; each epoch then visits its batches
+    # in a new random order. Re-copying the data every epoch cost more than training.
+    shuffled = engine.reordered(torch.randperm(engine.rows, generator=generator))
+    starts = torch.arange(0, engine.rows, config.batch_size)
     for epoch in range(config.epochs):
-        shuffled = engine.reordered(torch.randperm(engine.rows, generator=generator))
         losses = []
-        for s in range(0, engine.rows, config.batch_size):
+        for s in starts[torch.randperm(len(starts), generator=generator)].tolist():
             rows = slice(s, s + config.batch_size)
             temperature = float(temperatures[min(step, total - 1)])
             weight = rotation.weight

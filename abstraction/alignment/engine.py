@@ -50,7 +50,7 @@ class InterchangeEngine:
         variables: Sequence[str],
         *,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
-        batch_size: int = 4096,
+        batch_size: int = 16384,
     ) -> None:
         if len(data) == 0:
             raise AbstractionError("the counterfactual dataset is empty; generate some pairs first")
