@@ -57,66 +57,82 @@ def main() -> None:
         f"{'expected':>10s}{'cache MiB':>11s}"
     )
     for layer in (0, layers // 2, layers - 1):
-        loc = Location(layer=layer, position=-1)
-        site = resolve(network, loc)
-        sources = collect(network, source, [loc])[0]
-        basis = torch.nn.Parameter(torch.linalg.qr(torch.randn(width, 4, generator=gen))[0])
-
-        def apply(act: torch.Tensor, rows: slice, chunk: Batch) -> torch.Tensor:
-            pos = _positions(site, chunk, act)
-            sel = _select(act, site, pos)
-            src = sources[rows]
-            new = sel + ((src - sel) @ basis) @ basis.T
-            return _replace(act, site, pos, new)
-
-        def uncached(rows: slice) -> torch.Tensor:
-            chunk = data.select(rows)
-            with hooks(network, [(site, lambda act: apply(act, rows, chunk))]):
-                return readout_logits(network.call(chunk.inputs), chunk)
-
-        start = time.perf_counter()
-        cache = PrefixCache(network, data, cut_layer(site) or 0)
-        prepare = time.perf_counter() - start
-
-        def cached(rows: slice) -> torch.Tensor:
-            chunk = data.select(rows)
-            hidden = apply(cache.get(rows), rows, chunk)
-            return run_suffix(network, chunk, cache.cut, hidden, tuple_len=cache.tuple_len)
-
-        # the two paths compute the same logits
-        assert torch.allclose(uncached(slice(0, batch)), cached(slice(0, batch)), atol=1e-5)
-        after = layers - layer - 1
-        head = 0.5  # the final layer norm and unembedding cost about half a block here
-        for mode in ("train", "eval"):
-            timings = {}
-            for name, fn in (("uncached", uncached), ("cached", cached)):
-                start = time.perf_counter()
-                for step in range(steps):
-                    s = (step * batch) % rows
-                    if mode == "train":
-                        fn(slice(s, s + batch)).sum().backward()
-                    else:
-                        with torch.no_grad():
-                            fn(slice(s, s + batch))
-                timings[name] = time.perf_counter() - start
-            timings["cached"] += prepare
-            # forward runs every layer uncached, only the suffix cached; backward (about
-            # twice a forward) only ever runs through the suffix
-            if mode == "train":
-                expected = (layers + head + 2 * (after + head)) / (3 * (after + head))
-            else:
-                expected = (layers + head) / (after + head)
-            print(
-                f"{layer:6d}{mode:>7s}{timings['uncached']:12.2f}{timings['cached']:10.2f}"
-                f"{timings['uncached'] / timings['cached']:9.1f}x{expected:9.1f}x"
-                f"{cache.nbytes / 2**20:11.1f}"
-            )
-        cache.close()
+        measure(network, data, source, layer, layers, width, batch, rows, steps, gen)
     print(
         "cached times include filling the cache once. expected: eval (L + h) / (s + h); "
         "train (L + h + 2(s + h)) / 3(s + h), with L layers, s layers after the cut and the "
         "head h = 0.5 layer"
     )
+
+
+def measure(
+    network: Network,
+    data: Batch,
+    source: Batch,
+    layer: int,
+    layers: int,
+    width: int,
+    batch: int,
+    rows: int,
+    steps: int,
+    gen: torch.Generator,
+) -> None:
+    """Time training and evaluation steps at one layer, with and without the cache."""
+    loc = Location(layer=layer, position=-1)
+    site = resolve(network, loc)
+    sources = collect(network, source, [loc])[0]
+    basis = torch.nn.Parameter(torch.linalg.qr(torch.randn(width, 4, generator=gen))[0])
+
+    def apply(act: torch.Tensor, rows: slice, chunk: Batch) -> torch.Tensor:
+        pos = _positions(site, chunk, act)
+        sel = _select(act, site, pos)
+        src = sources[rows]
+        new = sel + ((src - sel) @ basis) @ basis.T
+        return _replace(act, site, pos, new)
+
+    def uncached(rows: slice) -> torch.Tensor:
+        chunk = data.select(rows)
+        with hooks(network, [(site, lambda act: apply(act, rows, chunk))]):
+            return readout_logits(network.call(chunk.inputs), chunk)
+
+    start = time.perf_counter()
+    cache = PrefixCache(network, data, cut_layer(site) or 0)
+    prepare = time.perf_counter() - start
+
+    def cached(rows: slice) -> torch.Tensor:
+        chunk = data.select(rows)
+        hidden = apply(cache.get(rows), rows, chunk)
+        return run_suffix(network, chunk, cache.cut, hidden, tuple_len=cache.tuple_len)
+
+    # the two paths compute the same logits
+    assert torch.allclose(uncached(slice(0, batch)), cached(slice(0, batch)), atol=1e-5)
+    after = layers - layer - 1
+    head = 0.5  # the final layer norm and unembedding cost about half a block here
+    for mode in ("train", "eval"):
+        timings = {}
+        for name, fn in (("uncached", uncached), ("cached", cached)):
+            start = time.perf_counter()
+            for step in range(steps):
+                s = (step * batch) % rows
+                if mode == "train":
+                    fn(slice(s, s + batch)).sum().backward()
+                else:
+                    with torch.no_grad():
+                        fn(slice(s, s + batch))
+            timings[name] = time.perf_counter() - start
+        timings["cached"] += prepare
+        # forward runs every layer uncached, only the suffix cached; backward (about
+        # twice a forward) only ever runs through the suffix
+        if mode == "train":
+            expected = (layers + head + 2 * (after + head)) / (3 * (after + head))
+        else:
+            expected = (layers + head) / (after + head)
+        print(
+            f"{layer:6d}{mode:>7s}{timings['uncached']:12.2f}{timings['cached']:10.2f}"
+            f"{timings['uncached'] / timings['cached']:9.1f}x{expected:9.1f}x"
+            f"{cache.nbytes / 2**20:11.1f}"
+        )
+    cache.close()
 
 
 if __name__ == "__main__":
