@@ -333,13 +333,22 @@ class CausalModel:
         return self._domains.get(variable)
 
     def values(self, variable: str) -> Domain:
-        """The values ``variable`` can take: declared, or inferred by enumerating inputs."""
+        """The values ``variable`` can take: declared, or inferred from the inputs.
+
+        Inferred by enumerating every input combination when there are at most
+        ``GRID_LIMIT``, otherwise from a large uniform sample of inputs.
+        """
         declared = self.domain(variable)
         if declared is not None:
             return declared
         if variable not in self._inferred:
-            grid = self.input_grid(limit=GRID_LIMIT)
-            column = self.run_batch(grid, validate=False)[variable]
+            try:
+                inputs = self.input_grid(limit=GRID_LIMIT)
+            except DomainError:
+                # too many combinations to enumerate: the values seen on a large uniform
+                # sample (rare values may be missed; declare values= to be exact)
+                inputs = self._uniform_sample(GRID_LIMIT // 4)
+            column = self.run_batch(inputs, validate=False)[variable]
             self._inferred[variable] = _unique(column)
         return self._inferred[variable]
 
@@ -531,6 +540,19 @@ class CausalModel:
             self._check_variable(var, role="intervened")
             fixed[var] = self.run_batch(source, validate=validate)[var]
         return self.run_batch(base, fixed, where=where, validate=validate)
+
+    def _uniform_sample(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        columns = {}
+        for v in self._inputs:
+            domain = self._domains.get(v)
+            if domain is None:
+                raise DomainError(
+                    f"input {v!r} has no finite domain, so the values of downstream variables "
+                    "cannot be inferred; declare values= for them"
+                )
+            columns[v] = _domain_array(domain)[rng.integers(len(domain), size=n)]
+        return columns
 
     def input_grid(self, limit: int = GRID_LIMIT) -> dict[str, np.ndarray]:
         """Every combination of input values, as columns (inputs need finite domains)."""

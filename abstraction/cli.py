@@ -108,7 +108,14 @@ def _fail(exc: BaseException, code: int, debug: bool) -> None:
 
 
 def _run(
-    file: Path, seed: int, quick: bool, out: Path, as_json: bool, debug: bool, require_search: bool
+    file: Path,
+    seed: int,
+    quick: bool,
+    out: Path,
+    alignments: Path,
+    as_json: bool,
+    debug: bool,
+    require_search: bool,
 ) -> None:
     from abstraction import experiment as runner
     from abstraction import report
@@ -143,6 +150,7 @@ def _run(
                 quick=quick,
                 progress=phase,
                 sweep_directory=out / experiment.name / ".sweep",
+                alignment_path=alignments / experiment.name,
             )
             if "task" in current:
                 progress.update(current["task"], completed=1, total=1)
@@ -195,7 +203,10 @@ def _summary(results: dict[str, Any], index: Path, seconds: float) -> None:
 
 QuickOption = Annotated[bool, typer.Option("--quick", help="a small, fast run")]
 SeedOption = Annotated[int, typer.Option(help="random seed")]
-OutOption = Annotated[Path, typer.Option(help="directory that receives reports/<experiment>")]
+OutOption = Annotated[Path, typer.Option(help="directory that receives <experiment>/ reports")]
+AlignmentsOption = Annotated[
+    Path, typer.Option(help="directory that receives the learned alignment")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="print results.json to stdout")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
 FileArgument = Annotated[Path, typer.Argument(help="a hypothesis file, e.g. hypotheses/x.py")]
@@ -207,11 +218,12 @@ def run(
     seed: SeedOption = 0,
     quick: QuickOption = False,
     out: OutOption = Path("reports"),
+    alignments: AlignmentsOption = Path("alignments"),
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Run the experiment declared in FILE and write its report."""
-    _run(file, seed, quick, out, as_json, debug, require_search=False)
+    _run(file, seed, quick, out, alignments, as_json, debug, require_search=False)
 
 
 @app.command()
@@ -220,11 +232,12 @@ def sweep(
     seed: SeedOption = 0,
     quick: QuickOption = False,
     out: OutOption = Path("reports"),
+    alignments: AlignmentsOption = Path("alignments"),
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Run FILE's location sweep (resumable), choose on validation, verify on test."""
-    _run(file, seed, quick, out, as_json, debug, require_search=True)
+    _run(file, seed, quick, out, alignments, as_json, debug, require_search=True)
 
 
 @app.command()

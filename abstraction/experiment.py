@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from abstraction.alignment.das import TrainingConfig, train_on_engines
 from abstraction.alignment.engine import InterchangeEngine
@@ -41,7 +42,7 @@ from abstraction.counterfactuals import counterfactual_dataset, relabel, split_b
 from abstraction.errors import AbstractionError, DeclarationError
 from abstraction.locations import Location, resolve
 from abstraction.network import Network
-from abstraction.statistics import seed_summary
+from abstraction.statistics import iia, seed_summary
 from abstraction.task import Task
 from abstraction.verdict import Thresholds, Verification, compare, verify
 
@@ -94,6 +95,8 @@ class Experiment:
         baselines: baselines to run.
         rivals: alternative causal models (same variable names) compared on the same
             pairs.
+        shifts: distribution-shifted test sets, reported separately: name -> another
+            encoding of the same inputs (unseen entity vectors, another template).
         quick: overrides applied by ``--quick`` (e.g. ``{"pairs": 20000}``).
         description: shown at the top of the report.
     """
@@ -118,6 +121,7 @@ class Experiment:
     seeds: int = 1
     baselines: Sequence[str] = BASELINES
     rivals: Sequence[CausalModel] = ()
+    shifts: Mapping[str, Task] = field(default_factory=dict)
     quick: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
 
@@ -138,6 +142,10 @@ class Experiment:
                     "build the task for this causal model's inputs",
                 )
             self.task = _with_model(self.task, self.model)
+        self.shifts = {
+            name: task if task.model is self.model else _with_model(task, self.model)
+            for name, task in self.shifts.items()
+        }
         for rival in self.rivals:
             for v in self.variables:
                 rival._check_variable(v, role="aligned")
@@ -183,6 +191,7 @@ def run(
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
     sweep_directory: str | Path | None = None,
+    alignment_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run an experiment end to end and return its JSON-ready results.
 
@@ -192,6 +201,7 @@ def run(
         quick: apply the experiment's ``quick`` overrides (a small, fast run).
         progress: called with a message at the start of each phase.
         sweep_directory: where sweep cells are persisted (resumable).
+        alignment_path: where the verified alignment is saved (safetensors + JSON).
     """
     exp = experiment.quick_version() if quick else experiment
     timings: dict[str, float] = {}
@@ -269,6 +279,14 @@ def run(
         alignment=sweep_result.alignment if sweep_result is not None else None,
     )
     timings["verify"] = time.perf_counter() - start
+    if alignment_path is not None:
+        verification.alignment.save(alignment_path)
+
+    shifts = {}
+    for name, shifted_task in exp.shifts.items():
+        start = phase(f"scoring the shifted test set {name!r}")
+        shifts[name] = _shifted(network, shifted_task, test, verification, list(exp.variables))
+        timings[f"shift:{name}"] = time.perf_counter() - start
 
     seeds_info = None
     if exp.seeds > 1:
@@ -312,7 +330,7 @@ def run(
         )
         timings[f"rival:{rival.name}"] = time.perf_counter() - start
 
-    return _results(
+    results = _results(
         exp,
         network,
         verification,
@@ -324,6 +342,31 @@ def run(
         quick=quick,
         pairs=(len(train), len(validation), len(test)),
     )
+    results["shifts"] = shifts
+    return results
+
+
+def _shifted(
+    network: Network, task: Task, test: Any, verification: Verification, variables: list[str]
+) -> dict[str, Any]:
+    """IIA and task agreement of the verified alignment on a shifted encoding of the test pairs."""
+    from abstraction.alignment.das import evaluate
+
+    engine = InterchangeEngine(network, task, test, verification.alignment.location, variables)
+    try:
+        correct = evaluate(verification.alignment, engine).numpy()
+        solved = (engine.predict(None) == engine.base_labels).numpy()
+    finally:
+        engine.close()
+    bases = test["base_id"].to_numpy()
+    estimate = iia(correct, bases)
+    first = ~pd.Series(bases).duplicated().to_numpy()
+    return {
+        "iia": estimate.value,
+        "ci": [estimate.low, estimate.high],
+        "behavior_accuracy": float(solved[first].mean()),
+        "pairs": len(test),
+    }
 
 
 def _seed_variability(

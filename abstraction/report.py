@@ -83,6 +83,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
         "counterexamples": {"type": "array"},
         "sweep": {"type": ["object", "null"]},
         "rivals": {"type": "array"},
+        "shifts": {"type": "object"},
         "network_hash": {"type": "string"},
         "config": {"type": "object"},
         "versions": {"type": "object", "required": ["abstraction", "torch"]},

@@ -5,12 +5,13 @@ output is True when both pairs are equal or both are different. The hypothesis: 
 network computes ``wx = w == x`` and ``yz = y == z`` in disjoint subspaces of its
 first hidden layer (8 dimensions each, as in the DAS paper), then compares them.
 A rival hypothesis that pairs the entities the other way (``w == y``, ``x == z``) is
-tested on the same pairs.
+tested on the same pairs, and the alignment is also scored, separately, on the test
+pairs encoded with 20 entity vectors the network never saw.
 
     abstraction run hypotheses/hierarchical_equality.py
 """
 
-from abstraction import Experiment, Location, TrainingConfig, causal_model, zoo
+from abstraction import EntityVectorTask, Experiment, Location, TrainingConfig, causal_model, zoo
 
 ENTITIES = range(20)
 """Entity ids; the task maps each to a fixed random 4-dim vector."""
@@ -47,6 +48,11 @@ experiment = Experiment(
     training=TrainingConfig(epochs=10, batch_size=1024, lr=2e-3),
     seeds=3,
     rivals=[crossed_equality],
+    shifts={
+        "unseen entity vectors": EntityVectorTask(
+            "hierarchical_equality", hierarchical_equality, dim=4, seed=1
+        )
+    },
     quick={
         "pairs": 60_000,
         "seeds": 1,

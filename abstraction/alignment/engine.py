@@ -61,7 +61,7 @@ class InterchangeEngine:
         self.base = task.batch(data, "base.")
         self.labels = task.labels(data, "label")
         self.base_labels = task.labels(data, "base_label")
-        self.changed = torch.from_numpy(data["changed"].to_numpy(dtype=bool))
+        self.changed = torch.tensor(data["changed"].to_numpy(dtype=bool))
         self.do = {}
         for v in self.variables:
             if f"do.{v}" not in data:
@@ -69,7 +69,7 @@ class InterchangeEngine:
                     f"the dataset never intervenes on {v!r}; generate it with "
                     f"interventions=[[{v!r}], ...]"
                 )
-            self.do[v] = torch.from_numpy(data[f"do.{v}"].to_numpy(dtype=bool))
+            self.do[v] = torch.tensor(data[f"do.{v}"].to_numpy(dtype=bool))
         self.sources = {
             v: self._collect(task.batch(data, f"source.{v}."), batch_size) for v in self.variables
         }

@@ -25,10 +25,11 @@ import pandas as pd
 import torch
 
 from abstraction.alignment.das import TrainingConfig, evaluate, train_on_engines
-from abstraction.alignment.engine import InterchangeEngine
+from abstraction.alignment.engine import InterchangeEngine, subspace_edit
 from abstraction.alignment.result import Alignment, AlignmentError
 from abstraction.locations import Location, resolve
 from abstraction.network import Network
+from abstraction.statistics import adjust, paired_test
 from abstraction.task import Task
 
 __all__ = ["Cell", "SweepResult", "heatmap", "sweep"]
@@ -60,7 +61,9 @@ class SweepResult:
     """What a sweep found.
 
     Attributes:
-        cells: one row per cell: layer, component, position, rank, val_iia, seconds.
+        cells: one row per cell: layer, component, position, rank, val_iia, seconds,
+            p_value (one-sided, against a random subspace of the same ranks on the
+            validation pairs) and p_bh (Benjamini-Hochberg across all cells).
         best: the cell with the highest validation IIA.
         alignment: the best cell's alignment.
         test_iia: the best cell's IIA on the test pairs (``None`` without test pairs).
@@ -91,7 +94,7 @@ def _run_location(
     ranks: Sequence[int],
     method: str,
     config: TrainingConfig,
-) -> list[tuple[int, Alignment, float, float]]:
+) -> list[tuple[int, Alignment, float, float, float]]:
     engine = InterchangeEngine(network, task, train, location, variables)
     val_engine = InterchangeEngine(network, task, validation, location, variables)
     results = []
@@ -101,12 +104,44 @@ def _run_location(
             alignment = train_on_engines(
                 engine, val_engine, task, variables, method=method, rank=rank, config=config
             )
-            val_iia = float(evaluate(alignment, val_engine).float().mean())
-            results.append((rank, alignment, val_iia, time.perf_counter() - start))
+            correct = evaluate(alignment, val_engine)
+            p_value = _null_p_value(alignment, val_engine, correct, validation, config.seed)
+            results.append(
+                (
+                    rank,
+                    alignment,
+                    float(correct.float().mean()),
+                    time.perf_counter() - start,
+                    p_value,
+                )
+            )
     finally:
         engine.close()
         val_engine.close()
     return results
+
+
+def _null_p_value(
+    alignment: Alignment,
+    engine: InterchangeEngine,
+    correct: torch.Tensor,
+    data: pd.DataFrame,
+    seed: int,
+) -> float:
+    """One-sided p-value of a cell against a random subspace of the same ranks."""
+    if alignment.basis is None:
+        return float("nan")
+    generator = torch.Generator().manual_seed(seed + 7919)
+    total = sum(b - a for a, b in alignment.subspaces.values())
+    q, _ = torch.linalg.qr(torch.randn(engine.width, total, generator=generator))
+    bases, start = {}, 0
+    for v, (a, b) in alignment.subspaces.items():
+        bases[v] = q[:, start : start + (b - a)]
+        start += b - a
+    null = engine.correct(subspace_edit(engine, bases))
+    return paired_test(
+        correct.numpy(), null.numpy(), data["base_id"].to_numpy(), permutations=999, seed=seed
+    ).p_value
 
 
 def sweep(
@@ -164,7 +199,7 @@ def sweep(
     def cell_file(cell: Cell) -> Path | None:
         return None if out_dir is None else out_dir / "cells" / f"{cell.key}.json"
 
-    done: dict[Cell, tuple[Alignment | None, float, float]] = {}
+    done: dict[Cell, tuple[Alignment | None, float, float, float]] = {}
     todo: list[Location] = []
     for loc in locations:
         assert loc.layer is not None
@@ -175,17 +210,17 @@ def sweep(
             if file is not None and file.is_file():
                 saved = json.loads(file.read_text())
                 if saved.get("signature") == signature:
-                    done[cell] = (None, saved["val_iia"], saved["seconds"])
+                    done[cell] = (None, saved["val_iia"], saved["seconds"], saved["p_value"])
                     continue
             finished = False
         if not finished:
             todo.append(loc)
 
-    def record(loc: Location, results: list[tuple[int, Alignment, float, float]]) -> None:
+    def record(loc: Location, results: list[tuple[int, Alignment, float, float, float]]) -> None:
         assert loc.layer is not None
-        for rank, alignment, val_iia, seconds in results:
+        for rank, alignment, val_iia, seconds, p_value in results:
             cell = Cell(loc.layer, loc.position, loc.component, rank)
-            done[cell] = (alignment, val_iia, seconds)
+            done[cell] = (alignment, val_iia, seconds, p_value)
             file = cell_file(cell)
             if file is not None:
                 alignment.save(file.with_suffix("") / "alignment")
@@ -196,6 +231,7 @@ def sweep(
                         "rank": rank,
                         "val_iia": val_iia,
                         "seconds": seconds,
+                        "p_value": p_value,
                         "signature": signature,
                     },
                 )
@@ -220,11 +256,18 @@ def sweep(
             "rank": c.rank,
             "val_iia": v,
             "seconds": s,
+            "p_value": p,
         }
-        for c, (_, v, s) in done.items()
+        for c, (_, v, s, p) in done.items()
     ]
     table = pd.DataFrame(rows).sort_values(["layer", "component", "rank"], kind="stable")
     table = table.reset_index(drop=True)
+    # Benjamini-Hochberg across cells: which locations beat a random subspace on the
+    # validation pairs, with the false discovery rate controlled over the whole sweep.
+    finite = table["p_value"].notna()
+    table["p_bh"] = float("nan")
+    if finite.any():
+        table.loc[finite, "p_bh"] = adjust(table.loc[finite, "p_value"].tolist(), "bh")
     best_cell = max(done, key=lambda c: (done[c][1], -c.rank, -c.layer))
     best_alignment = done[best_cell][0]
     if best_alignment is None:
@@ -283,7 +326,7 @@ def _run_on_ray(
     config: TrainingConfig,
     workers: int | None,
     address: str | None,
-) -> list[tuple[Location, list[tuple[int, Alignment, float, float]]]]:
+) -> list[tuple[Location, list[tuple[int, Alignment, float, float, float]]]]:
     try:
         import ray
     except ImportError:

@@ -28,7 +28,13 @@ def quick_reports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("reports")
     for name in ("hierarchical_equality", "hierarchical_equality_wrong"):
         code, output = _run(
-            "run", str(ROOT / "hypotheses" / f"{name}.py"), "--quick", "--out", str(out)
+            "run",
+            str(ROOT / "hypotheses" / f"{name}.py"),
+            "--quick",
+            "--out",
+            str(out),
+            "--alignments",
+            str(out / "alignments"),
         )
         assert code == 0, output
     return out
@@ -49,6 +55,7 @@ def test_quick_run_writes_a_valid_report(quick_reports: Path) -> None:
     assert "data:image/png;base64," in html and results["verdict"] in html
     assert (directory / "report.md").read_text().startswith("# hierarchical_equality")
     assert (directory / "figures" / "causal_graph.png").stat().st_size > 1000
+    assert (quick_reports / "alignments" / "hierarchical_equality.safetensors").is_file()
 
 
 def test_wrong_hypothesis_is_never_faithful(quick_reports: Path) -> None:
@@ -80,7 +87,15 @@ experiment = Experiment(name="tiny", model=hierarchical_equality,
 
 def test_json_output(tmp_path: Path) -> None:
     (tmp_path / "tiny.py").write_text(TINY)
-    code, output = _run("run", str(tmp_path / "tiny.py"), "--json", "--out", str(tmp_path))
+    code, output = _run(
+        "run",
+        str(tmp_path / "tiny.py"),
+        "--json",
+        "--out",
+        str(tmp_path),
+        "--alignments",
+        str(tmp_path / "alignments"),
+    )
     assert code == 0, output
     payload = json.loads(output[output.index("{") :])
     assert payload["experiment"] == "tiny"
@@ -138,7 +153,14 @@ def test_bad_input_exits_2_with_a_message(name: str, tmp_path: Path) -> None:
         text = EXPERIMENT.format(network="hierarchical_equality_mlp", layer=9)
     if text is not None:
         path.write_text(text)
-    code, output = _run("run", str(path), "--out", str(tmp_path / "reports"))
+    code, output = _run(
+        "run",
+        str(path),
+        "--out",
+        str(tmp_path / "reports"),
+        "--alignments",
+        str(tmp_path / "alignments"),
+    )
     assert code == 2, output
     assert expected in " ".join(output.split())
     assert "Traceback" not in output
