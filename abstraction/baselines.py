@@ -25,7 +25,12 @@ import pandas as pd
 import torch
 
 from abstraction.alignment.das import TrainingConfig, evaluate, train_on_engines
-from abstraction.alignment.engine import InterchangeEngine, patch_edit, subspace_edit
+from abstraction.alignment.engine import (
+    InterchangeEngine,
+    patch_edit,
+    random_bases,
+    subspace_edit,
+)
 from abstraction.alignment.result import Alignment
 from abstraction.counterfactuals import control_model, relabel
 from abstraction.network import Network, restore_default_linear_init
@@ -84,18 +89,6 @@ def random_weights(network: Network, seed: int) -> Network:
     return Network(fresh, family=network.family, name=f"{network.name} (random weights)")
 
 
-def _random_bases(
-    alignment: Alignment, width: int, generator: torch.Generator
-) -> dict[str, torch.Tensor]:
-    total = sum(b - a for a, b in alignment.subspaces.values())
-    q, _ = torch.linalg.qr(torch.randn(width, max(total, 1), generator=generator))
-    bases, start = {}, 0
-    for v, (a, b) in alignment.subspaces.items():
-        bases[v] = q[:, start : start + (b - a)]
-        start += b - a
-    return bases
-
-
 def run_baselines(
     network: Network,
     task: Task,
@@ -129,7 +122,7 @@ def run_baselines(
             rows = [
                 test_engine.correct(
                     subspace_edit(
-                        test_engine, _random_bases(alignment, test_engine.width, generator)
+                        test_engine, random_bases(alignment.subspaces, test_engine.width, generator)
                     )
                 )
                 for _ in range(seeds)

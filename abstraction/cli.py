@@ -149,7 +149,8 @@ def _run(
                 seed=seed,
                 quick=quick,
                 progress=phase,
-                sweep_directory=out / experiment.name / ".sweep",
+                # beside the report, not inside it: the report directory is replaced whole
+                sweep_directory=out / f".{experiment.name}.sweep",
                 alignment_path=alignments / experiment.name,
             )
             if "task" in current:

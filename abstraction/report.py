@@ -229,41 +229,15 @@ def _figures(results: dict[str, Any], directory: Path) -> dict[str, Path]:
     if sweep:
         import pandas as pd
 
+        from abstraction.alignment.sweep import draw_heatmap
+
         cells = pd.DataFrame(sweep["cells"])
-        cells["position"] = cells["position"].astype(str)
-        grid = cells.pivot_table(
-            index="layer", columns="position", values="val_iia", aggfunc="max", sort=False
-        )
-        fig, ax = plt.subplots(figsize=(1.5 + 0.9 * grid.shape[1], 1.4 + 0.6 * grid.shape[0]))
-        image = ax.imshow(
-            grid.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower"
-        )
-        ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
-        ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
-        for i in range(grid.shape[0]):
-            for j in range(grid.shape[1]):
-                value = grid.to_numpy()[i, j]
-                ax.text(
-                    j,
-                    i,
-                    f"{value:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if value < 0.6 else "black",
-                )
         chosen = sweep["chosen"]
-        ax.set_title(
-            f"validation IIA; chosen: layer {chosen['layer']}, position {chosen['position']}",
-            fontsize=9,
+        figures["sweep"] = draw_heatmap(
+            cells,
+            directory / "sweep_heatmap.png",
+            title=f"validation IIA; chosen: layer {chosen['layer']}, position {chosen['position']}",
         )
-        ax.set_xlabel("position")
-        ax.set_ylabel("layer")
-        fig.colorbar(image, ax=ax)
-        fig.tight_layout()
-        figures["sweep"] = directory / "sweep_heatmap.png"
-        fig.savefig(figures["sweep"], dpi=110)
-        plt.close(fig)
         by_rank = cells.groupby("rank")["val_iia"].max()
         if len(by_rank) > 1:
             fig, ax = plt.subplots(figsize=(4.5, 3))

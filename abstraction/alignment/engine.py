@@ -22,7 +22,7 @@ from abstraction.locations import Location, resolve
 from abstraction.network import Batch, Network, readout_logits
 from abstraction.task import Task
 
-__all__ = ["Edit", "InterchangeEngine", "subspace_edit"]
+__all__ = ["Edit", "InterchangeEngine", "patch_edit", "random_bases", "subspace_edit"]
 
 Edit = Callable[[torch.Tensor, "torch.Tensor | slice"], torch.Tensor]
 """``edit(selected_base_activation, rows) -> new activation``."""
@@ -202,3 +202,20 @@ def patch_edit(engine: InterchangeEngine, variables: Sequence[str]) -> Edit:
         return out
 
     return edit
+
+
+def random_bases(
+    subspaces: Mapping[str, tuple[int, int]], width: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Random orthonormal subspaces with the same ranks as ``subspaces``, mutually orthogonal.
+
+    The null against which a trained alignment is compared: same location, same
+    dimensions, no training.
+    """
+    total = sum(stop - start for start, stop in subspaces.values())
+    q, _ = torch.linalg.qr(torch.randn(width, max(total, 1), generator=generator))
+    bases, offset = {}, 0
+    for v, (start, stop) in subspaces.items():
+        bases[v] = q[:, offset : offset + (stop - start)]
+        offset += stop - start
+    return bases

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from abstraction.alignment.das import TrainingConfig, evaluate, train_on_engines
-from abstraction.alignment.engine import InterchangeEngine, subspace_edit
+from abstraction.alignment.engine import InterchangeEngine, random_bases, subspace_edit
 from abstraction.alignment.result import Alignment, AlignmentError
 from abstraction.locations import Location, resolve
 from abstraction.network import Network
@@ -132,12 +132,7 @@ def _null_p_value(
     if alignment.basis is None:
         return float("nan")
     generator = torch.Generator().manual_seed(seed + 7919)
-    total = sum(b - a for a, b in alignment.subspaces.values())
-    q, _ = torch.linalg.qr(torch.randn(engine.width, total, generator=generator))
-    bases, start = {}, 0
-    for v, (a, b) in alignment.subspaces.items():
-        bases[v] = q[:, start : start + (b - a)]
-        start += b - a
+    bases = random_bases(alignment.subspaces, engine.width, generator)
     null = engine.correct(subspace_edit(engine, bases))
     return paired_test(
         correct.numpy(), null.numpy(), data["base_id"].to_numpy(), permutations=999, seed=seed
@@ -358,40 +353,37 @@ def _run_on_ray(
 
 def heatmap(result: SweepResult, path: str | Path, *, title: str | None = None) -> Path:
     """Draw validation IIA per layer x position (best over ranks and components) to a PNG."""
+    best = result.best
+    return draw_heatmap(
+        result.cells,
+        path,
+        title=title or f"validation IIA; chosen: layer {best.layer}, position {best.position}",
+    )
+
+
+def draw_heatmap(cells: pd.DataFrame, path: str | Path, *, title: str) -> Path:
+    """Draw a sweep table (``layer``, ``position``, ``val_iia`` columns) as a heatmap PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = result.cells.copy()
+    table = cells.copy()
     table["position"] = table["position"].astype(str)
     grid = table.pivot_table(
         index="layer", columns="position", values="val_iia", aggfunc="max", sort=False
     )
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * grid.shape[1], 1.2 + 0.6 * grid.shape[0]))
-    image = ax.imshow(
-        grid.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower"
-    )
+    values = grid.to_numpy()
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * grid.shape[1], 1.4 + 0.6 * grid.shape[0]))
+    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
     ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
     ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
     ax.set_xlabel("position")
     ax.set_ylabel("layer")
-    for (i, j), value in zip(
-        itertools.product(range(grid.shape[0]), range(grid.shape[1])),
-        grid.to_numpy().flatten(),
-        strict=True,
-    ):
-        ax.text(
-            j,
-            i,
-            f"{value:.2f}",
-            ha="center",
-            va="center",
-            color="white" if value < 0.6 else "black",
-            fontsize=8,
-        )
-    best = result.best
-    ax.set_title(title or f"validation IIA (chosen: layer {best.layer}, position {best.position})")
+    for i, j in itertools.product(range(grid.shape[0]), range(grid.shape[1])):
+        colour = "white" if values[i, j] < 0.6 else "black"
+        ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color=colour, fontsize=8)
+    ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, label="validation IIA")
     fig.tight_layout()
     out = Path(path)
