@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -39,7 +40,7 @@ from abstraction.task import EntityVectorTask, Task, TokenTask
 
 __all__ = ["ZooEntry", "cache_dir", "entries", "load", "task"]
 
-VERSION = "1"
+VERSION = "2"
 """Bump when a zoo recipe changes, so cached networks are retrained."""
 
 
@@ -213,6 +214,17 @@ def _fit(
     module.train()
     n = len(labels)
     steps = cfg["epochs"] * -(-n // cfg["batch_size"])
+    scheduler = None
+    if cfg.get("schedule") == "cosine":
+        # linear warmup then cosine decay: small transformers trained at a constant rate
+        # sometimes diverge or stall, depending on float summation order
+        warmup = max(1, int(steps * cfg.get("warmup", 0.05)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: (
+                min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+            ),
+        )
     step = 0
     for _ in range(cfg["epochs"]):
         order = torch.randperm(n, generator=generator)
@@ -221,7 +233,11 @@ def _fit(
             loss = torch.nn.functional.cross_entropy(logits(idx), labels[idx])
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
+            if "clip" in cfg:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), cfg["clip"])
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             step += 1
             if progress is not None and step % 50 == 0:
                 progress(f"loss {loss.item():.4f}", step / steps)
@@ -253,10 +269,12 @@ _ENTRIES: dict[str, ZooEntry] = {
             "width": 64,
             "layers": 2,
             "heads": 4,
-            "epochs": 30,
+            "epochs": 60,
             "batch_size": 128,
-            "lr": 3e-3,
+            "lr": 1e-3,
             "weight_decay": 0.01,
+            "schedule": "cosine",
+            "clip": 1.0,
             "test_fraction": 0.1,
         },
         _train_addition,
@@ -331,7 +349,14 @@ def _train_and_save(
     progress: Callable[[str, float], None] | None,
 ) -> None:
     start = time.perf_counter()
-    module, metrics = entry.train(entry, seed, progress)
+    # One thread, whatever the caller uses: float reductions then run in one order, so
+    # the same seed gives the same weights in a test worker, a CLI run or a notebook.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        module, metrics = entry.train(entry, seed, progress)
+    finally:
+        torch.set_num_threads(threads)
     metrics.update(
         {
             "name": name,

@@ -110,7 +110,8 @@ def test_sweep_example_quick(tmp_path: Path) -> None:
     assert code == 0, output
     results = json.loads((tmp_path / "addition_carry" / "results.json").read_text())
     validate(results)
-    assert results["sweep"]["chosen"]["position"] == "b0"  # the carry appears with b0
+    # the carry needs a0 and b0: under causal attention it can appear at b0 or after
+    assert results["sweep"]["chosen"]["position"] in ("b0", "equals")
     assert results["sweep"]["test_iia"] > 0.7
     assert (tmp_path / "addition_carry" / "figures" / "sweep_heatmap.png").is_file()
 
