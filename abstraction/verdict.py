@@ -304,7 +304,9 @@ def verify(
             null = result.best_seed.numpy()[rows]
             comparison = paired_test(correct_np[rows], null, bases[rows])
             raw[(v, result.name)] = comparison.p_value
-            null_iia[(v, result.name)] = float(result.correct.float()[:, rows].mean())
+            null_iia[(v, result.name)] = float(
+                result.correct.float()[:, torch.from_numpy(rows.copy())].mean()
+            )
     adjusted = dict(zip(raw, adjust(list(raw.values()), "holm"), strict=True))
 
     variable_results = {}
@@ -332,7 +334,9 @@ def verify(
         base_iias = {name: value for (var, name), value in null_iia.items() if var == v}
         for result in results:
             if result.name in ("patch",) and result.variable is None:
-                base_iias["patch"] = float(result.correct.float()[:, rows].mean())
+                base_iias["patch"] = float(
+                    result.correct.float()[:, torch.from_numpy(rows.copy())].mean()
+                )
             if result.name == "mean_ablation" and result.variable == v:
                 base_iias["mean_ablation_accuracy"] = result.detail["ablated_accuracy"]
         p_values = {name: p for (var, name), p in adjusted.items() if var == v}
