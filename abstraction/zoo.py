@@ -6,7 +6,10 @@ so examples and tests use networks trained on the spot from a config and a seed:
 * ``hierarchical_equality_mlp``: pyvene's tutorial MLP (16-dim input of four 4-dim
   entity vectors, 3 layers of width 16, ReLU) trained on hierarchical equality;
 * ``addition_gpt2``: a 2-layer GPT-2 predicting the tens digit of a two-digit sum,
-  whose algorithm has a known intermediate variable (the carry).
+  whose algorithm has a known intermediate variable (the carry);
+* ``lookup_gpt2``: a 2-layer GPT-2 that reads three name-digit pairs and a query and
+  outputs the queried name's digit, a positional task that needs attention (the
+  intermediate variable is the index of the matching pair).
 
 Each network is saved with ``save_pretrained`` (safetensors + config.json) under the
 cache directory (``ABSTRACTION_CACHE`` or the user cache dir), keyed by name, config,
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 
 from abstraction.causal_model import CausalModel, causal_model
-from abstraction.counterfactuals import balanced, factual_dataset
+from abstraction.counterfactuals import balanced, factual_dataset, from_function
 from abstraction.errors import UnknownNameError, nearest
 from abstraction.network import Network, restore_default_linear_init
 from abstraction.task import EntityVectorTask, Task, TokenTask
@@ -78,9 +81,57 @@ def addition_tens(a1, a0, b1, b0):  # type: ignore[no-untyped-def]
 
 ADDITION_VOCAB = ("<pad>", *(str(d) for d in DIGITS), "+", "=")
 
+NAMES = ("A", "B", "C", "D", "E")
+
+
+@causal_model(
+    inputs={
+        "k1": NAMES,
+        "v1": DIGITS,
+        "k2": NAMES,
+        "v2": DIGITS,
+        "k3": NAMES,
+        "v3": DIGITS,
+        "q": NAMES,
+    }
+)
+def lookup(k1, v1, k2, v2, k3, v3, q):  # type: ignore[no-untyped-def]
+    index = 1 if q == k1 else (2 if q == k2 else 3)
+    answer = v1 if index == 1 else (v2 if index == 2 else v3)
+    return answer
+
+
+LOOKUP_VOCAB = ("<pad>", *(str(d) for d in DIGITS), *NAMES, "?")
+
+
+def lookup_inputs(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Valid lookup inputs: three distinct names, a digit each, and a query among the names."""
+    names = np.array(NAMES)
+    keys = np.argsort(rng.random((n, len(NAMES))), axis=1)[:, :3]
+    which = rng.integers(3, size=n)
+    return {
+        "k1": names[keys[:, 0]],
+        "v1": rng.integers(10, size=n),
+        "k2": names[keys[:, 1]],
+        "v2": rng.integers(10, size=n),
+        "k3": names[keys[:, 2]],
+        "v3": rng.integers(10, size=n),
+        "q": names[keys[np.arange(n), which]],
+    }
+
 
 def _hierarchical_equality_task(model: CausalModel = hierarchical_equality) -> Task:
     return EntityVectorTask("hierarchical_equality", model, dim=4, seed=0)
+
+
+def _lookup_task(model: CausalModel = lookup) -> Task:
+    return TokenTask(
+        "lookup",
+        model,
+        template=["k1", "v1", "k2", "v2", "k3", "v3", "?", "q"],
+        vocab=LOOKUP_VOCAB,
+        named={"query": 7},
+    )
 
 
 def _addition_task(model: CausalModel = addition_tens) -> Task:
@@ -147,17 +198,23 @@ def _train_hierarchical_equality(
     return module, {"test_accuracy": accuracy, "test_examples": len(test)}
 
 
-def _train_addition(
-    entry: ZooEntry, seed: int, progress: Callable[[str, float], None] | None
+def _train_gpt2(
+    entry: ZooEntry,
+    seed: int,
+    progress: Callable[[str, float], None] | None,
+    train: Any,
+    test: Any,
+    vocab: tuple[str, ...],
 ) -> tuple[Any, dict[str, Any]]:
+    """Train a small GPT-2 to predict the task's output token at its readout position."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = entry.config
     task = entry.task()
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=len(ADDITION_VOCAB),
-        n_positions=8,
+        vocab_size=len(vocab),
+        n_positions=cfg.get("positions", 8),
         n_embd=cfg["width"],
         n_layer=cfg["layers"],
         n_head=cfg["heads"],
@@ -169,10 +226,6 @@ def _train_addition(
         attn_pdrop=0.0,
     )
     module = GPT2LMHeadModel(config)
-    data = factual_dataset(task.model, exhaustive=True)
-    order = np.random.default_rng(seed).permutation(len(data))
-    n_test = int(len(data) * cfg["test_fraction"])
-    train, test = data.iloc[order[n_test:]], data.iloc[order[:n_test]]
     batch = task.batch(train)
     y = task.labels(train, task.model.output)
     ids, mask, readout = batch.inputs["input_ids"], batch.inputs["attention_mask"], batch.readout
@@ -191,6 +244,26 @@ def _train_addition(
         pred = out[torch.arange(len(test)), test_batch.readout].argmax(-1)
     accuracy = float((pred == task.labels(test, task.model.output)).float().mean())
     return module, {"test_accuracy": accuracy, "test_examples": len(test)}
+
+
+def _train_addition(
+    entry: ZooEntry, seed: int, progress: Callable[[str, float], None] | None
+) -> tuple[Any, dict[str, Any]]:
+    data = factual_dataset(addition_tens, exhaustive=True)
+    order = np.random.default_rng(seed).permutation(len(data))
+    n_test = int(len(data) * entry.config["test_fraction"])
+    train, test = data.iloc[order[n_test:]], data.iloc[order[:n_test]]
+    return _train_gpt2(entry, seed, progress, train, test, ADDITION_VOCAB)
+
+
+def _train_lookup(
+    entry: ZooEntry, seed: int, progress: Callable[[str, float], None] | None
+) -> tuple[Any, dict[str, Any]]:
+    sampler = from_function(lookup_inputs)
+    train = factual_dataset(lookup, entry.config["examples"], sampler=sampler, seed=seed)
+    test = factual_dataset(lookup, 5_000, sampler=sampler, seed=seed + 10_000)
+    test = test[~test["input_id"].isin(set(train["input_id"]))]  # unseen inputs only
+    return _train_gpt2(entry, seed, progress, train, test, LOOKUP_VOCAB)
 
 
 def _logits(output: Any) -> torch.Tensor:
@@ -278,6 +351,27 @@ _ENTRIES: dict[str, ZooEntry] = {
             "test_fraction": 0.1,
         },
         _train_addition,
+    ),
+    "lookup_gpt2": ZooEntry(
+        "lookup_gpt2",
+        "2-layer GPT-2 (d_model 64, 4 heads) reading 'k1 v1 k2 v2 k3 v3 ? q' and predicting "
+        "the digit bound to the queried name (attention must find it); 60,000 examples, "
+        "tested on unseen ones",
+        _lookup_task,
+        {
+            "width": 64,
+            "layers": 2,
+            "heads": 4,
+            "epochs": 15,
+            "batch_size": 128,
+            "lr": 1e-3,
+            "weight_decay": 0.01,
+            "schedule": "cosine",
+            "clip": 1.0,
+            "examples": 60_000,
+            "positions": 8,
+        },
+        _train_lookup,
     ),
 }
 

@@ -41,6 +41,22 @@ def test_zoo_networks_meet_accuracy(he_network: Network, addition_network: Netwo
     assert he_network.family == "mlp" and addition_network.family == "gpt2"
 
 
+def test_positional_lookup_network() -> None:
+    network = zoo.load("lookup_gpt2")
+    metrics = zoo.metrics("lookup_gpt2")
+    assert metrics["test_accuracy"] >= 0.98 and metrics["test_examples"] > 1000
+    task = zoo.task("lookup_gpt2")
+    # the causal model agrees with the network on fresh valid inputs
+    import numpy as np
+
+    from abstraction import factual_dataset, from_function
+
+    facts = factual_dataset(task.model, 500, sampler=from_function(zoo.lookup_inputs), seed=99)
+    predicted = network.predict(task.batch(facts))
+    assert float((predicted == task.labels(facts, "answer")).float().mean()) >= 0.98
+    assert set(np.unique(facts["index"])) == {1, 2, 3}
+
+
 def test_zoo_is_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ABSTRACTION_CACHE", str(tmp_path))
     first = zoo.load("hierarchical_equality_mlp", seed=3).hash
