@@ -157,7 +157,7 @@ def run_baselines(
             for v in variables:
                 note(f"control task for {v}")
                 control = control_model(task.model, v, seed=7)
-                control_task = _with_model(task, control)
+                control_task = task.with_model(control)
                 engine = InterchangeEngine(
                     network, control_task, relabel(train, control), location, variables
                 )
@@ -225,9 +225,3 @@ def _mean_ablation(engine: InterchangeEngine, alignment: Alignment) -> list[Base
             )
         )
     return out
-
-
-def _with_model(task: Task, model: Any) -> Task:
-    clone = copy.copy(task)
-    clone.model = model
-    return clone

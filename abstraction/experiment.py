@@ -21,7 +21,6 @@ this; everything is available from Python too.
 
 from __future__ import annotations
 
-import copy
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -135,15 +134,9 @@ class Experiment:
         for v in self.variables:
             self.model._check_variable(v, role="aligned")
         if self.task.model is not self.model:
-            if self.task.model.inputs != self.model.inputs:
-                raise DeclarationError(
-                    f"the task encodes inputs {self.task.model.inputs} but the model has "
-                    f"{self.model.inputs}",
-                    "build the task for this causal model's inputs",
-                )
-            self.task = _with_model(self.task, self.model)
+            self.task = self.task.with_model(self.model)
         self.shifts = {
-            name: task if task.model is self.model else _with_model(task, self.model)
+            name: task if task.model is self.model else task.with_model(self.model)
             for name, task in self.shifts.items()
         }
         for rival in self.rivals:
@@ -176,12 +169,6 @@ def load_network(spec: str | Path | Network | Callable[[], Network], seed: int =
     if path.is_dir():
         return Network.from_pretrained(path)
     return zoo.load(str(spec), seed=seed)
-
-
-def _with_model(task: Task, model: CausalModel) -> Task:
-    clone = copy.copy(task)
-    clone.model = model
-    return clone
 
 
 def run(
@@ -299,7 +286,7 @@ def run(
     rivals = []
     for rival in exp.rivals:
         start = phase(f"verifying rival {rival.name}")
-        rival_task = _with_model(exp.task, rival)
+        rival_task = exp.task.with_model(rival)
         rival_verification = verify(
             network,
             rival_task,

@@ -13,6 +13,7 @@ the network's readout). Two ready-made kinds:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,17 @@ class Task:
     def positions(self) -> tuple[str, ...]:
         """Named positions the task defines (empty for non-sequence tasks)."""
         return ()
+
+    def with_model(self, model: CausalModel) -> Task:
+        """The same encoding for another causal model with the same inputs (a rival, a control)."""
+        if model.inputs != self.model.inputs:
+            raise TaskError(
+                f"task {self.name!r} encodes inputs {self.model.inputs}, but {model.name!r} has "
+                f"{model.inputs}; build a task for that model's inputs"
+            )
+        clone = copy.copy(self)
+        clone.model = model
+        return clone
 
     def batch(self, frame: pd.DataFrame, prefix: str = "") -> Batch:
         """Encode the inputs stored in ``frame`` under ``prefix`` (``"base."``, ``"source.v."``)."""

@@ -193,9 +193,7 @@ def run_wrong_hypothesis(seed: int, pairs: int, config: TrainingConfig) -> dict[
         seed=seed,
     )
     train, val, test = split_by_base(data, (0.7, 0.15, 0.15), seed=seed)
-    rival_task = task.__class__.__new__(task.__class__)
-    rival_task.__dict__.update(task.__dict__)
-    rival_task.model = crossed
+    rival_task = task.with_model(crossed)
     result = verify(
         network,
         rival_task,

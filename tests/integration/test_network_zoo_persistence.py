@@ -98,3 +98,13 @@ def test_alignment_refuses_other_network(
     with pytest.raises(AlignmentError, match="allow_hash_mismatch=True"):
         Alignment.load(path, small_mlp)
     assert Alignment.load(path, small_mlp, allow_hash_mismatch=True).network_hash == he_network.hash
+
+
+def test_task_with_model_requires_the_same_inputs() -> None:
+    from abstraction.task import TaskError
+
+    task = zoo.task("hierarchical_equality_mlp")
+    with pytest.raises(TaskError, match="build a task"):
+        task.with_model(zoo.addition_tens)
+    rival = task.with_model(zoo.hierarchical_equality)
+    assert rival.model is zoo.hierarchical_equality and rival is not task
