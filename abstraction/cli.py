@@ -308,11 +308,7 @@ def graph(
     debug: DebugOption = False,
 ) -> None:
     """Draw the causal model(s) declared in FILE."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import networkx as nx
+    from abstraction.report import draw_causal_graph
 
     try:
         module = load_file(file)
@@ -325,24 +321,10 @@ def graph(
     except (BadInput, AbstractionError) as exc:
         _fail(exc, 2, debug)
         return
-    out.mkdir(parents=True, exist_ok=True)
     for model in models:
-        g = model.graph()
-        layers: dict[str, int] = {}
-        for node in nx.topological_sort(g):
-            preds = list(g.predecessors(node))
-            layers[node] = 0 if not preds else 1 + max(layers[p] for p in preds)
-        nx.set_node_attributes(g, layers, "layer")
-        pos = nx.multipartite_layout(g, subset_key="layer", align="horizontal")
-        fig, ax = plt.subplots(figsize=(6, 4))
-        colours = ["#b0bec5" if g.nodes[n]["kind"] == "input" else "#90caf9" for n in g.nodes]
-        nx.draw_networkx(g, pos, ax=ax, node_color=colours, node_size=1400, arrowsize=15)
-        ax.set_title("\n".join(model.equations().values()), fontsize=8)
-        ax.axis("off")
-        fig.tight_layout()
-        target = out / f"{model.name}.png"
-        fig.savefig(target, dpi=110)
-        plt.close(fig)
+        target = draw_causal_graph(
+            model.graph(), out / f"{model.name}.png", title="\n".join(model.equations().values())
+        )
         console.print(f"{model.name}: {target}")
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import jinja2
 
-__all__ = ["RESULTS_SCHEMA", "render", "validate", "write"]
+__all__ = ["RESULTS_SCHEMA", "draw_causal_graph", "render", "validate", "write"]
 
 _ESTIMATE = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
 
@@ -108,6 +108,55 @@ _COLOURS = {
 }
 
 
+def draw_causal_graph(
+    graph: Any, path: Path, *, title: str, passed: dict[str, bool] | None = None
+) -> Path:
+    """Draw a causal graph (nodes with a ``kind``) in layers, inputs at the bottom, to a PNG.
+
+    Variables in ``passed`` are green or red by result; other inputs are grey and other
+    variables blue.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import networkx as nx
+
+    layers: dict[str, int] = {}
+    for node in nx.topological_sort(graph):
+        preds = list(graph.predecessors(node))
+        layers[node] = 0 if not preds else 1 + max(layers[p] for p in preds)
+    nx.set_node_attributes(graph, layers, "layer")
+    pos = nx.multipartite_layout(graph, subset_key="layer", align="horizontal")
+    verdicts = passed or {}
+    colours = [
+        (_COLOURS["faithful"] if verdicts[node] else _COLOURS["unfaithful"])
+        if node in verdicts
+        else "#b0bec5"
+        if graph.nodes[node].get("kind") == "input"
+        else "#90caf9"
+        for node in graph.nodes
+    ]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    nx.draw_networkx(
+        graph,
+        pos,
+        ax=ax,
+        node_color=colours,
+        node_size=1400,
+        font_size=10,
+        arrowsize=15,
+        edge_color="#555555",
+    )
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _figures(results: dict[str, Any], directory: Path) -> dict[str, Path]:
     import matplotlib
 
@@ -124,42 +173,13 @@ def _figures(results: dict[str, Any], directory: Path) -> dict[str, Path]:
     for node in graph_data["nodes"]:
         graph.add_node(node["name"], kind=node.get("kind", "intermediate"))
     graph.add_edges_from(tuple(e) for e in graph_data["edges"])
-    layers: dict[str, int] = {}
-    for node in nx.topological_sort(graph):
-        preds = list(graph.predecessors(node))
-        layers[node] = 0 if not preds else 1 + max(layers[p] for p in preds)
-    for node, layer in layers.items():
-        graph.nodes[node]["layer"] = layer
-    pos = nx.multipartite_layout(graph, subset_key="layer", align="horizontal")
-    colours = []
-    for node in graph.nodes:
-        info = results["variables"].get(node)
-        if info is not None:
-            colours.append(_COLOURS["faithful"] if info["passed"] else _COLOURS["unfaithful"])
-        elif graph.nodes[node]["kind"] == "input":
-            colours.append("#b0bec5")
-        else:
-            colours.append("#90caf9")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    nx.draw_networkx(
+    figures["graph"] = draw_causal_graph(
         graph,
-        pos,
-        ax=ax,
-        node_color=colours,
-        node_size=1400,
-        font_size=10,
-        arrowsize=15,
-        edge_color="#555555",
+        directory / "causal_graph.png",
+        title=f"{results['causal_model']['name']}: green = aligned and passed, red = aligned "
+        "and failed",
+        passed={name: info["passed"] for name, info in results["variables"].items()},
     )
-    ax.set_title(
-        f"{results['causal_model']['name']}: green = aligned and passed, red = aligned and failed",
-        fontsize=9,
-    )
-    ax.axis("off")
-    fig.tight_layout()
-    figures["graph"] = directory / "causal_graph.png"
-    fig.savefig(figures["graph"], dpi=110)
-    plt.close(fig)
 
     # IIA per variable with CIs, against each baseline
     names = list(results["variables"])
