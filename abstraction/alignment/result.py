@@ -14,8 +14,6 @@ differs unless told otherwise. :meth:`Alignment.to_pyvene` exports to pyvene.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from abstraction.errors import AbstractionError, UnknownNameError, nearest
+from abstraction.files import atomic_write, atomic_write_json
 from abstraction.interventions import Intervention, LowRankPatch, Patch
 from abstraction.locations import Location
 from abstraction.network import Network
@@ -135,8 +134,8 @@ class Alignment:
         }
         tensor_file = base.with_suffix(".safetensors")
         json_file = base.with_suffix(".json")
-        _atomic(tensor_file, lambda tmp: save_file(tensors, str(tmp)))
-        _atomic(json_file, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))
+        atomic_write(tensor_file, lambda tmp: save_file(tensors, str(tmp)))
+        atomic_write_json(json_file, meta)
         return json_file
 
     @classmethod
@@ -196,15 +195,3 @@ class Alignment:
     def __repr__(self) -> str:
         spaces = ", ".join(f"{k}={v[0]}:{v[1]}" for k, v in self.subspaces.items())
         return f"Alignment({self.method}, {self.location}, {spaces}, network={self.network_hash})"
-
-
-def _atomic(target: Path, write: Any) -> None:
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
