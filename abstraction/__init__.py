@@ -12,14 +12,15 @@ from abstraction import zoo
 from abstraction.alignment import (
     Alignment,
     AlignmentError,
-    InterchangeEngine,
+    PrefixCache,
+    PreparedInterchanges,
     TrainingConfig,
     align,
     evaluate,
+    fit,
 )
 from abstraction.alignment.sweep import Cell, SweepResult, sweep
 from abstraction.baselines import BASELINES, run_baselines
-from abstraction.cache import PrefixCache
 from abstraction.causal_model import CausalModel, CausalModelBuilder, Domain, causal_model
 from abstraction.counterfactuals import (
     BalancedSampler,
@@ -40,19 +41,18 @@ from abstraction.experiment import Experiment, Search, load_network, run
 from abstraction.interventions import (
     BoundlessPatch,
     Intervention,
+    InterventionError,
     LowRankPatch,
     MeanAblation,
     Patch,
     RotatedPatch,
     ZeroAblation,
-    collect,
-    from_pyvene,
-    intervene,
-    to_pyvene,
 )
 from abstraction.locations import Location, LocationError
 from abstraction.mechanism import Mechanism, VectorizationWarning
 from abstraction.network import Batch, Network, NetworkError
+from abstraction.pyvene_interop import from_pyvene, to_pyvene
+from abstraction.runtime import collect, intervene
 from abstraction.task import EntityVectorTask, Task, TokenTask
 from abstraction.verdict import Thresholds, Verification, compare, verify
 
@@ -75,8 +75,8 @@ __all__ = [
     "EntityVectorTask",
     "Experiment",
     "FunctionSampler",
-    "InterchangeEngine",
     "Intervention",
+    "InterventionError",
     "Location",
     "LocationError",
     "LowRankPatch",
@@ -86,6 +86,7 @@ __all__ = [
     "NetworkError",
     "Patch",
     "PrefixCache",
+    "PreparedInterchanges",
     "RotatedPatch",
     "Sampler",
     "Search",
@@ -109,6 +110,7 @@ __all__ = [
     "counterfactual_dataset",
     "evaluate",
     "factual_dataset",
+    "fit",
     "from_function",
     "from_pyvene",
     "intervene",

@@ -17,22 +17,18 @@ paired) with the same data, training budget, rank and location:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 import torch
 
-from abstraction.alignment.das import TrainingConfig, evaluate, train_on_engines
-from abstraction.alignment.engine import (
-    InterchangeEngine,
-    patch_edit,
-    random_bases,
-    subspace_edit,
-)
+from abstraction.alignment.das import TrainingConfig, evaluate, fit
+from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment
 from abstraction.counterfactuals import control_model, relabel
+from abstraction.interventions import LowRankPatch, MeanAblation, Patch, random_bases
 from abstraction.network import Network, restore_default_linear_init
 from abstraction.task import Task
 
@@ -96,19 +92,24 @@ def run_baselines(
     train: pd.DataFrame,
     validation: pd.DataFrame,
     test: pd.DataFrame,
-    test_engine: InterchangeEngine,
+    prepared_test: PreparedInterchanges,
     *,
     which: Sequence[str] = BASELINES,
     seeds: int = 5,
     config: TrainingConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[BaselineResult]:
-    """Run the requested baselines for ``alignment`` (trained on ``train``)."""
+    """Run the requested baselines for ``alignment`` (trained on ``train``).
+
+    ``prepared_test`` holds the test pairs prepared at the alignment's location; every
+    baseline is a set of :class:`~abstraction.interventions.Intervention` objects
+    applied to it (or DAS retrained under a null), through the same runtime as the
+    hypothesis.
+    """
     config = config or TrainingConfig()
     variables = list(alignment.variables)
     location = alignment.location
     method = alignment.method if alignment.method != "patch" else "das"
-    ranks: Mapping[str, int] = {v: b - a for v, (a, b) in alignment.subspaces.items()}
     results: list[BaselineResult] = []
 
     def note(message: str) -> None:
@@ -119,37 +120,18 @@ def run_baselines(
         if name == "random_subspace" and alignment.basis is not None:
             note("random subspaces")
             generator = torch.Generator().manual_seed(12345)
-            rows = [
-                test_engine.correct(
-                    subspace_edit(
-                        test_engine, random_bases(alignment.subspaces, test_engine.width, generator)
-                    )
-                )
-                for _ in range(seeds)
-            ]
+            rows = []
+            for _ in range(seeds):
+                bases = random_bases(alignment.subspaces, prepared_test.width, generator)
+                null = {v: LowRankPatch(location, basis) for v, basis in bases.items()}
+                rows.append(prepared_test.correct(null))
             results.append(BaselineResult(name, None, torch.stack(rows)))
         elif name == "untrained":
             note("DAS on a randomly initialised network")
             fresh = random_weights(network, seed=1)
-            engine = InterchangeEngine(fresh, task, train, location, variables)
-            val_engine = InterchangeEngine(fresh, task, validation, location, variables)
-            fresh_test = InterchangeEngine(fresh, task, test, location, variables)
-            try:
-                trained = train_on_engines(
-                    engine,
-                    val_engine,
-                    task,
-                    variables,
-                    method=method,
-                    rank=dict(ranks),
-                    config=config,
-                )
-                correct = evaluate(trained, fresh_test)
-                accuracy = float(fresh_test.predict(None).eq(fresh_test.base_labels).float().mean())
-            finally:
-                engine.close()
-                val_engine.close()
-                fresh_test.close()
+            correct, accuracy = _retrained(
+                fresh, task, (train, validation, test), alignment, method, config
+            )
             results.append(
                 BaselineResult(name, None, correct.unsqueeze(0), {"task_accuracy": accuracy})
             )
@@ -157,62 +139,60 @@ def run_baselines(
             for v in variables:
                 note(f"control task for {v}")
                 control = control_model(task.model, v, seed=7)
-                control_task = task.with_model(control)
-                engine = InterchangeEngine(
-                    network, control_task, relabel(train, control), location, variables
+                splits = (
+                    relabel(train, control),
+                    relabel(validation, control),
+                    relabel(test, control),
                 )
-                val_engine = InterchangeEngine(
-                    network, control_task, relabel(validation, control), location, variables
+                correct, _ = _retrained(
+                    network, task.with_model(control), splits, alignment, method, config
                 )
-                control_test = InterchangeEngine(
-                    network, control_task, relabel(test, control), location, variables
-                )
-                try:
-                    trained = train_on_engines(
-                        engine,
-                        val_engine,
-                        control_task,
-                        variables,
-                        method=method,
-                        rank=dict(ranks),
-                        config=config,
-                    )
-                    correct = evaluate(trained, control_test)
-                finally:
-                    engine.close()
-                    val_engine.close()
-                    control_test.close()
                 results.append(BaselineResult(name, v, correct.unsqueeze(0)))
         elif name == "patch":
             note("full-component patching")
-            correct = test_engine.correct(patch_edit(test_engine, variables))
+            correct = prepared_test.correct({v: Patch(location) for v in variables})
             results.append(BaselineResult(name, None, correct.unsqueeze(0)))
         elif name == "mean_ablation" and alignment.basis is not None:
             note("mean ablation")
-            results.extend(_mean_ablation(test_engine, alignment))
+            results.extend(_mean_ablation(prepared_test, alignment))
     return results
 
 
-def _mean_ablation(engine: InterchangeEngine, alignment: Alignment) -> list[BaselineResult]:
+def _retrained(
+    network: Network,
+    task: Task,
+    splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    alignment: Alignment,
+    method: str,
+    config: TrainingConfig,
+) -> tuple[torch.Tensor, float]:
+    """DAS retrained under a null (other weights or labels) with the alignment's ranks.
+
+    Returns per-pair correctness on the test split and the network's task accuracy there.
+    """
+    variables, location = list(alignment.variables), alignment.location
+    ranks = {v: b - a for v, (a, b) in alignment.subspaces.items()}
+    prepared = [PreparedInterchanges(network, task, d, location, variables) for d in splits]
+    try:
+        trained = fit(
+            prepared[0], prepared[1], task, variables, method=method, rank=ranks, config=config
+        )
+        correct = evaluate(trained, prepared[2])
+        accuracy = float(prepared[2].predict(None).eq(prepared[2].base_labels).float().mean())
+    finally:
+        for p in prepared:
+            p.close()
+    return correct, accuracy
+
+
+def _mean_ablation(prepared: PreparedInterchanges, alignment: Alignment) -> list[BaselineResult]:
     """Task accuracy with each variable's subspace set to its mean over the test bases."""
-    means = {v: engine.sources[v].float().mean(dim=0) for v in alignment.variables}
-    plain = engine.predict(None).eq(engine.base_labels)
+    plain = prepared.predict(None).eq(prepared.base_labels)
     out = []
     for v in alignment.variables:
-        basis = alignment.variable_basis(v)
-        mean = means[v]
-
-        def edit(
-            selected: torch.Tensor,
-            rows: torch.Tensor | slice,
-            basis: torch.Tensor = basis,
-            mean: torch.Tensor = mean,
-        ) -> torch.Tensor:
-            b = basis.to(selected.device, selected.dtype)
-            target = mean.to(selected.device, selected.dtype).expand_as(selected)
-            return selected + torch.matmul(torch.matmul(target - selected, b), b.T)
-
-        ablated = engine.predict(edit).eq(engine.base_labels)
+        mean = prepared.sources[v].float().mean(dim=0)
+        ablation = MeanAblation(alignment.location, mean=mean, basis=alignment.variable_basis(v))
+        ablated = prepared.predict([ablation]).eq(prepared.base_labels)
         out.append(
             BaselineResult(
                 "mean_ablation",

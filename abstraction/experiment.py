@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from abstraction.alignment.das import TrainingConfig, train_on_engines
-from abstraction.alignment.engine import InterchangeEngine
+from abstraction.alignment.das import TrainingConfig, fit
+from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import library_versions
 from abstraction.alignment.sweep import sweep
 from abstraction.baselines import BASELINES
@@ -339,7 +339,7 @@ def _shifted(
     """IIA and task agreement of the verified alignment on a shifted encoding of the test pairs."""
     from abstraction.alignment.das import evaluate
 
-    engine = InterchangeEngine(network, task, test, verification.alignment.location, variables)
+    engine = PreparedInterchanges(network, task, test, verification.alignment.location, variables)
     try:
         correct = evaluate(verification.alignment, engine).numpy()
         solved = (engine.predict(None) == engine.base_labels).numpy()
@@ -368,15 +368,15 @@ def _seed_variability(
     verification: Verification,
 ) -> dict[str, Any]:
     variables = list(exp.variables)
-    engine = InterchangeEngine(network, exp.task, train, location, variables)
-    val_engine = InterchangeEngine(network, exp.task, validation, location, variables)
-    test_engine = InterchangeEngine(network, exp.task, test, location, variables)
+    engine = PreparedInterchanges(network, exp.task, train, location, variables)
+    val_engine = PreparedInterchanges(network, exp.task, validation, location, variables)
+    test_engine = PreparedInterchanges(network, exp.task, test, location, variables)
     rows = [verification.correct.numpy()]
     try:
         from abstraction.alignment.das import evaluate
 
         for extra in range(1, exp.seeds):
-            alignment = train_on_engines(
+            alignment = fit(
                 engine,
                 val_engine,
                 exp.task,

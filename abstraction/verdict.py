@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from abstraction.alignment.das import TrainingConfig, align, evaluate
-from abstraction.alignment.engine import InterchangeEngine
+from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment
 from abstraction.baselines import BASELINES, BaselineResult, run_baselines
 from abstraction.locations import Location
@@ -267,7 +267,7 @@ def verify(
             config=config,
         )
     note("scoring on test pairs")
-    engine = InterchangeEngine(network, task, test, alignment.location, list(variables))
+    engine = PreparedInterchanges(network, task, test, alignment.location, list(variables))
     try:
         correct = evaluate(alignment, engine)
         predictions = engine.predict(None)

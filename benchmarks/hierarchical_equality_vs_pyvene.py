@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from abstraction import Location, TrainingConfig, align, counterfactual_dataset, evaluate
-from abstraction.alignment.engine import InterchangeEngine
+from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.counterfactuals import balanced, factual_dataset, input_ids, split_by_base
 from abstraction.network import Network, restore_default_linear_init
 from abstraction.statistics import iia, paired_test
@@ -314,7 +314,7 @@ def our_pipeline(sizes: dict[str, int], task: EntityVectorTask, seed: int) -> di
     times["DAS training"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    engine = InterchangeEngine(network, task, test, Location(layer=0), ["wx", "yz"])
+    engine = PreparedInterchanges(network, task, test, Location(layer=0), ["wx", "yz"])
     correct = evaluate(alignment, engine).numpy()
     times["evaluation"] = time.perf_counter() - start
     return {
@@ -381,7 +381,7 @@ def main() -> None:
         config=TrainingConfig(epochs=10, batch_size=6400, lr=1e-3, seed=args.seed),
     )
     seconds = time.perf_counter() - start
-    engine = InterchangeEngine(network, task, test_frame, Location(layer=0), ["wx", "yz"])
+    engine = PreparedInterchanges(network, task, test_frame, Location(layer=0), ["wx", "yz"])
     ours_shared = evaluate(shared, engine).numpy()
     bases = test_frame["base_id"].to_numpy()
     a, b = iia(ours_shared, bases), iia(theirs["correct"], bases)

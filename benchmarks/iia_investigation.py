@@ -35,7 +35,7 @@ from abstraction import (
     from_function,
     split_by_base,
 )
-from abstraction.alignment.engine import InterchangeEngine
+from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.network import restore_default_linear_init
 from abstraction.statistics import iia
 from abstraction.task import EntityVectorTask
@@ -147,7 +147,7 @@ def run_variant(
         validation=validation,
         config=config,
     )
-    engine = InterchangeEngine(network, task, test, Location(layer=0), ["wx", "yz"])
+    engine = PreparedInterchanges(network, task, test, Location(layer=0), ["wx", "yz"])
     correct = evaluate(alignment, engine).numpy()
     est = iia(correct, test["base_id"].to_numpy())
     accuracy = float((engine.predict(None) == engine.base_labels).float().mean())

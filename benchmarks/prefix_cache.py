@@ -18,10 +18,11 @@ import time
 import torch
 from transformers import GPT2Config
 
-from abstraction.cache import PrefixCache, cut_layer, run_suffix
-from abstraction.interventions import _positions, _replace, _select, collect, hooks
+from abstraction.alignment.prefix_cache import PrefixCache, cut_layer, run_suffix
+from abstraction.interventions import LowRankPatch
 from abstraction.locations import Location, resolve
 from abstraction.network import Batch, Network, readout_logits
+from abstraction.runtime import Applied, collect, hooked, site_edit
 
 
 def main() -> None:
@@ -84,15 +85,12 @@ def measure(
     basis = torch.nn.Parameter(torch.linalg.qr(torch.randn(width, 4, generator=gen))[0])
 
     def apply(act: torch.Tensor, rows: slice, chunk: Batch) -> torch.Tensor:
-        pos = _positions(site, chunk, act)
-        sel = _select(act, site, pos)
-        src = sources[rows]
-        new = sel + ((src - sel) @ basis) @ basis.T
-        return _replace(act, site, pos, new)
+        applied = [Applied(LowRankPatch(loc, basis), sources[rows])]
+        return site_edit(site, chunk, applied)(act)
 
     def uncached(rows: slice) -> torch.Tensor:
         chunk = data.select(rows)
-        with hooks(network, [(site, lambda act: apply(act, rows, chunk))]):
+        with hooked(network, [(site, lambda act: apply(act, rows, chunk))]):
             return readout_logits(network.call(chunk.inputs), chunk)
 
     start = time.perf_counter()

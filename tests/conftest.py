@@ -35,6 +35,23 @@ def he_task():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def he_pairs(he_task):  # type: ignore[no-untyped-def]
+    """Hierarchical-equality pairs over {wx}, {yz}, {wx, yz}, split by base (train, val, test)."""
+    from abstraction import counterfactual_dataset
+    from abstraction.counterfactuals import split_by_base
+
+    data = counterfactual_dataset(
+        he_task.model,
+        60_000,
+        [["wx"], ["yz"], ["wx", "yz"]],
+        sampler="output",
+        source_sampler="value",
+        seed=0,
+    )
+    return split_by_base(data, (0.8, 0.1, 0.1), seed=0)
+
+
+@pytest.fixture(scope="session")
 def addition_network():  # type: ignore[no-untyped-def]
     from abstraction import zoo
 

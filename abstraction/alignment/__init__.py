@@ -1,19 +1,27 @@
-"""Alignment search: DAS, low-rank and boundless DAS, patching, and sweeps over locations."""
+"""Alignment search: DAS, low-rank and boundless DAS, patching, and sweeps over locations.
 
-from abstraction.alignment.das import METHODS, TrainingConfig, align, evaluate, train_on_engines
-from abstraction.alignment.engine import InterchangeEngine, patch_edit, subspace_edit
+Modules, in the order data flows: :mod:`~abstraction.alignment.prefix_cache` (block
+outputs computed once), :mod:`~abstraction.alignment.prepared` (a counterfactual
+dataset made ready at one site), :mod:`~abstraction.alignment.das` (training),
+:mod:`~abstraction.alignment.result` (the trained :class:`Alignment`, saved and
+loaded) and :mod:`~abstraction.alignment.sweep` (many sites, chosen on validation).
+"""
+
+from abstraction.alignment.das import METHODS, TrainingConfig, align, evaluate, fit
+from abstraction.alignment.prefix_cache import PrefixCache
+from abstraction.alignment.prepared import Interventions, PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError, library_versions
 
 __all__ = [
     "METHODS",
     "Alignment",
     "AlignmentError",
-    "InterchangeEngine",
+    "Interventions",
+    "PrefixCache",
+    "PreparedInterchanges",
     "TrainingConfig",
     "align",
     "evaluate",
+    "fit",
     "library_versions",
-    "patch_edit",
-    "subspace_edit",
-    "train_on_engines",
 ]

@@ -22,16 +22,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from abstraction.alignment.engine import InterchangeEngine, patch_edit, subspace_edit
+from abstraction.alignment.prefix_cache import DEFAULT_MEMORY_BUDGET
+from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError
-from abstraction.cache import DEFAULT_MEMORY_BUDGET
 from abstraction.errors import UnknownNameError, nearest
-from abstraction.interventions import boundary_mask
+from abstraction.interventions import BoundlessPatch, Intervention, LowRankPatch, boundary_mask
 from abstraction.locations import Location
 from abstraction.network import Network
 from abstraction.task import Task
 
-__all__ = ["METHODS", "TrainingConfig", "align", "evaluate", "train_on_engines"]
+__all__ = ["METHODS", "TrainingConfig", "align", "evaluate", "fit"]
 
 METHODS = ("das", "low_rank", "boundless", "patch")
 
@@ -90,18 +90,9 @@ class _Rotation(nn.Module):
     def __init__(self, width: int, k: int, generator: torch.Generator) -> None:
         super().__init__()
         weight = torch.empty(width, k)
-        _orthogonal_init(weight, generator)
+        nn.init.orthogonal_(weight, generator=generator)
         self.weight = nn.Parameter(weight)
         nn.utils.parametrizations.orthogonal(self, "weight")
-
-
-def _orthogonal_init(weight: torch.Tensor, generator: torch.Generator) -> None:
-    rows, cols = weight.shape
-    flat = torch.randn(max(rows, cols), min(rows, cols), generator=generator)
-    q, r = torch.linalg.qr(flat)
-    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
-    with torch.no_grad():
-        weight.copy_(q if rows >= cols else q.T)
 
 
 def _subspaces(
@@ -166,12 +157,9 @@ def _check_data(data: pd.DataFrame, name: str) -> None:
         )
 
 
-def evaluate(alignment: Alignment, engine: InterchangeEngine) -> torch.Tensor:
-    """Per-pair correctness (counterfactual label predicted) of ``alignment`` on ``engine``."""
-    if alignment.method == "patch" or alignment.basis is None:
-        return engine.correct(patch_edit(engine, alignment.variables))
-    bases = {v: alignment.variable_basis(v) for v in alignment.variables}
-    return engine.correct(subspace_edit(engine, bases))
+def evaluate(alignment: Alignment, prepared: PreparedInterchanges) -> torch.Tensor:
+    """Per-pair correctness (counterfactual label predicted) of ``alignment`` on ``prepared``."""
+    return prepared.correct(alignment.interventions())
 
 
 def align(
@@ -219,20 +207,20 @@ def align(
                 + nearest(v, task.model.variables)
             )
     _check_data(train, "training")
-    engine = InterchangeEngine(
+    prepared = PreparedInterchanges(
         network, task, train, location, variables, memory_budget=memory_budget
     )
-    val_engine = (
-        InterchangeEngine(
+    prepared_validation = (
+        PreparedInterchanges(
             network, task, validation, location, variables, memory_budget=memory_budget
         )
         if validation is not None
         else None
     )
     try:
-        return train_on_engines(
-            engine,
-            val_engine,
+        return fit(
+            prepared,
+            prepared_validation,
             task,
             variables,
             method=method,
@@ -242,14 +230,14 @@ def align(
             progress=progress,
         )
     finally:
-        engine.close()
-        if val_engine is not None:
-            val_engine.close()
+        prepared.close()
+        if prepared_validation is not None:
+            prepared_validation.close()
 
 
-def train_on_engines(
-    engine: InterchangeEngine,
-    val_engine: InterchangeEngine | None,
+def fit(
+    prepared: PreparedInterchanges,
+    validation: PreparedInterchanges | None,
     task: Task,
     variables: Sequence[str],
     *,
@@ -259,11 +247,18 @@ def train_on_engines(
     config: TrainingConfig | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
 ) -> Alignment:
-    """:func:`align` on prepared engines (reuse them across seeds, ranks and baselines)."""
+    """:func:`align` on prepared interchanges (reuse them across seeds, ranks and baselines).
+
+    ``validation`` scores each epoch for early stopping (the training pairs when
+    ``None``). Every step applies :class:`~abstraction.interventions.LowRankPatch`
+    (DAS, low-rank DAS) or :class:`~abstraction.interventions.BoundlessPatch` objects
+    built from the trainable weights, through the same runtime as evaluation.
+    """
     config = config or TrainingConfig()
-    width = engine.width
-    network = engine.network
-    location, network_hash, model_hash = engine.site.location, network.hash, task.model.source_hash
+    width = prepared.width
+    network = prepared.network
+    location = prepared.site.location
+    network_hash, model_hash = network.hash, task.model.source_hash
     if method == "patch":
         alignment = Alignment(
             "patch",
@@ -274,7 +269,7 @@ def train_on_engines(
             model_hash,
             config={"method": "patch"},
         )
-        return _with_curve(alignment, engine, val_engine, 0, 0.0, progress)
+        return _with_curve(alignment, prepared, validation, progress)
     if method == "boundless" and len(variables) != 1:
         raise AlignmentError(
             "boundless DAS learns one subspace size, so it aligns one variable at a time; "
@@ -289,7 +284,7 @@ def train_on_engines(
     if method == "boundless":
         params.append(boundary)
     optimizer = torch.optim.Adam(params, lr=config.lr)
-    steps_per_epoch = math.ceil(engine.rows / config.batch_size)
+    steps_per_epoch = math.ceil(prepared.rows / config.batch_size)
     total = max(1, config.epochs * steps_per_epoch)
     temperatures = torch.linspace(config.temperature[0], config.temperature[1], total)
     curve: list[dict[str, float]] = []
@@ -297,25 +292,22 @@ def train_on_engines(
     stale, step = 0, 0
     start_time = time.perf_counter()
 
-    def bases_now(weight: torch.Tensor, temperature: float | None) -> dict[str, torch.Tensor]:
+    def interventions_now(weight: torch.Tensor, temperature: float) -> dict[str, Intervention]:
         if method == "boundless":
-            assert temperature is not None
-            mask = boundary_mask(width, boundary, torch.tensor(temperature, device=weight.device))
-            return {variables[0]: weight * mask.sqrt().unsqueeze(0)}
-        return {v: weight[:, a:b] for v, (a, b) in spans.items()}
+            t = torch.tensor(temperature, device=weight.device)
+            return {variables[0]: BoundlessPatch(location, weight, boundary, t)}
+        return {v: LowRankPatch(location, weight[:, a:b]) for v, (a, b) in spans.items()}
 
     # Rows are shuffled once into a contiguous copy; each epoch then visits its batches
     # in a new random order. Re-copying the data every epoch cost more than training.
-    shuffled = engine.reordered(torch.randperm(engine.rows, generator=generator))
-    starts = torch.arange(0, engine.rows, config.batch_size)
+    shuffled = prepared.reordered(torch.randperm(prepared.rows, generator=generator))
+    starts = torch.arange(0, prepared.rows, config.batch_size)
     for epoch in range(config.epochs):
         losses = []
         for s in starts[torch.randperm(len(starts), generator=generator)].tolist():
             rows = slice(s, s + config.batch_size)
             temperature = float(temperatures[min(step, total - 1)])
-            weight = rotation.weight
-            edit = subspace_edit(shuffled, bases_now(weight, temperature))
-            logits = shuffled.logits(rows, edit)
+            logits = shuffled.logits(rows, interventions_now(rotation.weight, temperature))
             loss = nn.functional.cross_entropy(logits, shuffled.labels[rows].to(logits.device))
             if method == "boundless":
                 loss = loss + config.boundary_coef * torch.clamp(boundary, 1e-3, 1.0)
@@ -332,8 +324,9 @@ def train_on_engines(
         with torch.no_grad():
             snapshot = rotation.weight.detach().clone()
             final = _final_bases(method, snapshot, spans, boundary, width, variables)
-            scored = val_engine if val_engine is not None else engine
-            val_iia = float(scored.correct(subspace_edit(scored, final)).float().mean())
+            scored = validation if validation is not None else prepared
+            hard = {v: LowRankPatch(location, basis) for v, basis in final.items()}
+            val_iia = float(scored.correct(hard).float().mean())
         entry = {
             "epoch": float(epoch + 1),
             "step": float(step),
@@ -403,20 +396,18 @@ def _final_bases(
 
 def _with_curve(
     alignment: Alignment,
-    engine: InterchangeEngine,
-    val_engine: InterchangeEngine | None,
-    epoch: int,
-    seconds: float,
+    prepared: PreparedInterchanges,
+    validation: PreparedInterchanges | None,
     progress: Callable[[dict[str, float]], None] | None,
 ) -> Alignment:
-    scored = val_engine if val_engine is not None else engine
+    scored = validation if validation is not None else prepared
     iia = float(evaluate(alignment, scored).float().mean())
     entry = {
-        "epoch": float(epoch),
+        "epoch": 0.0,
         "step": 0.0,
         "loss": float("nan"),
         "val_iia": iia,
-        "seconds": seconds,
+        "seconds": 0.0,
     }
     if progress is not None:
         progress(entry)

@@ -38,19 +38,17 @@ class AlignmentError(AbstractionError, ValueError):
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape numerical results."""
-    import numpy
-    import pyvene
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
     from abstraction import __version__
 
-    return {
-        "abstraction": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "pyvene": getattr(pyvene, "__version__", "0.1.8"),
-        "numpy": numpy.__version__,
-    }
+    found = {"abstraction": __version__, "torch": torch.__version__}
+    for package in ("transformers", "pyvene", "numpy"):
+        try:  # read from the installed metadata: importing pyvene just to ask is slow
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,6 +107,10 @@ class Alignment:
         if self.method == "patch" or self.basis is None:
             return Patch(self.location)
         return LowRankPatch(self.location, basis=self.variable_basis(variable))
+
+    def interventions(self) -> dict[str, Intervention]:
+        """Each aligned variable's intervention (what evaluation and baselines apply)."""
+        return {v: self.intervention(v) for v in self.variables}
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -188,7 +190,7 @@ class Alignment:
 
     def to_pyvene(self, network: Network, variable: str) -> tuple[dict[str, Any], Any]:
         """pyvene representation fields and intervention object for one variable."""
-        from abstraction.interventions import to_pyvene
+        from abstraction.pyvene_interop import to_pyvene
 
         return to_pyvene(self.intervention(variable), network)
 

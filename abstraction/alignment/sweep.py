@@ -24,9 +24,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from abstraction.alignment.das import TrainingConfig, evaluate, train_on_engines
-from abstraction.alignment.engine import InterchangeEngine, random_bases, subspace_edit
+from abstraction.alignment.das import TrainingConfig, evaluate, fit
+from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError
+from abstraction.interventions import LowRankPatch, random_bases
 from abstraction.locations import Location, resolve
 from abstraction.network import Network
 from abstraction.statistics import adjust, paired_test
@@ -95,13 +96,13 @@ def _run_location(
     method: str,
     config: TrainingConfig,
 ) -> list[tuple[int, Alignment, float, float, float]]:
-    engine = InterchangeEngine(network, task, train, location, variables)
-    val_engine = InterchangeEngine(network, task, validation, location, variables)
+    engine = PreparedInterchanges(network, task, train, location, variables)
+    val_engine = PreparedInterchanges(network, task, validation, location, variables)
     results = []
     try:
         for rank in ranks:
             start = time.perf_counter()
-            alignment = train_on_engines(
+            alignment = fit(
                 engine, val_engine, task, variables, method=method, rank=rank, config=config
             )
             correct = evaluate(alignment, val_engine)
@@ -123,7 +124,7 @@ def _run_location(
 
 def _null_p_value(
     alignment: Alignment,
-    engine: InterchangeEngine,
+    engine: PreparedInterchanges,
     correct: torch.Tensor,
     data: pd.DataFrame,
     seed: int,
@@ -133,7 +134,7 @@ def _null_p_value(
         return float("nan")
     generator = torch.Generator().manual_seed(seed + 7919)
     bases = random_bases(alignment.subspaces, engine.width, generator)
-    null = engine.correct(subspace_edit(engine, bases))
+    null = engine.correct({v: LowRankPatch(alignment.location, b) for v, b in bases.items()})
     return paired_test(
         correct.numpy(), null.numpy(), data["base_id"].to_numpy(), permutations=999, seed=seed
     ).p_value
@@ -271,7 +272,7 @@ def sweep(
         best_alignment = Alignment.load(file.with_suffix("") / "alignment", network)
     result = SweepResult(table, best_cell, best_alignment)
     if test is not None:
-        engine = InterchangeEngine(network, task, test, best_alignment.location, variables)
+        engine = PreparedInterchanges(network, task, test, best_alignment.location, variables)
         try:
             correct = evaluate(best_alignment, engine)
         finally:

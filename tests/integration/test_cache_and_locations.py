@@ -5,19 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from abstraction.cache import PrefixCache, cut_layer, run_suffix
-from abstraction.interventions import (
-    InterventionError,
-    LowRankPatch,
-    Patch,
-    _positions,
-    _replace,
-    _select,
-    collect,
-    intervene,
-)
+from abstraction.alignment.prefix_cache import PrefixCache, cut_layer, run_suffix
+from abstraction.interventions import InterventionError, LowRankPatch, Patch
 from abstraction.locations import Location, LocationError, resolve
 from abstraction.network import Batch, Network
+from abstraction.runtime import Applied, collect, intervene, select, site_edit
 
 
 def _padded_batches(left: bool) -> tuple[Batch, Batch]:
@@ -55,16 +47,10 @@ def test_cached_suffix_equals_uncached(small_gpt2: Network, left: bool, componen
         assert cache.nbytes == 6 * 7 * 32 * 4
         src_act = collect(small_gpt2, source, [loc])[0]
         hidden = cache.get(slice(None))
+        edit = site_edit(site, base, [Applied(iv, src_act)])
         if site.is_block_output:
-            pos = _positions(site, base, hidden)
-            hidden = _replace(hidden, site, pos, iv.apply(_select(hidden, site, pos), src_act))
-            out = run_suffix(small_gpt2, base, cut, hidden, tuple_len=cache.tuple_len)
+            out = run_suffix(small_gpt2, base, cut, edit(hidden), tuple_len=cache.tuple_len)
         else:
-
-            def edit(act: torch.Tensor, site=site, iv=iv, src_act=src_act) -> torch.Tensor:  # type: ignore[no-untyped-def]
-                pos = _positions(site, base, act)
-                return _replace(act, site, pos, iv.apply(_select(act, site, pos), src_act))
-
             out = run_suffix(
                 small_gpt2, base, cut, hidden, [(site, edit)], tuple_len=cache.tuple_len
             )
@@ -75,14 +61,13 @@ def test_cached_suffix_equals_uncached(small_gpt2: Network, left: bool, componen
 @pytest.mark.parametrize("left", [True, False])
 def test_named_positions_resolve_per_example(small_gpt2: Network, left: bool) -> None:
     base, _ = _padded_batches(left)
+    # an activation whose value is its own position index shows which position was selected
+    act = torch.arange(7.0).view(1, 7, 1).expand(6, 7, 32)
     site = resolve(small_gpt2, Location(layer=0, position="last"))
-    positions = _positions(site, base, torch.zeros(6, 7, 32))
-    assert positions is not None
+    positions = select(act, site, base)[:, 0].long()
     assert positions.tolist() == base.readout.tolist()  # type: ignore[union-attr]
-    first = _positions(
-        resolve(small_gpt2, Location(layer=0, position=0)), base, torch.zeros(6, 7, 32)
-    )
-    assert first is not None
+    site = resolve(small_gpt2, Location(layer=0, position=0))
+    first = select(act, site, base)[:, 0].long()
     expected_first = [2 if left and row in (0, 3) else 0 for row in range(6)]
     assert first.tolist() == expected_first
 

@@ -11,7 +11,7 @@ import pytest
 from abstraction import counterfactual_dataset
 from abstraction.alignment import AlignmentError, TrainingConfig, align, evaluate
 from abstraction.alignment.das import TrivialIIAWarning
-from abstraction.alignment.engine import InterchangeEngine
+from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.sweep import Cell, heatmap, sweep
 from abstraction.counterfactuals import split_by_base
 from abstraction.locations import Location
@@ -19,14 +19,6 @@ from abstraction.network import Network
 from abstraction.task import Task
 
 SETS = [["wx"], ["yz"], ["wx", "yz"]]
-
-
-@pytest.fixture(scope="module")
-def he_pairs(he_task: Task) -> list[pd.DataFrame]:
-    data = counterfactual_dataset(
-        he_task.model, 60_000, SETS, sampler="output", source_sampler="value", seed=0
-    )
-    return split_by_base(data, (0.8, 0.1, 0.1), seed=0)
 
 
 def test_split_never_shares_bases(he_pairs: list[pd.DataFrame]) -> None:
@@ -49,7 +41,7 @@ def test_das_beats_patching_and_random(
         validation=val,
         config=config,
     )
-    engine = InterchangeEngine(he_network, he_task, test, Location(layer=0), ["wx", "yz"])
+    engine = PreparedInterchanges(he_network, he_task, test, Location(layer=0), ["wx", "yz"])
     iia = float(evaluate(das, engine).float().mean())
     patch = align(
         he_network, he_task, train, Location(layer=0), ["wx", "yz"], method="patch", validation=val

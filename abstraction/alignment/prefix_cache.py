@@ -3,10 +3,10 @@
 Activations before the intervened location do not depend on any trainable
 intervention parameter, so alignment training and evaluation compute them once per
 dataset (:class:`PrefixCache`) and afterwards run only the network's suffix
-(:func:`run_suffix`). The suffix runs through the model's own ``forward`` with the
-blocks before the cut replaced by stand-ins that pass their input through (and the
-block at the cut by one that returns the cached, possibly edited, activation); the
-embeddings still run, which costs one lookup.
+(:func:`run_suffix`, with edits applied by :mod:`abstraction.runtime`). The suffix
+runs through the model's own ``forward`` with the blocks before the cut replaced by
+stand-ins that pass their input through (and the block at the cut by one that returns
+the cached, possibly edited, activation); the embeddings still run, which costs one lookup.
 
 The cache honours a memory budget: above it, activations are written to a
 memory-mapped file in chunks instead of held in RAM. :attr:`PrefixCache.nbytes` and
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from abstraction.errors import AbstractionError
-from abstraction.interventions import Edit, hooks
 from abstraction.locations import ResolvedLocation
 from abstraction.network import Batch, Network, readout_logits
+from abstraction.runtime import Edit, hooked
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "PrefixCache", "cut_layer", "run_suffix", "stub_blocks"]
 
@@ -113,7 +113,7 @@ def run_suffix(
         tuple_len: how many elements the real blocks return (0 for a bare tensor).
     """
     batch = batch.to(network.device)
-    with stub_blocks(network, cut, hidden, tuple_len), hooks(network, edits):
+    with stub_blocks(network, cut, hidden, tuple_len), hooked(network, edits):
         output = network.call(batch.inputs)
     return readout_logits(output, batch)
 
