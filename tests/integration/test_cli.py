@@ -105,7 +105,13 @@ def test_json_output(tmp_path: Path) -> None:
 
 def test_sweep_example_quick(tmp_path: Path) -> None:
     code, output = _run(
-        "sweep", str(ROOT / "hypotheses" / "addition_carry.py"), "--quick", "--out", str(tmp_path)
+        "sweep",
+        str(ROOT / "hypotheses" / "addition_carry.py"),
+        "--quick",
+        "--out",
+        str(tmp_path),
+        "--alignments",  # never overwrite the committed alignments/
+        str(tmp_path / "alignments"),
     )
     assert code == 0, output
     results = json.loads((tmp_path / "addition_carry" / "results.json").read_text())
