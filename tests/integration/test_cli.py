@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from abstraction.cli import app
 from abstraction.report import validate
+from abstraction.results import ExperimentResult
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -101,6 +102,9 @@ def test_json_output(tmp_path: Path) -> None:
     assert payload["experiment"] == "tiny"
     validate(payload)
     assert payload["config"]["pairs"]["train"] > payload["config"]["pairs"]["test"] > 0
+    assert ExperimentResult.from_dict(payload).to_dict() == payload
+    on_disk = json.loads((tmp_path / "tiny" / "results.json").read_text())
+    assert on_disk == payload  # --json prints exactly the report's results.json
 
 
 def test_sweep_example_quick(tmp_path: Path) -> None:
