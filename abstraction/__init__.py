@@ -52,14 +52,25 @@ from abstraction.locations import Location, LocationError
 from abstraction.mechanism import Mechanism, VectorizationWarning
 from abstraction.network import Batch, Network, NetworkError
 from abstraction.pyvene_interop import from_pyvene, to_pyvene
+from abstraction.results import SCHEMA_VERSION, ExperimentResult, ResultsError, results_schema
 from abstraction.runtime import collect, intervene
+from abstraction.statistics import Comparison, Estimate, SeedSummary
 from abstraction.task import EntityVectorTask, Task, TokenTask
-from abstraction.verdict import Thresholds, Verification, compare, verify
+from abstraction.verdict import (
+    Counterexample,
+    Thresholds,
+    VariableResult,
+    Verdict,
+    Verification,
+    compare,
+    verify,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BASELINES",
+    "SCHEMA_VERSION",
     "AbstractionError",
     "Alignment",
     "AlignmentError",
@@ -69,11 +80,15 @@ __all__ = [
     "CausalModel",
     "CausalModelBuilder",
     "Cell",
+    "Comparison",
+    "Counterexample",
     "DeclarationError",
     "Domain",
     "DomainError",
     "EntityVectorTask",
+    "Estimate",
     "Experiment",
+    "ExperimentResult",
     "FunctionSampler",
     "Intervention",
     "InterventionError",
@@ -87,9 +102,11 @@ __all__ = [
     "Patch",
     "PrefixCache",
     "PreparedInterchanges",
+    "ResultsError",
     "RotatedPatch",
     "Sampler",
     "Search",
+    "SeedSummary",
     "SweepResult",
     "Task",
     "Thresholds",
@@ -97,7 +114,9 @@ __all__ = [
     "TrainingConfig",
     "UniformSampler",
     "UnknownNameError",
+    "VariableResult",
     "VectorizationWarning",
+    "Verdict",
     "Verification",
     "ZeroAblation",
     "__version__",
@@ -116,6 +135,7 @@ __all__ = [
     "intervene",
     "load_network",
     "relabel",
+    "results_schema",
     "run",
     "run_baselines",
     "split_by_base",

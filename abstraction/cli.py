@@ -16,7 +16,6 @@ naming the problem and the fix (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 import time
 import traceback
@@ -32,6 +31,7 @@ from rich.table import Table
 from abstraction.causal_model import CausalModel
 from abstraction.errors import AbstractionError
 from abstraction.experiment import Experiment
+from abstraction.results import ExperimentResult
 
 app = typer.Typer(
     add_completion=False,
@@ -165,38 +165,37 @@ def _run(
         _fail(exc, 1, debug)
         return
     if as_json:
-        sys.stdout.write(json.dumps(results, indent=2, default=str) + "\n")
+        sys.stdout.write(results.to_json())
         return
     _summary(results, index, time.perf_counter() - start)
 
 
-def _summary(results: dict[str, Any], index: Path, seconds: float) -> None:
+def _summary(results: ExperimentResult, index: Path, seconds: float) -> None:
     colour = {"faithful": "green", "partial": "yellow", "unfaithful": "red"}.get(
-        results["verdict"], "white"
+        results.verdict, "white"
     )
-    table = Table(title=f"{results['experiment']}: [bold {colour}]{results['verdict']}[/]")
+    table = Table(title=f"{results.experiment}: [bold {colour}]{results.verdict}[/]")
     for column in ("variable", "IIA", "95% CI", "changed-only", "best null", "passed"):
         table.add_column(column, justify="left" if column == "variable" else "right")
-    for name, v in results["variables"].items():
-        nulls = {k: b for k, b in v["baselines"].items() if k in v["p_values"]}
-        best = max(nulls.items(), key=lambda kv: kv[1]) if nulls else None
+    for name, v in results.variables.items():
+        best = v.best_null()
         table.add_row(
             name,
-            f"{v['iia']:.3f}",
-            f"{v['ci'][0]:.3f}-{v['ci'][1]:.3f}",
-            "-" if v["changed_iia"] is None else f"{v['changed_iia']:.3f}",
+            f"{v.iia:.3f}",
+            f"{v.ci[0]:.3f}-{v.ci[1]:.3f}",
+            "-" if v.changed_iia is None else f"{v.changed_iia:.3f}",
             f"{best[0]} {best[1]:.3f}" if best else "-",
-            "yes" if v["passed"] else "no",
+            "yes" if v.passed else "no",
         )
     console.print(table)
-    for reason in results["reasons"]:
+    for reason in results.reasons:
         console.print(f"  - {reason}", highlight=False)
-    for rival in results.get("rivals", []):
-        diff = rival["comparison"]["difference"]
+    for rival in results.rivals:
+        diff = rival.comparison.difference
         console.print(
-            f"  rival {rival['name']}: {rival['verdict']}, IIA "
-            f"{rival['overall_iia']:.3f}; difference {diff['value']:+.3f} "
-            f"(p = {rival['comparison']['p_value']:.3g})",
+            f"  rival {rival.name}: {rival.verdict}, IIA "
+            f"{rival.overall_iia:.3f}; difference {diff.value:+.3f} "
+            f"(p = {rival.comparison.p_value:.3g})",
             highlight=False,
         )
     console.print(f"report: {index} ({seconds:.0f} s)")
@@ -251,7 +250,8 @@ def report(
 
     try:
         index = rerender(directory)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, AbstractionError, ValueError) as exc:
+        # ValueError covers malformed JSON and pydantic's validation errors
         _fail(exc, 2, debug)
         return
     except Exception as exc:

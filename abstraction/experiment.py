@@ -14,8 +14,8 @@ A hypothesis file in ``hypotheses/`` declares one top-level ``experiment``::
 
 :func:`run` generates counterfactual pairs, splits them by base input, chooses the
 location on validation (when ``search`` is given), verifies the hypothesis and any
-rivals on the same test pairs, and returns a JSON-ready result that
-:mod:`abstraction.report` renders. The CLI's ``abstraction run FILE`` does exactly
+rivals on the same test pairs, and returns an :class:`~abstraction.results.ExperimentResult`
+that :mod:`abstraction.report` renders. The CLI's ``abstraction run FILE`` does exactly
 this; everything is available from Python too.
 """
 
@@ -41,13 +41,22 @@ from abstraction.counterfactuals import counterfactual_dataset, relabel, split_b
 from abstraction.errors import AbstractionError, DeclarationError
 from abstraction.locations import Location, resolve
 from abstraction.network import Network
-from abstraction.statistics import iia, seed_summary
+from abstraction.results import (
+    CausalModelRecord,
+    ConfigRecord,
+    ExperimentResult,
+    LocationRecord,
+    NetworkRecord,
+    PairCounts,
+    RivalRecord,
+    ShiftRecord,
+    Versions,
+)
+from abstraction.statistics import SeedSummary, iia, seed_summary
 from abstraction.task import Task
 from abstraction.verdict import Thresholds, Verification, compare, verify
 
-__all__ = ["RESULTS_SCHEMA_VERSION", "Experiment", "Search", "load_network", "run"]
-
-RESULTS_SCHEMA_VERSION = 1
+__all__ = ["Experiment", "Search", "load_network", "run"]
 
 
 @dataclass(frozen=True)
@@ -179,8 +188,12 @@ def run(
     progress: Callable[[str], None] | None = None,
     sweep_directory: str | Path | None = None,
     alignment_path: str | Path | None = None,
-) -> dict[str, Any]:
-    """Run an experiment end to end and return its JSON-ready results.
+) -> ExperimentResult:
+    """Run an experiment end to end and return its results.
+
+    The result holds the verdict and every reported number (``result.to_json()`` is
+    ``results.json``; ``result.to_frame()`` a table), and carries the
+    :class:`~abstraction.verdict.Verification` and the trained alignment.
 
     Args:
         experiment: what to run.
@@ -269,7 +282,7 @@ def run(
     if alignment_path is not None:
         verification.alignment.save(alignment_path)
 
-    shifts = {}
+    shifts: dict[str, ShiftRecord] = {}
     for name, shifted_task in exp.shifts.items():
         start = phase(f"scoring the shifted test set {name!r}")
         shifts[name] = _shifted(network, shifted_task, test, verification, list(exp.variables))
@@ -283,7 +296,7 @@ def run(
         )
         timings["seeds"] = time.perf_counter() - start
 
-    rivals = []
+    rivals: dict[str, tuple[RivalRecord, Verification]] = {}
     for rival in exp.rivals:
         start = phase(f"verifying rival {rival.name}")
         rival_task = exp.task.with_model(rival)
@@ -303,39 +316,43 @@ def run(
             baselines=("random_subspace",),
         )
         comparison = compare(verification, rival_verification)
-        rivals.append(
-            {
-                "name": rival.name,
-                "verdict": rival_verification.verdict,
-                "reasons": rival_verification.reasons,
-                "overall_iia": rival_verification.overall.value,
-                "overall_ci": [rival_verification.overall.low, rival_verification.overall.high],
-                "behavior_accuracy": rival_verification.accuracy.value,
-                "comparison": comparison.to_dict(),
-                "source": rival.source,
-            }
+        rivals[rival.name] = (
+            RivalRecord.of(rival, rival_verification, comparison),
+            rival_verification,
         )
         timings[f"rival:{rival.name}"] = time.perf_counter() - start
 
-    results = _results(
-        exp,
-        network,
+    return ExperimentResult.assemble(
         verification,
-        sweep_result,
-        rivals,
-        seeds_info,
-        timings,
-        seed=seed,
-        quick=quick,
-        pairs=(len(train), len(validation), len(test)),
+        experiment=exp.name,
+        description=exp.description,
+        causal_model=CausalModelRecord.of(exp.model),
+        network=NetworkRecord.of(network),
+        network_hash=network.hash,
+        config=ConfigRecord(
+            seed=seed,
+            quick=quick,
+            method=exp.method,
+            variables=list(exp.variables),
+            location=LocationRecord.of(verification.alignment.location),
+            pairs=PairCounts(train=len(train), validation=len(validation), test=len(test)),
+            training=training.to_dict(),
+            baselines=list(exp.baselines),
+        ),
+        versions=Versions.model_validate(
+            {**library_versions(), "python": platform.python_version()}
+        ),
+        timings={k: round(v, 2) for k, v in timings.items()},
+        seeds=seeds_info,
+        sweep=sweep_result,
+        rivals=rivals,
+        shifts=shifts,
     )
-    results["shifts"] = shifts
-    return results
 
 
 def _shifted(
     network: Network, task: Task, test: Any, verification: Verification, variables: list[str]
-) -> dict[str, Any]:
+) -> ShiftRecord:
     """IIA and task agreement of the verified alignment on a shifted encoding of the test pairs."""
     from abstraction.alignment.das import evaluate
 
@@ -348,12 +365,12 @@ def _shifted(
     bases = test["base_id"].to_numpy()
     estimate = iia(correct, bases)
     first = ~pd.Series(bases).duplicated().to_numpy()
-    return {
-        "iia": estimate.value,
-        "ci": [estimate.low, estimate.high],
-        "behavior_accuracy": float(solved[first].mean()),
-        "pairs": len(test),
-    }
+    return ShiftRecord(
+        iia=estimate.value,
+        ci=(estimate.low, estimate.high),
+        behavior_accuracy=float(solved[first].mean()),
+        pairs=len(test),
+    )
 
 
 def _seed_variability(
@@ -366,7 +383,7 @@ def _seed_variability(
     rank: Any,
     training: TrainingConfig,
     verification: Verification,
-) -> dict[str, Any]:
+) -> SeedSummary:
     variables = list(exp.variables)
     engine = PreparedInterchanges(network, exp.task, train, location, variables)
     val_engine = PreparedInterchanges(network, exp.task, validation, location, variables)
@@ -391,75 +408,4 @@ def _seed_variability(
         engine.close()
         val_engine.close()
         test_engine.close()
-    summary = seed_summary(np.stack(rows), test["base_id"].to_numpy())
-    return summary.to_dict()
-
-
-def _results(
-    exp: Experiment,
-    network: Network,
-    verification: Verification,
-    sweep_result: Any,
-    rivals: list[dict[str, Any]],
-    seeds_info: dict[str, Any] | None,
-    timings: dict[str, float],
-    *,
-    seed: int,
-    quick: bool,
-    pairs: tuple[int, int, int],
-) -> dict[str, Any]:
-    model = exp.model
-    graph = model.graph()
-    body = verification.to_dict()
-    sweep_part = None
-    if sweep_result is not None:
-        sweep_part = {
-            "cells": sweep_result.cells.to_dict(orient="records"),
-            "chosen": {
-                "layer": sweep_result.best.layer,
-                "position": sweep_result.best.position,
-                "component": sweep_result.best.component,
-                "rank": sweep_result.best.rank,
-            },
-            "test_iia": sweep_result.test_iia,
-        }
-    return {
-        "schema_version": RESULTS_SCHEMA_VERSION,
-        "experiment": exp.name,
-        "description": exp.description,
-        **body,
-        "seeds": seeds_info,
-        "sweep": sweep_part,
-        "rivals": rivals,
-        "causal_model": {
-            "name": model.name,
-            "source": model.source,
-            "equations": model.equations(),
-            "inputs": list(model.inputs),
-            "outputs": list(model.outputs),
-            "graph": {
-                "nodes": [{"name": n, **graph.nodes[n]} for n in graph.nodes],
-                "edges": [list(e) for e in graph.edges],
-            },
-            "source_hash": model.source_hash,
-        },
-        "network": {
-            "name": network.name,
-            "family": network.family,
-            "layers": network.n_layers,
-            "width": network.width,
-        },
-        "network_hash": network.hash,
-        "config": {
-            "seed": seed,
-            "quick": quick,
-            "method": exp.method,
-            "variables": list(exp.variables),
-            "location": verification.alignment.location.to_dict(),
-            "pairs": {"train": pairs[0], "validation": pairs[1], "test": pairs[2]},
-            "training": replace(exp.training, seed=seed).to_dict(),
-            "baselines": list(exp.baselines),
-        },
-        "versions": {**library_versions(), "python": platform.python_version()},
-        "timings": {k: round(v, 2) for k, v in timings.items()},
-    }
+    return seed_summary(np.stack(rows), test["base_id"].to_numpy())

@@ -1,21 +1,22 @@
-"""Reports: results.json rendered as HTML, Markdown and PNG figures.
+"""Reports: an experiment's results rendered as HTML, Markdown and PNG figures.
 
 A report directory holds:
 
-* ``results.json`` - the results, in the versioned schema :data:`RESULTS_SCHEMA`
-  (``schema_version``, ``verdict``, ``reasons``, ``variables.<name>.iia``, ``.ci``,
-  ``.changed_iia``, ``.baselines``, ``.p_values``, ``.selectivity``,
-  ``behavior.accuracy``, ``baselines``, ``counterexamples``, ``alignment``,
-  ``sweep``, ``rivals``, ``causal_model``, ``network``, ``network_hash``,
-  ``config``, ``versions``, ``timings``);
+* ``results.json`` - the results, an :class:`~abstraction.results.ExperimentResult`
+  in the versioned format whose JSON schema :func:`abstraction.results.results_schema`
+  generates from that class (``schema_version``, ``verdict``, ``reasons``,
+  ``variables.<name>.iia``, ``.ci``, ``.changed_iia``, ``.baselines``, ``.p_values``,
+  ``.selectivity``, ``behavior.accuracy``, ``baselines``, ``counterexamples``,
+  ``alignment``, ``sweep``, ``rivals``, ``causal_model``, ``network``,
+  ``network_hash``, ``config``, ``versions``, ``timings``, ``shifts``);
 * ``index.html`` - self-contained (figures inlined), readable without a server;
 * ``report.md`` - the same in Markdown;
 * ``figures/*.png`` - causal graph coloured by verdict, IIA per variable against
   each baseline, sweep heatmap and IIA against rank (when there is a sweep),
   training curve.
 
-Rendering only reads results; it never recomputes them. Writes are atomic: the new
-report replaces the old one in one rename.
+Rendering only reads results; it never recomputes them (and never imports the
+alignment code). Writes are atomic: the new report replaces the old one in one rename.
 """
 
 from __future__ import annotations
@@ -25,87 +26,35 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import pandas as pd
 
-__all__ = ["RESULTS_SCHEMA", "draw_causal_graph", "render", "validate", "write"]
+from abstraction.files import atomic_write_text
+from abstraction.results import (
+    VERDICT_COLOURS,
+    ExperimentResult,
+    check_schema_version,
+    results_schema,
+)
 
-_ESTIMATE = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
-
-RESULTS_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "abstraction results",
-    "type": "object",
-    "required": [
-        "schema_version",
-        "experiment",
-        "verdict",
-        "reasons",
-        "variables",
-        "behavior",
-        "baselines",
-        "config",
-        "versions",
-        "network_hash",
-        "causal_model",
-        "alignment",
-    ],
-    "properties": {
-        "schema_version": {"const": 1},
-        "experiment": {"type": "string"},
-        "verdict": {"enum": ["faithful", "partial", "unfaithful", "inconclusive"]},
-        "reasons": {"type": "array", "items": {"type": "string"}},
-        "variables": {
-            "type": "object",
-            "additionalProperties": {
-                "type": "object",
-                "required": ["iia", "ci", "changed_iia", "baselines", "p_values", "passed"],
-                "properties": {
-                    "iia": {"type": "number", "minimum": 0, "maximum": 1},
-                    "ci": _ESTIMATE,
-                    "changed_iia": {"type": ["number", "null"]},
-                    "baselines": {"type": "object", "additionalProperties": {"type": "number"}},
-                    "p_values": {"type": "object", "additionalProperties": {"type": "number"}},
-                    "selectivity": {"type": ["number", "null"]},
-                    "passed": {"type": "boolean"},
-                },
-            },
-        },
-        "behavior": {
-            "type": "object",
-            "required": ["accuracy"],
-            "properties": {"accuracy": {"type": "number"}, "ci": _ESTIMATE},
-        },
-        "baselines": {"type": "array", "items": {"type": "object", "required": ["name", "iia"]}},
-        "counterexamples": {"type": "array"},
-        "sweep": {"type": ["object", "null"]},
-        "rivals": {"type": "array"},
-        "shifts": {"type": "object"},
-        "network_hash": {"type": "string"},
-        "config": {"type": "object"},
-        "versions": {"type": "object", "required": ["abstraction", "torch"]},
-        "causal_model": {"type": "object", "required": ["name", "equations", "graph"]},
-        "alignment": {"type": "object", "required": ["method", "location", "curve"]},
-    },
-}
+__all__ = ["draw_causal_graph", "draw_heatmap", "render", "rerender", "validate", "write"]
 
 
-def validate(results: dict[str, Any]) -> None:
-    """Raise ``jsonschema.ValidationError`` when ``results`` does not follow the schema."""
+def validate(results: ExperimentResult | Mapping[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` when ``results`` does not follow the schema.
+
+    The schema is :func:`abstraction.results.results_schema`, generated from
+    :class:`~abstraction.results.ExperimentResult`.
+    """
     import jsonschema
 
-    jsonschema.validate(results, RESULTS_SCHEMA)
-
-
-_COLOURS = {
-    "faithful": "#2e7d32",
-    "partial": "#ef6c00",
-    "unfaithful": "#c62828",
-    "inconclusive": "#6d6d6d",
-}
+    document = results.to_dict() if isinstance(results, ExperimentResult) else dict(results)
+    jsonschema.validate(document, results_schema())
 
 
 def draw_causal_graph(
@@ -130,7 +79,7 @@ def draw_causal_graph(
     pos = nx.multipartite_layout(graph, subset_key="layer", align="horizontal")
     verdicts = passed or {}
     colours = [
-        (_COLOURS["faithful"] if verdicts[node] else _COLOURS["unfaithful"])
+        (VERDICT_COLOURS["faithful"] if verdicts[node] else VERDICT_COLOURS["unfaithful"])
         if node in verdicts
         else "#b0bec5"
         if graph.nodes[node].get("kind") == "input"
@@ -157,7 +106,45 @@ def draw_causal_graph(
     return path
 
 
-def _figures(results: dict[str, Any], directory: Path) -> dict[str, Path]:
+def draw_heatmap(cells: pd.DataFrame, path: str | Path, *, title: str = "validation IIA") -> Path:
+    """Draw a sweep's cells (``layer``, ``position``, ``val_iia`` columns) as a heatmap PNG.
+
+    Each square is the best validation IIA over the ranks and components tried at
+    that layer and position; ``cells`` is e.g. ``SweepResult.cells`` or
+    ``result.to_frame("sweep")``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = cells.copy()
+    table["position"] = table["position"].astype(str)
+    grid = table.pivot_table(
+        index="layer", columns="position", values="val_iia", aggfunc="max", sort=False
+    )
+    values = grid.to_numpy()
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * grid.shape[1], 1.4 + 0.6 * grid.shape[0]))
+    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
+    ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
+    ax.set_xlabel("position")
+    ax.set_ylabel("layer")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            colour = "white" if values[i, j] < 0.6 else "black"
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color=colour, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="validation IIA")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _figures(results: ExperimentResult, directory: Path) -> dict[str, Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,43 +153,37 @@ def _figures(results: dict[str, Any], directory: Path) -> dict[str, Path]:
 
     figures: dict[str, Path] = {}
     directory.mkdir(parents=True, exist_ok=True)
+    variables = results.variables
 
     # causal graph, variables coloured by whether they passed
-    graph_data = results["causal_model"]["graph"]
     graph = nx.DiGraph()
-    for node in graph_data["nodes"]:
-        graph.add_node(node["name"], kind=node.get("kind", "intermediate"))
-    graph.add_edges_from(tuple(e) for e in graph_data["edges"])
+    for node in results.causal_model.graph.nodes:
+        graph.add_node(node.name, kind=node.kind)
+    graph.add_edges_from(results.causal_model.graph.edges)
     figures["graph"] = draw_causal_graph(
         graph,
         directory / "causal_graph.png",
-        title=f"{results['causal_model']['name']}: green = aligned and passed, red = aligned "
-        "and failed",
-        passed={name: info["passed"] for name, info in results["variables"].items()},
+        title=f"{results.causal_model.name}: green = aligned and passed, red = aligned and failed",
+        passed={name: v.passed for name, v in variables.items()},
     )
 
     # IIA per variable with CIs, against each baseline
-    names = list(results["variables"])
+    names = list(variables)
     if names:
         fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(names), 3.6))
         xs = range(len(names))
-        values = [results["variables"][n]["iia"] for n in names]
+        values = [variables[n].iia for n in names]
         errors = [
-            [v - results["variables"][n]["ci"][0] for n, v in zip(names, values, strict=True)],
-            [results["variables"][n]["ci"][1] - v for n, v in zip(names, values, strict=True)],
+            [v - variables[n].ci[0] for n, v in zip(names, values, strict=True)],
+            [variables[n].ci[1] - v for n, v in zip(names, values, strict=True)],
         ]
         ax.bar(xs, values, color="#1565c0", yerr=errors, capsize=5, label="IIA (95% CI)")
         markers = ["o", "s", "^", "D", "v", "P"]
         baseline_names = sorted(
-            {
-                b
-                for n in names
-                for b in results["variables"][n]["baselines"]
-                if not b.endswith("accuracy")
-            }
+            {b for n in names for b in variables[n].baselines if not b.endswith("accuracy")}
         )
         for k, baseline in enumerate(baseline_names):
-            ys = [results["variables"][n]["baselines"].get(baseline) for n in names]
+            ys = [variables[n].baselines.get(baseline) for n in names]
             ax.scatter(
                 [x for x, y in zip(xs, ys, strict=True) if y is not None],
                 [y for y in ys if y is not None],
@@ -211,15 +192,10 @@ def _figures(results: dict[str, Any], directory: Path) -> dict[str, Path]:
                 zorder=3,
                 label=baseline,
             )
-        threshold = results.get("thresholds", {}).get("iia")
-        if threshold is not None:
-            ax.axhline(
-                threshold,
-                color="#c62828",
-                linestyle="--",
-                linewidth=1,
-                label=f"threshold {threshold}",
-            )
+        threshold = results.thresholds.iia
+        ax.axhline(
+            threshold, color="#c62828", linestyle="--", linewidth=1, label=f"threshold {threshold}"
+        )
         ax.set_xticks(list(xs), names)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("interchange intervention accuracy")
@@ -229,15 +205,19 @@ def _figures(results: dict[str, Any], directory: Path) -> dict[str, Path]:
         fig.savefig(figures["iia"], dpi=110)
         plt.close(fig)
 
-    curve = results["alignment"].get("curve") or []
+    curve = results.alignment.curve
     if len(curve) > 1:
+
+        def series(key: str) -> list[float]:
+            return [float("nan") if (v := c.get(key)) is None else v for c in curve]
+
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        epochs = [c["epoch"] for c in curve]
-        ax.plot(epochs, [c["val_iia"] for c in curve], marker="o", label="validation IIA")
+        epochs = series("epoch")
+        ax.plot(epochs, series("val_iia"), marker="o", label="validation IIA")
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation IIA")
         ax2 = ax.twinx()
-        ax2.plot(epochs, [c["loss"] for c in curve], color="#ef6c00", marker=".", label="loss")
+        ax2.plot(epochs, series("loss"), color="#ef6c00", marker=".", label="loss")
         ax2.set_ylabel("training loss")
         fig.legend(fontsize=7, loc="center right")
         fig.tight_layout()
@@ -245,18 +225,14 @@ def _figures(results: dict[str, Any], directory: Path) -> dict[str, Path]:
         fig.savefig(figures["curve"], dpi=110)
         plt.close(fig)
 
-    sweep = results.get("sweep")
-    if sweep:
-        import pandas as pd
-
-        from abstraction.alignment.sweep import draw_heatmap
-
-        cells = pd.DataFrame(sweep["cells"])
-        chosen = sweep["chosen"]
+    sweep = results.sweep
+    if sweep is not None and sweep.cells:
+        cells = sweep.frame()
+        chosen = sweep.chosen
         figures["sweep"] = draw_heatmap(
             cells,
             directory / "sweep_heatmap.png",
-            title=f"validation IIA; chosen: layer {chosen['layer']}, position {chosen['position']}",
+            title=f"validation IIA; chosen: layer {chosen.layer}, position {chosen.position}",
         )
         by_rank = cells.groupby("rank")["val_iia"].max()
         if len(by_rank) > 1:
@@ -280,30 +256,35 @@ def _fmt(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def render(results: dict[str, Any], figures: dict[str, Path]) -> tuple[str, str]:
-    """The HTML and Markdown texts for ``results`` with the given figure files."""
+def _where(location: Mapping[str, Any]) -> str:
+    if location.get("path"):
+        return str(location["path"])
+    where = f"layer {location['layer']} {location['component']}"
+    if location.get("position") is not None:
+        where += f" @ {location['position']}"
+    return where
+
+
+def render(results: ExperimentResult, figures: Mapping[str, Path]) -> tuple[str, str]:
+    """The HTML and Markdown texts for ``results`` with the given figure files.
+
+    The templates read the ``results.json`` document itself (``r.variables``,
+    ``r.behavior.accuracy``, ...), so a report shows exactly what the file holds.
+    """
+    document = results.to_dict()
     env = jinja2.Environment(
         autoescape=jinja2.select_autoescape(default=True), undefined=jinja2.StrictUndefined
     )
     md_env = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined)
-    baseline_names = sorted({b for v in results["variables"].values() for b in v["baselines"]})
-    location = results["alignment"]["location"]
-    where = (
-        f"{location['path']}"
-        if location.get("path")
-        else f"layer {location['layer']} {location['component']}"
-        + (f" @ {location['position']}" if location.get("position") is not None else "")
-    )
-    equations = "\n".join(results["causal_model"]["equations"].values())
-    images = {k: base64.b64encode(p.read_bytes()).decode() for k, p in figures.items()}
+    baseline_names = sorted({b for v in results.variables.values() for b in v.baselines})
     context = {
-        "r": results,
+        "r": document,
         "baseline_names": baseline_names,
         "fmt": _fmt,
-        "location": where,
-        "equations": equations,
-        "images": images,
-        "colour": _COLOURS.get(results["verdict"], "#333"),
+        "location": _where(document["alignment"]["location"]),
+        "equations": "\n".join(results.causal_model.equations.values()),
+        "images": {k: base64.b64encode(p.read_bytes()).decode() for k, p in figures.items()},
+        "colour": VERDICT_COLOURS.get(results.verdict, "#333"),
         "figures": {k: p.name for k, p in figures.items()},
     }
     html = env.from_string(_template("report.html.j2")).render(**context)
@@ -311,18 +292,34 @@ def render(results: dict[str, Any], figures: dict[str, Path]) -> tuple[str, str]
     return html, markdown
 
 
-def write(results: dict[str, Any], directory: str | Path) -> Path:
-    """Validate ``results`` and write the report directory atomically; returns index.html."""
-    validate(results)
+def _as_result(results: ExperimentResult | Mapping[str, Any]) -> ExperimentResult:
+    if isinstance(results, ExperimentResult):
+        validate(results)
+        return results
+    document = dict(results)
+    check_schema_version(document)  # a readable error for files of another version
+    validate(document)
+    return ExperimentResult.from_dict(document)
+
+
+def write(results: ExperimentResult | Mapping[str, Any], directory: str | Path) -> Path:
+    """Validate ``results`` and write the report directory atomically; returns index.html.
+
+    Args:
+        results: what :func:`abstraction.run` returned, or a parsed ``results.json``.
+        directory: the report directory; an existing one is replaced whole.
+    """
+    result = _as_result(results)
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        (staging / "results.json").write_text(json.dumps(results, indent=2, default=str))
-        figures = _figures(results, staging / "figures")
-        html, markdown = render(results, figures)
-        (staging / "index.html").write_text(html)
-        (staging / "report.md").write_text(markdown)
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the report from other users
+        atomic_write_text(staging / "results.json", result.to_json())
+        figures = _figures(result, staging / "figures")
+        html, markdown = render(result, figures)
+        atomic_write_text(staging / "index.html", html)
+        atomic_write_text(staging / "report.md", markdown)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}-old-{os.getpid()}")
@@ -343,4 +340,4 @@ def rerender(directory: str | Path) -> Path:
         raise FileNotFoundError(
             f"{source} does not exist; pass a report directory written by `abstraction run`"
         )
-    return write(json.loads(source.read_text()), directory)
+    return write(json.loads(source.read_text(encoding="utf-8")), directory)

@@ -25,7 +25,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
 __all__ = [
+    "Alternative",
     "Comparison",
     "Estimate",
     "SeedSummary",
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 ArrayLike = Any
+
+Alternative = Literal["greater", "two-sided"]
+"""The alternative hypothesis of :func:`paired_test`."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class Estimate:
         """``high - low``."""
         return self.high - self.low
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
         return asdict(self)
 
@@ -205,13 +209,11 @@ class Comparison:
     p_value: float
     mcnemar_p: float
     cohens_h: float
-    alternative: str
+    alternative: Alternative
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy."""
-        data = asdict(self)
-        data["difference"] = self.difference.to_dict()
-        return data
+        """A JSON-ready copy (the difference as a nested dict)."""
+        return asdict(self)
 
 
 def paired_test(
@@ -219,7 +221,7 @@ def paired_test(
     b: ArrayLike,
     clusters: ArrayLike | None = None,
     *,
-    alternative: str = "greater",
+    alternative: Alternative = "greater",
     permutations: int = 9999,
     confidence: float = 0.95,
     seed: int = 0,
@@ -310,10 +312,8 @@ class SeedSummary:
     interval: Estimate
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy."""
-        data = asdict(self)
-        data["interval"] = self.interval.to_dict()
-        return data
+        """A JSON-ready copy (the interval as a nested dict)."""
+        return asdict(self)
 
 
 def seed_summary(

@@ -21,8 +21,8 @@ The reasons are listed in words. Thresholds are inputs; nothing is tuned per exa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -37,10 +37,22 @@ from abstraction.network import Network
 from abstraction.statistics import Comparison, Estimate, adjust, breakdown, iia, paired_test
 from abstraction.task import Task
 
-__all__ = ["NULLS", "Thresholds", "VariableResult", "Verification", "compare", "verify"]
+__all__ = [
+    "NULLS",
+    "Counterexample",
+    "Thresholds",
+    "VariableResult",
+    "Verdict",
+    "Verification",
+    "compare",
+    "verify",
+]
 
 NULLS = ("random_subspace", "untrained", "control")
 """Baselines the hypothesis must beat significantly."""
+
+Verdict = Literal["faithful", "partial", "unfaithful", "inconclusive"]
+"""The four verdicts (see the module docstring for what each requires)."""
 
 
 @dataclass(frozen=True)
@@ -64,9 +76,44 @@ class Thresholds:
     confidence: float = 0.95
 
 
+@dataclass(frozen=True)
+class Counterexample:
+    """A group of failing test pairs that share their intervention and variable values.
+
+    Attributes:
+        group: what the pairs share: the intervention set (``intervened``), the
+            values of the causal variables, the base label and the counterfactual label.
+        failures: failing pairs in the group.
+        pairs: all test pairs in the group.
+        example: the inputs (``base.*``, ``source.*``) of one failing pair.
+    """
+
+    group: dict[str, Any]
+    failures: int
+    pairs: int
+    example: dict[str, Any]
+
+
 @dataclass
 class VariableResult:
-    """The evidence for one causal variable."""
+    """The evidence for one causal variable.
+
+    Attributes:
+        name: the variable.
+        iia: IIA on the test pairs that intervene on this variable alone (or, without
+            such pairs, on every pair that intervenes on it), CI clustered by base.
+        changed_iia: the same on the pairs whose label changes (``None`` when none do).
+        per_set: IIA per intervention set that includes the variable.
+        per_value: IIA per value the variable takes in the source.
+        baselines: each baseline's IIA on the same pairs (``mean_ablation_accuracy``:
+            task accuracy with the variable's subspace mean-ablated).
+        p_values: Holm-adjusted one-sided p-values against each null.
+        raw_p_values: the same before adjustment.
+        selectivity: IIA minus the control task's IIA (``None`` without a control).
+        changed_pairs: test pairs that change the label.
+        passed: whether the variable meets every requirement of ``faithful``.
+        reasons: why, in words.
+    """
 
     name: str
     iia: Estimate
@@ -81,81 +128,37 @@ class VariableResult:
     passed: bool
     reasons: list[str]
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy."""
-        return {
-            "iia": self.iia.value,
-            "ci": [self.iia.low, self.iia.high],
-            "estimate": self.iia.to_dict(),
-            "changed_iia": self.changed_iia.value if self.changed_iia else None,
-            "changed_ci": [self.changed_iia.low, self.changed_iia.high]
-            if self.changed_iia
-            else None,
-            "changed_pairs": self.changed_pairs,
-            "per_intervention_set": {k: v.to_dict() for k, v in self.per_set.items()},
-            "per_value": {k: v.to_dict() for k, v in self.per_value.items()},
-            "baselines": self.baselines,
-            "p_values": self.p_values,
-            "raw_p_values": self.raw_p_values,
-            "selectivity": self.selectivity,
-            "passed": self.passed,
-            "reasons": self.reasons,
-        }
-
 
 @dataclass
 class Verification:
-    """Everything :func:`verify` found, and the verdict."""
+    """Everything :func:`verify` found, and the verdict.
 
-    verdict: str
+    Attributes:
+        verdict: ``faithful``, ``partial``, ``unfaithful`` or ``inconclusive``.
+        reasons: the verdict's reasons, in words.
+        variables: the evidence per variable.
+        overall: IIA on every test pair.
+        accuracy: how often the network's own output agrees with the causal model's
+            (one value per base input).
+        counterexamples: the largest groups of failing pairs.
+        alignment: the verified alignment.
+        baselines: every baseline's per-pair correctness.
+        thresholds: what ``faithful`` required.
+        correct: per-pair correctness of the alignment on ``test``.
+        test: the test pairs.
+    """
+
+    verdict: Verdict
     reasons: list[str]
     variables: dict[str, VariableResult]
     overall: Estimate
     accuracy: Estimate
-    counterexamples: list[dict[str, Any]]
+    counterexamples: list[Counterexample]
     alignment: Alignment
     baselines: list[BaselineResult]
     thresholds: Thresholds
     correct: torch.Tensor = field(repr=False)
     test: pd.DataFrame = field(repr=False)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (the ``results.json`` payload's core)."""
-        return {
-            "verdict": self.verdict,
-            "reasons": self.reasons,
-            "overall": {
-                "iia": self.overall.value,
-                "ci": [self.overall.low, self.overall.high],
-                "estimate": self.overall.to_dict(),
-            },
-            "variables": {k: v.to_dict() for k, v in self.variables.items()},
-            "behavior": {
-                "accuracy": self.accuracy.value,
-                "ci": [self.accuracy.low, self.accuracy.high],
-                "bases": self.accuracy.n,
-            },
-            "baselines": [
-                {
-                    "name": b.name,
-                    "variable": b.variable,
-                    "iia": b.iia,
-                    "seeds": len(b.correct),
-                    **b.detail,
-                }
-                for b in self.baselines
-            ],
-            "counterexamples": self.counterexamples,
-            "thresholds": asdict(self.thresholds),
-            "alignment": {
-                "method": self.alignment.method,
-                "location": self.alignment.location.to_dict(),
-                "subspaces": {k: list(v) for k, v in self.alignment.subspaces.items()},
-                "curve": self.alignment.curve,
-            },
-            **self.extra,
-        }
 
 
 def _rows_for(test: pd.DataFrame, variable: str) -> np.ndarray:
@@ -168,7 +171,7 @@ def _rows_for(test: pd.DataFrame, variable: str) -> np.ndarray:
 
 def _counterexamples(
     test: pd.DataFrame, correct: np.ndarray, variables: Sequence[str], top: int
-) -> list[dict[str, Any]]:
+) -> list[Counterexample]:
     failing = test[~correct]
     if len(failing) == 0:
         return []
@@ -185,12 +188,12 @@ def _counterexamples(
         example = group.iloc[0]
         inputs = [c for c in test.columns if c.startswith(("base.", "source."))]
         out.append(
-            {
-                "group": {k: _plain(v) for k, v in zip(keys, key, strict=True)},
-                "failures": len(group),
-                "pairs": int(totals.loc[key]),  # type: ignore[index]
-                "example": {c: _plain(example[c]) for c in inputs},
-            }
+            Counterexample(
+                group={k: _plain(v) for k, v in zip(keys, key, strict=True)},
+                failures=len(group),
+                pairs=int(totals.loc[key]),  # type: ignore[index]
+                example={c: _plain(example[c]) for c in inputs},
+            )
         )
     return out
 
@@ -393,6 +396,7 @@ def verify(
         )
 
     reasons = []
+    verdict: Verdict
     if inconclusive:
         verdict = "inconclusive"
         reasons.extend(inconclusive)

@@ -6,6 +6,8 @@ test pairs (the maximum over test cells would be optimistically biased). Each
 finished cell is written to ``directory`` as it completes, so an interrupted sweep
 resumes where it stopped. Cells run one after another, or on Ray when it is
 installed and ``workers`` (or a cluster ``address``) is given.
+
+The sweep computes the cells table; :func:`abstraction.report.draw_heatmap` draws it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,13 +27,14 @@ import torch
 from abstraction.alignment.das import TrainingConfig, evaluate, fit
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError
+from abstraction.files import atomic_write_json
 from abstraction.interventions import LowRankPatch, random_bases
 from abstraction.locations import Location, resolve
 from abstraction.network import Network
 from abstraction.statistics import adjust, paired_test
 from abstraction.task import Task
 
-__all__ = ["Cell", "SweepResult", "heatmap", "sweep"]
+__all__ = ["Cell", "SweepResult", "sweep"]
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,6 @@ class SweepResult:
     alignment: Alignment
     test_iia: float | None = None
     test_correct: torch.Tensor | None = field(default=None, repr=False)
-
-
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-    os.replace(name, path)
 
 
 def _run_location(
@@ -220,7 +214,7 @@ def sweep(
             file = cell_file(cell)
             if file is not None:
                 alignment.save(file.with_suffix("") / "alignment")
-                _atomic_json(
+                atomic_write_json(
                     file,
                     {
                         **alignment.location.to_dict(),
@@ -350,45 +344,3 @@ def _run_on_ray(
     finally:
         if started:
             ray.shutdown()
-
-
-def heatmap(result: SweepResult, path: str | Path, *, title: str | None = None) -> Path:
-    """Draw validation IIA per layer x position (best over ranks and components) to a PNG."""
-    best = result.best
-    return draw_heatmap(
-        result.cells,
-        path,
-        title=title or f"validation IIA; chosen: layer {best.layer}, position {best.position}",
-    )
-
-
-def draw_heatmap(cells: pd.DataFrame, path: str | Path, *, title: str) -> Path:
-    """Draw a sweep table (``layer``, ``position``, ``val_iia`` columns) as a heatmap PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    table = cells.copy()
-    table["position"] = table["position"].astype(str)
-    grid = table.pivot_table(
-        index="layer", columns="position", values="val_iia", aggfunc="max", sort=False
-    )
-    values = grid.to_numpy()
-    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * grid.shape[1], 1.4 + 0.6 * grid.shape[0]))
-    image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
-    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
-    ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
-    ax.set_xlabel("position")
-    ax.set_ylabel("layer")
-    for i, j in itertools.product(range(grid.shape[0]), range(grid.shape[1])):
-        colour = "white" if values[i, j] < 0.6 else "black"
-        ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color=colour, fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, label="validation IIA")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out

@@ -23,18 +23,18 @@ def test_standard_hypothesis_beats_nulls_and_rival() -> None:
     experiment = _experiment("hierarchical_equality")
     results = run(experiment, seed=0)
     validate(results)
-    for name, variable in results["variables"].items():
-        assert set(variable["p_values"]) == {"random_subspace", "untrained", "control"}, name
-        for null, p in variable["p_values"].items():
+    for name, variable in results.variables.items():
+        assert set(variable.p_values) == {"random_subspace", "untrained", "control"}, name
+        for null, p in variable.p_values.items():
             assert p < 0.05, (name, null, p)
-            assert variable["baselines"][null] < variable["iia"]
-    reported = {b["name"] for b in results["baselines"]}
+            assert variable.baselines[null] < variable.iia
+    reported = {b.name for b in results.baselines}
     assert {"random_subspace", "untrained", "control", "patch", "mean_ablation"} <= reported
-    (rival,) = results["rivals"]
-    assert rival["verdict"] != "faithful"
-    assert rival["comparison"]["difference"]["value"] > 0
-    assert rival["comparison"]["p_value"] < 0.05
-    assert results["seeds"] is not None and len(results["seeds"]["per_seed"]) == 3
+    (rival,) = results.rivals
+    assert rival.verdict != "faithful"
+    assert rival.comparison.difference.value > 0
+    assert rival.comparison.p_value < 0.05
+    assert results.seeds is not None and len(results.seeds.per_seed) == 3
     # the verdict follows the numbers with the default thresholds, whatever they are
-    expected_pass = all(v["ci"][0] >= 0.90 for v in results["variables"].values())
-    assert (results["verdict"] == "faithful") == expected_pass
+    expected_pass = all(v.ci[0] >= 0.90 for v in results.variables.values())
+    assert (results.verdict == "faithful") == expected_pass

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from abstraction.cli import app
 from abstraction.report import validate
+from abstraction.results import ExperimentResult
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -101,11 +102,20 @@ def test_json_output(tmp_path: Path) -> None:
     assert payload["experiment"] == "tiny"
     validate(payload)
     assert payload["config"]["pairs"]["train"] > payload["config"]["pairs"]["test"] > 0
+    assert ExperimentResult.from_dict(payload).to_dict() == payload
+    on_disk = json.loads((tmp_path / "tiny" / "results.json").read_text())
+    assert on_disk == payload  # --json prints exactly the report's results.json
 
 
 def test_sweep_example_quick(tmp_path: Path) -> None:
     code, output = _run(
-        "sweep", str(ROOT / "hypotheses" / "addition_carry.py"), "--quick", "--out", str(tmp_path)
+        "sweep",
+        str(ROOT / "hypotheses" / "addition_carry.py"),
+        "--quick",
+        "--out",
+        str(tmp_path),
+        "--alignments",  # never overwrite the committed alignments/
+        str(tmp_path / "alignments"),
     )
     assert code == 0, output
     results = json.loads((tmp_path / "addition_carry" / "results.json").read_text())

@@ -12,10 +12,11 @@ from abstraction import counterfactual_dataset
 from abstraction.alignment import AlignmentError, TrainingConfig, align, evaluate
 from abstraction.alignment.das import TrivialIIAWarning
 from abstraction.alignment.prepared import PreparedInterchanges
-from abstraction.alignment.sweep import Cell, heatmap, sweep
+from abstraction.alignment.sweep import Cell, sweep
 from abstraction.counterfactuals import split_by_base
 from abstraction.locations import Location
 from abstraction.network import Network
+from abstraction.report import draw_heatmap
 from abstraction.task import Task
 
 SETS = [["wx"], ["yz"], ["wx", "yz"]]
@@ -143,7 +144,7 @@ def test_sweep_finds_carry_and_resumes(
     before_b0 = cells[cells["position"] == 3]["val_iia"].max()
     assert chosen["val_iia"].item() > before_b0 + 0.1  # before b0 there is no carry to find
     assert (cells["p_bh"] >= cells["p_value"]).all()  # BH never lowers a p-value
-    assert heatmap(result, tmp_path / "heat.png").stat().st_size > 1000
+    assert draw_heatmap(cells, tmp_path / "heat.png").stat().st_size > 1000
 
 
 def test_sweep_on_ray_matches_sequential(addition_network: Network, addition_task: Task) -> None:
