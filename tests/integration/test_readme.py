@@ -5,6 +5,8 @@ from __future__ import annotations
 import runpy
 from pathlib import Path
 
+import pytest
+
 from abstraction import CausalModel, Experiment
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -21,9 +23,7 @@ def readme_block(marker: str) -> str:
 
 def test_tour_hypothesis_runs_as_written(tmp_path: Path) -> None:
     # as a user would: the block saved as a hypothesis file and run
-    file = tmp_path / "tour.py"
-    file.write_text(readme_block("tour-hypothesis"), encoding="utf-8")
-    namespace = runpy.run_path(str(file))
+    namespace = runpy.run_path(str(_saved(tmp_path, "tour-hypothesis")))
     experiment = namespace["experiment"]
     assert isinstance(experiment, Experiment)
     assert [r.name for r in experiment.rivals] == ["crossed_equality"]
@@ -32,3 +32,24 @@ def test_tour_hypothesis_runs_as_written(tmp_path: Path) -> None:
     # the rival pairs the entities the other way: it disagrees with the hypothesis on wx
     inputs = {"w": 1, "x": 1, "y": 2, "z": 3}
     assert experiment.model.run(inputs)["wx"] != rival.run(inputs)["wx"]
+
+
+def test_python_api_snippet_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's notebook path: run() -> typed result, tables, saved alignment, report."""
+    root = README.parent
+    (tmp_path / "hypotheses").symlink_to(root / "hypotheses")
+    monkeypatch.chdir(tmp_path)  # the snippet writes alignments/ and reports/ here
+    namespace = runpy.run_path(str(_saved(tmp_path, "python-api")))
+    result = namespace["result"]
+    assert list(namespace["per_variable"].index) == ["wx", "yz"]
+    assert namespace["per_pair"]["correct"].mean() == pytest.approx(result.overall.iia)
+    assert (tmp_path / "alignments" / "he_quick.safetensors").is_file()
+    assert (tmp_path / "reports" / "he_quick" / "results.json").is_file()
+
+
+def _saved(directory: Path, marker: str) -> Path:
+    file = directory / f"{marker}.py"
+    file.write_text(readme_block(marker), encoding="utf-8")
+    return file
