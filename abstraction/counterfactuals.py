@@ -45,6 +45,7 @@ __all__ = [
     "Sampler",
     "UniformSampler",
     "balanced",
+    "combination_ids",
     "control_model",
     "counterfactual_dataset",
     "factual_dataset",
@@ -242,8 +243,16 @@ def _joint_values_as_strings(columns: Sequence[np.ndarray]) -> np.ndarray:
     return joined.astype(str)
 
 
-def input_ids(model: CausalModel, columns: Mapping[str, np.ndarray]) -> np.ndarray:
-    """An integer per row identifying the input combination (equal inputs, equal id)."""
+def combination_ids(model: CausalModel, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """An integer per row identifying its combination of input values (equal inputs, equal id).
+
+    These are the ``input_id`` column of factual datasets and the ``base_id`` column of
+    counterfactual ones. When the inputs' domains are finite the id is a mixed-radix
+    number whose digits are each input's index in its domain (the first input is the
+    lowest digit), so it does not depend on which rows ``columns`` holds; otherwise
+    the ids number the distinct combinations present in ``columns``. Unrelated to a
+    tokenizer's ``input_ids``.
+    """
     radix = 1
     ids = np.zeros(len(next(iter(columns.values()))), dtype=np.int64)
     domains = [model.domain(v) for v in model.inputs]
@@ -340,7 +349,7 @@ def factual_dataset(
         columns = _resolve(sampler, model, model.outputs)(model, np.random.default_rng(seed), n)
     values = model.run_batch(columns, validate=False)
     frame = pd.DataFrame({v: values[v] for v in model.variables}, copy=False)
-    frame.insert(0, "input_id", input_ids(model, columns))
+    frame.insert(0, "input_id", combination_ids(model, columns))
     frame.attrs.update({"model": model.name, "seed": seed, "kind": "factual"})
     return frame
 
@@ -436,7 +445,7 @@ def _assemble(
     base_values = model.run_batch(base, validate=False)
     counterfactual = model.interchange_batch(base, sources, where=do, validate=False)
     label_names, base_label_names = label_columns(model)
-    data: dict[str, Any] = {"base_id": input_ids(model, base)}
+    data: dict[str, Any] = {"base_id": combination_ids(model, base)}
     for name in model.inputs:
         data[f"base.{name}"] = base[name]
     for v in targets:
@@ -614,11 +623,13 @@ def control_model(model: CausalModel, variable: str, seed: int = 0) -> CausalMod
     grid = model.input_grid()
     values = model.run_batch(grid, validate=False)[variable]
     table = np.empty(len(values), dtype=values.dtype)
-    table[input_ids(model, grid)] = values[np.random.default_rng(seed).permutation(len(values))]
+    table[combination_ids(model, grid)] = values[
+        np.random.default_rng(seed).permutation(len(values))
+    ]
     inputs = model.inputs
 
     def lookup_columns(*columns: np.ndarray) -> np.ndarray:
-        result: np.ndarray = table[input_ids(model, dict(zip(inputs, columns, strict=True)))]
+        result: np.ndarray = table[combination_ids(model, dict(zip(inputs, columns, strict=True)))]
         return result
 
     def lookup(*values: Any) -> Any:

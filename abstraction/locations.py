@@ -193,18 +193,21 @@ def resolve(network: Network, location: Location) -> ResolvedLocation:
     width = network.width
     head: tuple[int, int] | None = None
     if location.component == family.head_component:
-        n_heads = network.n_heads
+        n_heads, head_width = network.n_heads, network.head_width
         if location.head is None:
             raise LocationError(f"component 'head' needs head= (0 to {(n_heads or 1) - 1})")
-        if n_heads is None or width is None:
-            raise LocationError(f"{network.name}'s config does not give its number of heads")
+        if n_heads is None or head_width is None:
+            raise LocationError(
+                f"{network.name}'s config does not give its number of heads "
+                "(num_attention_heads); address the activation with Location.module(...) and dims="
+            )
         if not 0 <= location.head < n_heads:
             raise LocationError(
                 f"head {location.head} is out of range: layer {layer} has {n_heads} heads "
                 f"(valid: 0 to {n_heads - 1})"
             )
-        head = (location.head, width // n_heads)
-        width = width // n_heads
+        head = (location.head, head_width)
+        width = head_width
     elif location.head is not None:
         raise LocationError(
             f"head= only applies to component {family.head_component!r}, not {location.component!r}"

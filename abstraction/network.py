@@ -13,11 +13,16 @@ the module, plus named token positions for sequence models.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
+import io
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -25,7 +30,7 @@ from torch import nn
 
 from abstraction.errors import AbstractionError, UnknownNameError, nearest
 
-__all__ = ["FAMILIES", "Batch", "Family", "Network", "NetworkError"]
+__all__ = ["FAMILIES", "Batch", "Family", "Network", "NetworkError", "import_pyvene"]
 
 
 class NetworkError(AbstractionError, ValueError):
@@ -34,109 +39,90 @@ class NetworkError(AbstractionError, ValueError):
 
 @dataclass(frozen=True)
 class Family:
-    """How conventional location names map to submodules for one model family.
+    """Where one model family keeps its blocks and sublayers: module paths, nothing else.
+
+    Sizes (width, layers, heads) are not listed here: they come from the model's
+    config, whose normalised attributes (``hidden_size``, ``num_hidden_layers``,
+    ``num_attention_heads``) every ``transformers`` config maps onto its own names
+    (GPT-2's ``n_embd``, ``n_layer``, ``n_head``).
 
     Attributes:
         name: the family (``"gpt2"``, ``"gpt_neox"``, ``"llama"``, ``"bert"``, ``"mlp"``).
-        blocks: candidate paths of the ``ModuleList`` of blocks, tried in order.
+        model_types: the ``config.model_type`` values laid out this way.
+        blocks: candidate paths of the ``ModuleList`` of blocks, tried in order, each
+            also under the model's ``base_model_prefix`` (``"transformer"``, ``"model"``).
         components: component name -> (path inside a block, ``"input"`` or ``"output"``).
-        width_attrs: config attributes giving the residual width, tried in order.
-        heads_attrs: config attributes giving the number of attention heads.
         head_component: the component whose last dimension is split into heads.
         sequence: whether activations have a position dimension.
+        auto_class: the ``transformers`` auto class that builds the family with the
+            head that returns logits (``None``: built by its own library).
     """
 
     name: str
+    model_types: tuple[str, ...]
     blocks: tuple[str, ...]
     components: Mapping[str, tuple[str, str]]
-    width_attrs: tuple[str, ...]
-    heads_attrs: tuple[str, ...] = ()
-    head_component: str | None = None
+    head_component: str | None = "head"
     sequence: bool = True
+    auto_class: str | None = "AutoModelForCausalLM"
+
+
+def _transformer_components(
+    attention: str, mlp: str, head: tuple[str, str]
+) -> dict[str, tuple[str, str]]:
+    return {
+        "residual": ("", "output"),
+        "residual_input": ("", "input"),
+        "attention_output": (attention, "output"),
+        "mlp_output": (mlp, "output"),
+        "head": head,
+    }
 
 
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family(
-        "gpt2",
-        ("transformer.h", "h"),
-        {
-            "residual": ("", "output"),
-            "residual_input": ("", "input"),
-            "attention_output": ("attn", "output"),
-            "mlp_output": ("mlp", "output"),
-            "head": ("attn.c_proj", "input"),
-        },
-        ("n_embd", "hidden_size"),
-        ("n_head",),
-        "head",
-    ),
-    "gpt_neox": Family(
-        "gpt_neox",
-        ("gpt_neox.layers", "layers"),
-        {
-            "residual": ("", "output"),
-            "residual_input": ("", "input"),
-            "attention_output": ("attention", "output"),
-            "mlp_output": ("mlp", "output"),
-            "head": ("attention.dense", "input"),
-        },
-        ("hidden_size",),
-        ("num_attention_heads",),
-        "head",
-    ),
-    "llama": Family(
-        "llama",
-        ("model.layers", "layers"),
-        {
-            "residual": ("", "output"),
-            "residual_input": ("", "input"),
-            "attention_output": ("self_attn", "output"),
-            "mlp_output": ("mlp", "output"),
-            "head": ("self_attn.o_proj", "input"),
-        },
-        ("hidden_size",),
-        ("num_attention_heads",),
-        "head",
-    ),
-    "bert": Family(
-        "bert",
-        ("bert.encoder.layer", "encoder.layer"),
-        {
-            "residual": ("", "output"),
-            "residual_input": ("", "input"),
-            "attention_output": ("attention", "output"),
-            "mlp_output": ("output", "output"),
-            "head": ("attention.self", "output"),
-        },
-        ("hidden_size",),
-        ("num_attention_heads",),
-        "head",
-    ),
-    "mlp": Family(
-        "mlp",
-        ("mlp.h", "h"),
-        {
-            "residual": ("", "output"),
-            "residual_input": ("", "input"),
-            "activation": ("act", "output"),
-        },
-        ("h_dim",),
-        sequence=False,
-    ),
+    family.name: family
+    for family in (
+        Family(
+            "gpt2",
+            ("gpt2",),
+            ("h",),
+            _transformer_components("attn", "mlp", ("attn.c_proj", "input")),
+        ),
+        Family(
+            "gpt_neox",
+            ("gpt_neox",),
+            ("layers",),
+            _transformer_components("attention", "mlp", ("attention.dense", "input")),
+        ),
+        Family(
+            "llama",
+            ("llama", "mistral", "qwen2", "gemma", "olmo"),
+            ("layers",),
+            _transformer_components("self_attn", "mlp", ("self_attn.o_proj", "input")),
+        ),
+        Family(
+            "bert",
+            ("bert", "roberta"),
+            ("encoder.layer",),
+            _transformer_components("attention", "output", ("attention.self", "output")),
+            auto_class="AutoModelForMaskedLM",
+        ),
+        Family(
+            "mlp",
+            ("mlp",),
+            ("mlp.h", "h"),
+            {
+                "residual": ("", "output"),
+                "residual_input": ("", "input"),
+                "activation": ("act", "output"),
+            },
+            head_component=None,
+            sequence=False,
+            auto_class=None,
+        ),
+    )
 }
-
-_MODEL_TYPES = {
-    "gpt2": "gpt2",
-    "gpt_neox": "gpt_neox",
-    "llama": "llama",
-    "mistral": "llama",
-    "qwen2": "llama",
-    "gemma": "llama",
-    "olmo": "llama",
-    "bert": "bert",
-    "roberta": "bert",
-    "mlp": "mlp",
-}
+"""Every known family, by name: the one table of module paths."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +204,7 @@ class Network:
         self.name = name or type(module).__name__
         self.family = self._detect_family(family)
         self._blocks_path = self._find_blocks()
+        self._call_options = _call_options(module)
         self._hash: str | None = None
 
     # -- construction ----------------------------------------------------------------
@@ -233,8 +220,10 @@ class Network:
     def from_pretrained(cls, path: str | Path, *, name: str | None = None) -> Network:
         """Load a Hugging Face checkpoint saved with ``save_pretrained`` in a local directory.
 
-        The model class is read from ``config.json`` (``architectures``); pyvene's MLP
-        classifier (``model_type: "mlp"``) is supported too.
+        The model class is the one ``config.json`` names (``architectures``) when it
+        returns logits; otherwise the family's ``AutoModelFor...`` class (causal LM for
+        decoders, masked LM for BERT). pyvene's MLP classifier (``model_type: "mlp"``)
+        is supported too.
         """
         directory = Path(path)
         config_file = directory / "config.json"
@@ -243,35 +232,25 @@ class Network:
                 f"{directory} is not a saved model: it has no config.json. Pass a directory "
                 "written by model.save_pretrained(...)"
             )
-        config = json.loads(config_file.read_text())
-        model_class = _model_class(config)
-        if config.get("model_type") == "mlp":
-            from pyvene.models.mlp.modelings_mlp import MLPConfig
-
-            module = model_class.from_pretrained(
-                str(directory), config=MLPConfig.from_pretrained(str(directory))
-            )
-        else:
-            module = model_class.from_pretrained(str(directory))
+        _quiet_transformers()
+        config = _load_config(directory, json.loads(config_file.read_text()))
+        module = _model_class(config).from_pretrained(str(directory), config=config)
         return cls(module, name=name or directory.name)
 
     @classmethod
     def from_config(cls, config: Any, *, seed: int = 0, name: str | None = None) -> Network:
-        """Build a randomly initialised Hugging Face model from a config object."""
-        import transformers
+        """Build a randomly initialised Hugging Face model, with its logits head, from a config.
 
+        The class is chosen as in :meth:`from_pretrained`; ``seed`` seeds the weights.
+        """
         torch.manual_seed(seed)
-        architectures = getattr(config, "architectures", None) or []
-        if architectures and hasattr(transformers, architectures[0]):
-            model_class = getattr(transformers, architectures[0])
+        model_class = _model_class(config)
+        if isinstance(model_class, type) and issubclass(model_class, nn.Module):
             module = model_class(config)
-        elif getattr(config, "model_type", None) == "mlp":
-            from pyvene.models.mlp.modelings_mlp import MLPForClassification
-
-            module = MLPForClassification(config)
-            restore_default_linear_init(module)
         else:
-            module = transformers.AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+            module = model_class.from_config(config)
+        if getattr(config, "model_type", None) == "mlp":
+            restore_default_linear_init(module)
         return cls(module, name=name)
 
     def save_pretrained(self, path: str | Path) -> None:
@@ -293,7 +272,7 @@ class Network:
         if self._hash is None:
             digest = hashlib.sha256()
             digest.update(type(self.module).__name__.encode())
-            config = getattr(self.module, "config", None)
+            config = self.config
             if config is not None and hasattr(config, "to_json_string"):
                 settings = json.loads(config.to_json_string())
                 for volatile in ("transformers_version", "_name_or_path", "architectures"):
@@ -333,6 +312,11 @@ class Network:
     # -- structure --------------------------------------------------------------------
 
     @property
+    def config(self) -> Any:
+        """The module's ``transformers`` config, or ``None`` for a plain torch module."""
+        return getattr(self.module, "config", None)
+
+    @property
     def blocks(self) -> nn.ModuleList | None:
         """The ``ModuleList`` of layers, for known families."""
         if self._blocks_path is None:
@@ -348,23 +332,37 @@ class Network:
 
     @property
     def n_layers(self) -> int:
-        """The number of layers (0 when the family is unknown)."""
+        """The number of layers: the blocks found, else ``config.num_hidden_layers``, else 0."""
         blocks = self.blocks
-        return len(blocks) if blocks is not None else 0
+        if blocks is not None:
+            return len(blocks)
+        return _config_int(self.config, "num_hidden_layers") or 0
 
     @property
     def width(self) -> int | None:
-        """The residual-stream width, from the config."""
-        return (
-            self._config_int(FAMILIES[self.family].width_attrs) if self.family in FAMILIES else None
-        )
+        """The residual-stream width.
+
+        ``config.hidden_size`` (which ``transformers`` maps onto each family's own name,
+        e.g. GPT-2's ``n_embd``); for configs without it (pyvene's MLP), the output
+        width of the first block's last linear layer; ``None`` when neither is known.
+        """
+        value = _config_int(self.config, "hidden_size")
+        if value is None and self.blocks is not None and len(self.blocks):
+            value = _output_width(self.blocks[0])
+        return value
 
     @property
     def n_heads(self) -> int | None:
-        """The number of attention heads, from the config."""
-        if self.family not in FAMILIES:
-            return None
-        return self._config_int(FAMILIES[self.family].heads_attrs)
+        """The number of attention heads, ``config.num_attention_heads`` (``None`` if unknown)."""
+        return _config_int(self.config, "num_attention_heads")
+
+    @property
+    def head_width(self) -> int | None:
+        """The width of one attention head: ``config.head_dim``, else width / heads."""
+        value = _config_int(self.config, "head_dim")
+        if value is None and self.width is not None and self.n_heads:
+            value = self.width // self.n_heads
+        return value
 
     def submodule(self, path: str) -> nn.Module:
         """The submodule at a dotted ``path``; unknown paths list the nearest valid ones."""
@@ -374,14 +372,6 @@ class Network:
             raise UnknownNameError(f"{self.name} has no submodule {path!r}; {nearest(path, names)}")
         return found
 
-    def _config_int(self, attrs: tuple[str, ...]) -> int | None:
-        config = getattr(self.module, "config", None)
-        for attr in attrs:
-            value = getattr(config, attr, None)
-            if isinstance(value, int):
-                return value
-        return None
-
     def _detect_family(self, family: str | None) -> str:
         if family is not None:
             if family not in FAMILIES and family != "generic":
@@ -389,29 +379,25 @@ class Network:
                     f"unknown model family {family!r}; {nearest(family, [*FAMILIES, 'generic'])}"
                 )
             return family
-        model_type = getattr(getattr(self.module, "config", None), "model_type", None)
-        if isinstance(model_type, str) and model_type in _MODEL_TYPES:
-            return _MODEL_TYPES[model_type]
-        for name, fam in FAMILIES.items():
-            for path in fam.blocks:
-                if isinstance(_get_module(self.module, path), nn.ModuleList):
-                    return name
+        model_type = getattr(self.config, "model_type", None)
+        for fam in FAMILIES.values():
+            if model_type in fam.model_types:
+                return fam.name
+        for fam in FAMILIES.values():
+            if _blocks_path(self.module, fam) is not None:
+                return fam.name
         return "generic"
 
     def _find_blocks(self) -> str | None:
         if self.family not in FAMILIES:
             return None
-        for path in FAMILIES[self.family].blocks:
-            if isinstance(_get_module(self.module, path), nn.ModuleList):
-                return path
-        return None
+        return _blocks_path(self.module, FAMILIES[self.family])
 
     # -- running ----------------------------------------------------------------------
 
     def call(self, inputs: Mapping[str, torch.Tensor]) -> Any:
-        """Call the module on keyword inputs (without a KV cache for causal transformers)."""
-        extra = {"use_cache": False} if self.family in ("gpt2", "gpt_neox", "llama") else {}
-        return self.module(**inputs, **extra)
+        """Call the module on keyword inputs (without a KV cache, for modules that keep one)."""
+        return self.module(**inputs, **self._call_options)
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """Run the module on ``batch`` and return the readout logits ``(batch, classes)``."""
@@ -432,6 +418,44 @@ class Network:
             f"Network({self.name!r}, family={self.family!r}, layers={self.n_layers}, "
             f"width={self.width}, hash={self.hash})"
         )
+
+
+def _config_int(config: Any, name: str) -> int | None:
+    """An integer attribute of a config (``transformers`` resolves its ``attribute_map``)."""
+    value = getattr(config, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _output_width(block: nn.Module) -> int | None:
+    """The ``out_features`` of a block's last layer that has them."""
+    width = None
+    for sub in block.modules():
+        value = getattr(sub, "out_features", None)
+        if isinstance(value, int):
+            width = value
+    return width
+
+
+def _blocks_path(module: nn.Module, family: Family) -> str | None:
+    """The first of ``family``'s block paths that is a ``ModuleList`` in ``module``."""
+    prefix = getattr(module, "base_model_prefix", "")
+    under_base = (
+        isinstance(prefix, str) and prefix and isinstance(getattr(module, prefix, None), nn.Module)
+    )
+    for path in family.blocks:
+        for candidate in ((f"{prefix}.{path}",) if under_base else ()) + (path,):
+            if isinstance(_get_module(module, candidate), nn.ModuleList):
+                return candidate
+    return None
+
+
+def _call_options(module: nn.Module) -> dict[str, Any]:
+    """``use_cache=False`` for modules whose ``forward`` takes it (causal transformers)."""
+    try:
+        parameters = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return {}
+    return {"use_cache": False} if "use_cache" in parameters else {}
 
 
 def readout_logits(output: Any, batch: Batch) -> torch.Tensor:
@@ -470,14 +494,85 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def _model_class(config: Mapping[str, Any]) -> Any:
+def import_pyvene() -> ModuleType:
+    """Import pyvene without the line it prints when the optional ``nnsight`` is missing.
+
+    pyvene prints (to stdout, not as a warning) "nnsight is not detected ..." on its
+    first import when nnsight is not installed; nnsight is an optional backend this
+    library never uses. Everything else pyvene prints is passed through. Import pyvene
+    through this function (or after it) wherever the library needs it.
+    """
+    loaded = sys.modules.get("pyvene")
+    if loaded is not None:
+        return loaded
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        import pyvene
+    for line in captured.getvalue().splitlines():
+        if not line.startswith("nnsight is not detected"):
+            print(line)
+    module: ModuleType = pyvene
+    return module
+
+
+def _pyvene_mlp() -> tuple[Any, Any]:
+    """pyvene's ``(MLPConfig, MLPForClassification)``."""
+    import_pyvene()
+    from pyvene.models.mlp.modelings_mlp import MLPConfig, MLPForClassification
+
+    return MLPConfig, MLPForClassification
+
+
+def _load_config(directory: Path, raw: Mapping[str, Any]) -> Any:
+    """The config saved in ``directory`` (``raw`` is its parsed ``config.json``)."""
+    if raw.get("model_type") == "mlp":
+        mlp_config, _ = _pyvene_mlp()
+        return mlp_config.from_pretrained(str(directory))
     import transformers
 
-    if config.get("model_type") == "mlp":
-        from pyvene.models.mlp.modelings_mlp import MLPForClassification
+    try:
+        return transformers.AutoConfig.from_pretrained(str(directory))
+    except (ValueError, KeyError) as exc:
+        raise NetworkError(
+            f"transformers {transformers.__version__} cannot read {directory / 'config.json'} "
+            f"(model_type {raw.get('model_type')!r}): {exc}. Upgrade transformers, or load the "
+            "model yourself and use Network.wrap(model)"
+        ) from None
 
-        return MLPForClassification
-    for arch in config.get("architectures") or []:
-        if hasattr(transformers, arch):
+
+def _model_class(config: Any) -> Any:
+    """The class that builds ``config``'s model with the head that returns logits.
+
+    The class ``config.architectures`` names, unless that is the bare base model
+    (hidden states, no logits); then the family's ``AutoModelFor...`` class; for
+    unknown families the first auto class with a logits head that accepts the config.
+    """
+    model_type = getattr(config, "model_type", None)
+    if model_type == "mlp":
+        return _pyvene_mlp()[1]
+    import transformers
+
+    base: Mapping[Any, Any] = transformers.MODEL_MAPPING
+    bare = base[type(config)].__name__ if type(config) in base else None
+    for arch in getattr(config, "architectures", None) or []:
+        if arch != bare and hasattr(transformers, arch):
             return getattr(transformers, arch)
-    return transformers.AutoModel
+    preferred = [f.auto_class for f in FAMILIES.values() if model_type in f.model_types]
+    candidates = [name for name in preferred if name] or list(_HEAD_CLASSES)
+    for name in candidates:
+        if type(config) in getattr(transformers, _HEAD_CLASSES[name]):
+            return getattr(transformers, name)
+    raise NetworkError(
+        f"transformers has no model with a logits head for config {type(config).__name__} "
+        f"(tried {', '.join(candidates)}); set config.architectures to the class to build, or "
+        "build the model yourself and use Network.wrap(model)"
+    )
+
+
+_HEAD_CLASSES = {
+    "AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING",
+    "AutoModelForMaskedLM": "MODEL_FOR_MASKED_LM_MAPPING",
+    "AutoModelForSequenceClassification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING",
+}
+"""Auto classes that return logits, tried in order for unknown families, with the
+mapping of the config classes each accepts."""

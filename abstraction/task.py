@@ -102,7 +102,7 @@ def _map_labels(table: Mapping[Any, int], values: np.ndarray, task: str) -> torc
         if not ok.all():
             bad = values[~ok][0]
             raise TaskError(f"task {task!r} has no label for output value {bad!r}")
-        return torch.from_numpy(ids[order][pos])
+        return torch.from_numpy(ids[order][pos])  # fancy indexing: a new, writable array
     try:
         return torch.tensor([table[v] for v in values.tolist()], dtype=torch.long)
     except KeyError as exc:
@@ -159,6 +159,8 @@ class EntityVectorTask(Task):
         return len(self.model.inputs) * self.dim
 
     def encode(self, columns: Mapping[str, np.ndarray]) -> Batch:
+        # np.stack builds a new, writable array: columns read from a DataFrame are
+        # read-only views (pandas copy-on-write), which torch.from_numpy warns about.
         ids = np.stack([self._entity_ids(columns[v]) for v in self.model.inputs], axis=1)
         x = self._table[torch.from_numpy(ids)].reshape(len(ids), self.width)
         return Batch({"inputs_embeds": x.unsqueeze(1) if self.sequence_dim else x})
@@ -167,7 +169,7 @@ class EntityVectorTask(Task):
         if column.dtype.kind in "iu" and all(isinstance(e, int) for e in self._ids):
             keys = np.fromiter(self._ids.keys(), np.int64)
             if np.array_equal(keys, np.arange(len(keys))):
-                return column.astype(np.int64)
+                return np.array(column, dtype=np.int64, copy=True)
         try:
             return np.fromiter((self._ids[v] for v in column.tolist()), np.int64, len(column))
         except KeyError as exc:

@@ -19,32 +19,35 @@ path a user's real checkpoint takes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from abstraction.causal_model import CausalModel, causal_model
 from abstraction.counterfactuals import balanced, factual_dataset, from_function
 from abstraction.errors import UnknownNameError, nearest
-from abstraction.network import Network, restore_default_linear_init
+from abstraction.files import atomic_write_json
+from abstraction.network import Network, import_pyvene, restore_default_linear_init
 from abstraction.task import EntityVectorTask, Task, TokenTask
 
 __all__ = ["ZooEntry", "cache_dir", "entries", "load", "task"]
 
-VERSION = "2"
-"""Bump when a zoo recipe changes, so cached networks are retrained."""
+VERSION = "3"
+"""Bump when a zoo recipe changes, so cached networks are retrained.
+
+3: the warmup + cosine schedule is ``transformers.get_cosine_schedule_with_warmup``.
+"""
 
 
 def cache_dir() -> Path:
@@ -170,6 +173,7 @@ class ZooEntry:
 def _train_hierarchical_equality(
     entry: ZooEntry, seed: int, progress: Callable[[str, float], None] | None
 ) -> tuple[Any, dict[str, Any]]:
+    import_pyvene()
     from pyvene.models.mlp.modelings_mlp import MLPConfig, MLPForClassification
 
     cfg = entry.config
@@ -291,12 +295,12 @@ def _fit(
     if cfg.get("schedule") == "cosine":
         # linear warmup then cosine decay: small transformers trained at a constant rate
         # sometimes diverge or stall, depending on float summation order
-        warmup = max(1, int(steps * cfg.get("warmup", 0.05)))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
+        from transformers import get_cosine_schedule_with_warmup
+
+        scheduler = get_cosine_schedule_with_warmup(
             optimizer,
-            lambda s: (
-                min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
-            ),
+            num_warmup_steps=max(1, int(steps * cfg.get("warmup", 0.05))),
+            num_training_steps=steps,
         )
     step = 0
     for _ in range(cfg["epochs"]):
@@ -416,23 +420,11 @@ def load(
     entry = _entry(name)
     target = path(name, seed)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.with_name(target.name + ".lock")):
+    # parallel processes (test workers, notebooks) wait here and train a network once
+    with FileLock(target.with_name(target.name + ".lock")):
         if retrain or not (target / "zoo.json").is_file():
             _train_and_save(entry, name, seed, target, progress)
     return Network.from_pretrained(target, name=name)
-
-
-@contextlib.contextmanager
-def _lock(file: Path) -> Iterator[None]:
-    """An exclusive lock across processes, so parallel test workers train a network once."""
-    with open(file, "w") as handle:
-        try:
-            import fcntl
-
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - not POSIX: no lock, at worst train twice
-            pass
-        yield
 
 
 def _train_and_save(
@@ -462,12 +454,19 @@ def _train_and_save(
         }
     )
     target.parent.mkdir(parents=True, exist_ok=True)
+    # The network is a directory of files: write them into a staging directory beside
+    # the target and rename it into place, so readers never see a half-written network.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    Network(module, name=name).save_pretrained(staging)
-    (staging / "zoo.json").write_text(json.dumps(metrics, indent=2))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)  # atomic: readers never see a half-written network
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide a shared cache from others
+        Network(module, name=name).save_pretrained(staging)
+        atomic_write_json(staging / "zoo.json", metrics)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def metrics(name: str, seed: int = 0) -> dict[str, Any]:

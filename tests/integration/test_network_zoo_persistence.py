@@ -62,6 +62,12 @@ def test_zoo_is_deterministic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     first = zoo.load("hierarchical_equality_mlp", seed=3).hash
     again = zoo.load("hierarchical_equality_mlp", seed=3, retrain=True).hash
     assert first == again
+    # one directory per network, readable by others, no staging directory left behind
+    target = zoo.path("hierarchical_equality_mlp", seed=3)
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name, target.name + ".lock"]
+    assert target.stat().st_mode & 0o777 == 0o755
+    assert (target / "zoo.json").stat().st_mode & 0o777 == 0o644
+    assert json.loads((target / "zoo.json").read_text())["version"] == zoo.VERSION
     with pytest.raises(KeyError, match="did you mean"):
         zoo.load("hierarchical_equality_mpl")
 

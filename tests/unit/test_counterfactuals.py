@@ -159,3 +159,20 @@ def test_entities_as_tuples() -> None:
     assert isinstance(frame["base.w"].iloc[0], tuple)
     for _, row in frame.head(30).iterrows():
         assert row["base_label"] == (row["base.w"] != row["base.x"])
+
+
+def test_combination_ids_identify_input_combinations() -> None:
+    from abstraction.counterfactuals import combination_ids
+
+    columns = {"w": np.array([0, 1, 0]), "x": np.array([2, 2, 2]), "y": np.zeros(3, int)}
+    columns["z"] = np.array([5, 5, 5])
+    ids = combination_ids(HE, columns)
+    assert ids[0] == ids[2] != ids[1]
+    # a mixed-radix number of domain indices, the first input lowest: w + 20 x + 8000 z
+    assert ids.tolist() == [0 + 20 * 2 + 8000 * 5, 1 + 20 * 2 + 8000 * 5, 0 + 20 * 2 + 8000 * 5]
+    frame = counterfactual_dataset(HE, 200, SETS, seed=0)
+    base = {v: frame[f"base.{v}"].to_numpy() for v in HE.inputs}
+    assert np.array_equal(frame["base_id"].to_numpy(), combination_ids(HE, base))
+    facts = factual_dataset(HE, 50, seed=0)
+    inputs = {v: facts[v].to_numpy() for v in HE.inputs}
+    assert np.array_equal(facts["input_id"].to_numpy(), combination_ids(HE, inputs))
