@@ -5,6 +5,33 @@ counterfactual datasets from it, align its variables with subspaces of a network
 activations, and score how faithful it is with confidence intervals, null baselines,
 rival hypotheses and a verdict.
 
+Modules, in the order data flows (each imports only modules above it):
+
+==================  =================================================================
+``mechanism``        evaluate one variable's expression over numpy columns
+``program``          parse a causal model's source (``ast``), reject what is not allowed
+``causal_model``     :class:`CausalModel`: variables, graph, ``run``, ``interchange``
+``counterfactuals``  factual and counterfactual datasets (pandas), samplers, splits
+``network``          :class:`Network`: wrap / load / build a model; family module paths
+``locations``        :class:`Location`: where an activation is, checked before running
+``task``             causal-model values -> network inputs and labels
+``interventions``    intervention types; ``interchange`` is the subspace arithmetic
+``runtime``          the hook runtime every intervention runs through; ``intervene``
+``pyvene_interop``   ``to_pyvene`` / ``from_pyvene``
+``statistics``       clustered bootstrap, permutation tests, corrections (arrays only)
+``alignment/``       ``prefix_cache`` -> ``prepared`` (data ready at one site) ->
+                     ``result`` (:class:`Alignment`, saved) -> ``das`` (training) -> ``sweep``
+``baselines``        the nulls, built as interventions on the same prepared data
+``verdict``          ``verify`` and ``compare``: evidence -> :class:`Verification`
+``results``          :class:`ExperimentResult`: ``results.json`` and its schema
+``experiment``       :class:`Experiment` files and ``run`` end to end
+``report``           HTML, Markdown and figures from a result (never recomputes)
+``cli``              the ``abstraction`` command (nothing imports it)
+==================  =================================================================
+
+``errors`` and ``files`` (atomic writes) serve all of them; ``zoo`` trains the small
+reference networks.
+
 The public API is listed here; everything else is internal.
 """
 

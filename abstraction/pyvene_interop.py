@@ -4,13 +4,11 @@ pyvene is the field's reference implementation of interchange interventions and
 this library's conformance oracle: :func:`to_pyvene` builds the pyvene intervention
 (and ``RepresentationConfig`` fields) that computes what ours computes, and
 :func:`from_pyvene` converts a pyvene intervention, with its trained parameters,
-to ours. :func:`import_pyvene` imports pyvene without its start-up chatter.
+to ours.
 """
 
 from __future__ import annotations
 
-import warnings
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -26,23 +24,9 @@ from abstraction.interventions import (
     ZeroAblation,
 )
 from abstraction.locations import Location, resolve
-from abstraction.network import Network
+from abstraction.network import Network, import_pyvene
 
-__all__ = ["from_pyvene", "import_pyvene", "pyvene_component", "to_pyvene"]
-
-
-def import_pyvene() -> ModuleType:
-    """``import pyvene``, without the "nnsight is not detected" warning it prints.
-
-    pyvene warns at import that an optional backend (nnsight) is missing; nothing
-    here uses that backend, so the warning says nothing to our users.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*nnsight is not detected.*")
-        import pyvene
-
-    module: ModuleType = pyvene
-    return module
+__all__ = ["from_pyvene", "pyvene_component", "to_pyvene"]
 
 
 def pyvene_component(network: Network, location: Location) -> dict[str, Any]:

@@ -34,8 +34,8 @@ import torch
 
 from abstraction import Location, TrainingConfig, align, counterfactual_dataset, evaluate
 from abstraction.alignment.prepared import PreparedInterchanges
-from abstraction.counterfactuals import balanced, factual_dataset, input_ids, split_by_base
-from abstraction.network import Network, restore_default_linear_init
+from abstraction.counterfactuals import balanced, combination_ids, factual_dataset, split_by_base
+from abstraction.network import Network, import_pyvene, restore_default_linear_init
 from abstraction.statistics import iia, paired_test
 from abstraction.task import EntityVectorTask
 from abstraction.zoo import _fit, _logits, hierarchical_equality
@@ -45,6 +45,7 @@ SETS = [["wx"], ["yz"], ["wx", "yz"]]
 
 
 def new_mlp(seed: int) -> Any:
+    import_pyvene()
     from pyvene.models.mlp.modelings_mlp import MLPConfig, MLPForClassification
 
     torch.manual_seed(seed)
@@ -258,7 +259,7 @@ def pyvene_pairs_to_frame(
     frame.insert(
         0,
         "base_id",
-        input_ids(hierarchical_equality, {v: frame[f"base.{v}"].to_numpy() for v in "wxyz"}),
+        combination_ids(hierarchical_equality, {v: frame[f"base.{v}"].to_numpy() for v in "wxyz"}),
     )
     return frame
 

@@ -36,7 +36,7 @@ from abstraction import (
     split_by_base,
 )
 from abstraction.alignment.prepared import PreparedInterchanges
-from abstraction.network import restore_default_linear_init
+from abstraction.network import import_pyvene, restore_default_linear_init
 from abstraction.statistics import iia
 from abstraction.task import EntityVectorTask
 from abstraction.zoo import _fit, _logits
@@ -95,6 +95,7 @@ def run_variant(
     rank: int = 8,
     seed: int = 0,
 ) -> dict[str, Any]:
+    import_pyvene()
     from pyvene.models.mlp.modelings_mlp import MLPConfig, MLPForClassification
 
     start = time.perf_counter()

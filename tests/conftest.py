@@ -86,6 +86,9 @@ def small_gpt2():  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def small_mlp():  # type: ignore[no-untyped-def]
+    from abstraction.network import import_pyvene
+
+    import_pyvene()
     from pyvene.models.mlp.modelings_mlp import MLPConfig
 
     from abstraction.network import Network
