@@ -67,9 +67,7 @@ def interchange(
     coordinate is interpolated (boundless DAS). This is the only copy of the
     subspace-interchange arithmetic in the library.
     """
-    # source @ B - base @ B rather than (source - base) @ B: the same value, rounded as
-    # pyvene rounds it, so conformance holds to float32 precision on trained networks
-    coordinates = torch.matmul(source, basis) - torch.matmul(base, basis)
+    coordinates = torch.matmul(source - base, basis)
     if weights is not None:
         coordinates = coordinates * weights
     return base + torch.matmul(coordinates, basis.T)
@@ -135,7 +133,12 @@ class Intervention:
     needs_source: bool = field(default=True, init=False)
 
     def apply(self, base: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
-        """The new activation, from the base activation and the source activation."""
+        """The new activation, from the base activation and the source activation.
+
+        An intervention that takes a source must return ``base`` itself when
+        ``source`` is ``base`` (interchanging a base with itself changes nothing):
+        the runtime relies on it to leave the rows that do not intervene untouched.
+        """
         raise NotImplementedError
 
     def check(self, width: int | None) -> None:

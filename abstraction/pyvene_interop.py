@@ -65,17 +65,17 @@ def to_pyvene(intervention: Intervention, network: Network) -> tuple[dict[str, A
         obj = pyvene.VanillaIntervention(embed_dim=width)
     elif isinstance(intervention, RotatedPatch):
         obj = pyvene.RotatedSpaceIntervention(embed_dim=width)
-        obj.rotate_layer.weight = intervention.rotation.clone()
+        _typed(obj, intervention.rotation).rotate_layer.weight = intervention.rotation.clone()
         if intervention.subspace[0] != 0:
             raise InterventionError("pyvene swaps rotated coordinates from 0; use subspace=(0, k)")
         obj.set_interchange_dim(intervention.subspace[1])
     elif isinstance(intervention, LowRankPatch):
         rank = intervention.basis.shape[1]
         obj = pyvene.LowRankRotatedSpaceIntervention(embed_dim=width, low_rank_dimension=rank)
-        obj.rotate_layer.weight = intervention.basis.clone()
+        _typed(obj, intervention.basis).rotate_layer.weight = intervention.basis.clone()
     elif isinstance(intervention, BoundlessPatch):
         obj = pyvene.BoundlessRotatedSpaceIntervention(embed_dim=width)
-        obj.rotate_layer.weight = intervention.rotation.clone()
+        _typed(obj, intervention.rotation).rotate_layer.weight = intervention.rotation.clone()
         obj.set_intervention_boundaries(float(torch.as_tensor(intervention.boundary).detach()))
         obj.set_temperature(torch.as_tensor(intervention.temperature).detach().clone())
     elif isinstance(intervention, ZeroAblation) and intervention.basis is None:
@@ -85,6 +85,15 @@ def to_pyvene(intervention: Intervention, network: Network) -> tuple[dict[str, A
     else:
         raise InterventionError(f"pyvene has no equivalent of {intervention!r}")
     return component, obj
+
+
+def _typed(obj: Any, like: torch.Tensor) -> Any:
+    """``obj`` (a pyvene intervention) with its parameters in ``like``'s dtype.
+
+    pyvene casts activations to its rotation's dtype, so a float64 intervention must
+    become a float64 pyvene intervention before its weights are assigned.
+    """
+    return obj.to(like.dtype)
 
 
 def from_pyvene(obj: Any, location: Location) -> Intervention:

@@ -61,23 +61,35 @@ class Applied:
 
 
 def apply_all(selected: torch.Tensor, applied: Sequence[Applied]) -> torch.Tensor:
-    """Apply interventions one after another to a selected activation, row-masked."""
+    """Apply interventions one after another to a selected activation, row-masked.
+
+    A row outside an intervention's mask takes its own current activation as the
+    source, so the interchange leaves it exactly as it was (see
+    :meth:`Intervention.apply`); source-free interventions are masked on their output.
+    """
     out = selected
     for item in applied:
-        source = item.source
-        if source is not None:
-            source = source.to(selected.device, selected.dtype)
-            if source.shape != selected.shape:
-                raise InterventionError(
-                    f"at {item.intervention.location}: the source activation has shape "
-                    f"{tuple(source.shape)} but the base's has {tuple(selected.shape)}; base "
-                    "and source must have the same length when position=None"
-                )
-        new = item.intervention.apply(out, source)
+        # lerp with weights that are exactly 0 or 1 returns one input or the other
+        # exactly, and is several times faster than torch.where with a broadcast mask
+        mask = None
         if item.rows is not None:
-            mask = item.rows.to(selected.device).view((-1,) + (1,) * (out.dim() - 1))
-            new = torch.where(mask, new, out)
-        out = new
+            shape = (-1,) + (1,) * (out.dim() - 1)
+            mask = item.rows.to(selected.device, selected.dtype).view(shape)
+        source = item.source
+        if source is None:
+            new = item.intervention.apply(out, None)
+            out = new if mask is None else torch.lerp(out, new, mask)
+            continue
+        source = source.to(selected.device, selected.dtype)
+        if source.shape != selected.shape:
+            raise InterventionError(
+                f"at {item.intervention.location}: the source activation has shape "
+                f"{tuple(source.shape)} but the base's has {tuple(selected.shape)}; base "
+                "and source must have the same length when position=None"
+            )
+        if mask is not None:
+            source = torch.lerp(out, source, mask)
+        out = item.intervention.apply(out, source)
     return out
 
 

@@ -7,6 +7,8 @@ the boundless intervention exactly as a training step builds it.
 
 from __future__ import annotations
 
+import copy
+
 import pandas as pd
 import pytest
 import pyvene
@@ -126,6 +128,37 @@ def test_round_trip_through_pyvene(small_mlp: Network) -> None:
                 assert torch.allclose(getattr(back, name), getattr(iv, name), atol=1e-6)
 
 
+def _float64(network: Network, task: Task) -> tuple[Network, Task]:
+    """Copies of a network and its task that compute in float64.
+
+    The training-path tests compare in float64: both implementations then agree to
+    ~1e-12 whatever order they round in, so a gap above 1e-6 is a real difference in
+    what is computed, not float32 rounding of the same arithmetic in another order.
+    """
+    module = copy.deepcopy(network.module).double()
+    wide = Network(module, family=network.family, name=f"{network.name} (float64)")
+    wide_task = copy.copy(task)
+
+    def batch(data: pd.DataFrame, prefix: str) -> Batch:
+        b = task.batch(data, prefix)
+        inputs = {k: v.double() if v.is_floating_point() else v for k, v in b.inputs.items()}
+        return Batch(inputs, b.positions, b.readout)
+
+    wide_task.batch = batch  # type: ignore[method-assign]
+    return wide, wide_task
+
+
+def _orthonormal64(basis: torch.Tensor) -> torch.Tensor:
+    """A trained float32 basis made orthonormal in float64 (it moves by ~1e-7).
+
+    pyvene's rotation layers are orthogonally parametrised: assigning a basis that is
+    orthonormal only to float32 precision re-orthonormalises it, so both sides would
+    not hold the same parameters.
+    """
+    q, r = torch.linalg.qr(basis.double())
+    return q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+
+
 def _prepared_vs_pyvene(
     prepared: PreparedInterchanges,
     task: Task,
@@ -134,11 +167,7 @@ def _prepared_vs_pyvene(
     iv: Intervention,
     units: object,
 ) -> float:
-    """Largest logit gap between prepared interchanges and pyvene on ``variable``'s rows.
-
-    Relative to the largest logit: trained networks have logits in the tens, where
-    float32 rounding of the same arithmetic in another order is about 1e-6 relative.
-    """
+    """Largest logit gap between prepared interchanges and pyvene on ``variable``'s rows."""
     rows = torch.tensor(data[f"do.{variable}"].to_numpy(dtype=bool)).nonzero().flatten()[:64]
     assert len(rows) > 0
     ours = prepared.logits(rows, {variable: iv}).detach()
@@ -147,7 +176,8 @@ def _prepared_vs_pyvene(
     theirs = _pyvene_logits(prepared.network, iv, base.inputs, source.inputs, units).detach()
     if theirs.dim() == 3:
         theirs = theirs[torch.arange(len(rows)), base.readout]
-    return (ours - theirs).abs().max().item() / max(1.0, theirs.abs().max().item())
+    assert ours.dtype == theirs.dtype == torch.float64
+    return (ours - theirs).abs().max().item()
 
 
 def test_trained_alignment_matches_pyvene(
@@ -158,10 +188,12 @@ def test_trained_alignment_matches_pyvene(
     location = Location(layer=0)
     config = TrainingConfig(epochs=1, batch_size=512, lr=5e-3, seed=0)
     das = align(he_network, he_task, train[:4000], location, ["wx", "yz"], config=config)
-    prepared = PreparedInterchanges(he_network, he_task, test, location, ["wx", "yz"])
-    for variable, iv in das.interventions().items():
-        assert isinstance(iv, LowRankPatch)
-        gap = _prepared_vs_pyvene(prepared, he_task, test, variable, iv, 0)
+    network, task = _float64(he_network, he_task)
+    prepared = PreparedInterchanges(network, task, test, location, ["wx", "yz"])
+    for variable, trained in das.interventions().items():
+        assert isinstance(trained, LowRankPatch)
+        iv = LowRankPatch(location, _orthonormal64(trained.basis))
+        gap = _prepared_vs_pyvene(prepared, task, test, variable, iv, 0)
         assert gap <= TOLERANCE, (variable, gap)
         assert not torch.equal(  # the check is not vacuous: the intervention moves logits
             prepared.logits(torch.arange(64), {variable: iv}), prepared.logits(torch.arange(64))
@@ -174,11 +206,13 @@ def test_boundless_training_step_matches_pyvene(
     """The intervention a boundless training step builds (trainable boundary) is pyvene's."""
     _, _, test = he_pairs
     location = Location(layer=1)
-    prepared = PreparedInterchanges(he_network, he_task, test, location, ["wx"])
-    rotation = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(4)))[0]
-    boundary = torch.nn.Parameter(torch.tensor(0.4))
-    iv = BoundlessPatch(location, rotation, boundary, torch.tensor(3.0))
-    assert _prepared_vs_pyvene(prepared, he_task, test, "wx", iv, 0) <= TOLERANCE
+    network, task = _float64(he_network, he_task)
+    prepared = PreparedInterchanges(network, task, test, location, ["wx"])
+    generator = torch.Generator().manual_seed(4)
+    rotation = torch.linalg.qr(torch.randn(16, 16, generator=generator, dtype=torch.float64))[0]
+    boundary = torch.nn.Parameter(torch.tensor(0.4, dtype=torch.float64))
+    iv = BoundlessPatch(location, rotation, boundary, torch.tensor(3.0, dtype=torch.float64))
+    assert _prepared_vs_pyvene(prepared, task, test, "wx", iv, 0) <= TOLERANCE
     prepared.logits(slice(0, 32), {"wx": iv}).sum().backward()
     assert boundary.grad is not None and boundary.grad.abs() > 0  # trainable through the path
 
@@ -193,12 +227,13 @@ def test_prefix_cached_training_path_matches_pyvene(
     """On a GPT-2, suffix runs from the prefix cache (as training does) give pyvene's logits."""
     data = counterfactual_dataset(addition_task.model, 300, [["carry"]], seed=3)
     location = Location(layer=layer, component=component, position=position)
-    prepared = PreparedInterchanges(addition_network, addition_task, data, location, ["carry"])
+    network, task = _float64(addition_network, addition_task)
+    prepared = PreparedInterchanges(network, task, data, location, ["carry"])
     assert prepared.cache is not None  # the suffix path is the one under test
     trained = fit(
         prepared,
         None,
-        addition_task,
+        task,
         ["carry"],
         method="low_rank",
         rank=2,
@@ -206,5 +241,7 @@ def test_prefix_cached_training_path_matches_pyvene(
     )
     absolute = int(addition_task.batch(data[:1], "base.").positions[position][0])
     units = [[[absolute]] * min(64, len(data))]
-    iv = trained.intervention("carry")
-    assert _prepared_vs_pyvene(prepared, addition_task, data, "carry", iv, units) <= TOLERANCE
+    found = trained.intervention("carry")
+    assert isinstance(found, LowRankPatch)
+    iv = LowRankPatch(location, _orthonormal64(found.basis))
+    assert _prepared_vs_pyvene(prepared, task, data, "carry", iv, units) <= TOLERANCE
