@@ -27,6 +27,7 @@ import builtins
 import hashlib
 import inspect
 import typing
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, overload
 
@@ -34,7 +35,7 @@ import networkx as nx
 import numpy as np
 
 from abstraction.errors import DeclarationError, DomainError, UnknownNameError, nearest
-from abstraction.mechanism import Mechanism, as_column
+from abstraction.mechanism import Mechanism, as_column, choose, to_python
 from abstraction.program import ParsedProgram, function_namespace, parse_function, parse_source
 
 __all__ = ["CausalModel", "CausalModelBuilder", "Domain", "causal_model"]
@@ -56,7 +57,15 @@ def as_domain(obj: Any, *, what: str) -> Domain | None:
         values: list[Any] = list(typing.get_args(obj))
     elif isinstance(obj, np.ndarray):
         values = [tuple(row.tolist()) for row in obj] if obj.ndim > 1 else obj.tolist()
-    elif isinstance(obj, (str, bytes)) or not isinstance(obj, Iterable):
+    elif isinstance(obj, (str, bytes)):
+        shown = repr(obj if len(obj) <= 30 else obj[:27])
+        raise DeclarationError(
+            f"the domain of {what} is the string {shown}; a string is one value, not a "
+            "collection of values",
+            f"to use its characters as the values, write list({shown}); to allow only that "
+            f"string, write [{shown}]",
+        )
+    elif not isinstance(obj, Iterable):
         raise DeclarationError(
             f"the domain of {what} is {obj!r}, which is not a finite collection of values",
             f"give {what} a list, range or tuple of its possible values, e.g. `range(10)`",
@@ -67,16 +76,29 @@ def as_domain(obj: Any, *, what: str) -> Domain | None:
         raise DeclarationError(
             f"the domain of {what} is empty", f"list at least one possible value for {what}"
         )
-    try:
-        unique = len(set(values))
-    except TypeError:
-        unique = len(values)
-    if unique != len(values):
-        raise DeclarationError(
-            f"the domain of {what} lists a value twice",
-            f"remove the duplicate values from the domain of {what}",
+    kept: list[Any] = []
+    seen: set[tuple[type, Any]] = set()
+    for v in values:
+        key = (type(v), v)  # 1 and True are equal in Python but distinct values here
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:
+            duplicate = any(type(k) is type(v) and k == v for k in kept)
+        if not duplicate:
+            kept.append(v)
+    if len(kept) != len(values):
+        warnings.warn(
+            f"the domain of {what} lists {len(values) - len(kept)} value(s) twice; each "
+            "value is kept once",
+            DomainWarning,
+            stacklevel=3,
         )
-    return tuple(values)
+    return tuple(kept)
+
+
+class DomainWarning(UserWarning):
+    """A declared domain was normalised (for example, duplicate values dropped)."""
 
 
 def _hashable(value: Any) -> Any:
@@ -222,6 +244,25 @@ class CausalModel:
                     file=parsed.file,
                     line=parsed.line,
                 )
+
+        def annotated(name: str, role: str, line: int | None) -> Domain | None:
+            annotation = parsed.annotations[name]
+            try:
+                value = eval(
+                    compile(ast.Expression(annotation), parsed.file, "eval"), dict(namespace)
+                )
+                if isinstance(value, str):
+                    value = eval(value, dict(namespace))
+            except Exception as exc:
+                raise DeclarationError(
+                    f"the annotation of {role} {name!r} could not be evaluated ({exc})",
+                    "annotate with a finite domain such as `range(10)`, `bool` or "
+                    "`Literal['a', 'b']`, or pass inputs={...} to the decorator",
+                    file=parsed.file,
+                    line=line,
+                ) from None
+            return as_domain(value, what=f"{role} {name!r}")
+
         domains: dict[str, Domain | None] = {}
         for param in parsed.parameters:
             if param in inputs:
@@ -229,22 +270,7 @@ class CausalModel:
             elif param in evaluated:
                 domains[param] = as_domain(evaluated[param], what=f"input {param!r}")
             elif param in parsed.annotations:
-                annotation = parsed.annotations[param]
-                try:
-                    value = eval(
-                        compile(ast.Expression(annotation), parsed.file, "eval"), dict(namespace)
-                    )
-                except Exception as exc:
-                    raise DeclarationError(
-                        f"the annotation of input {param!r} could not be evaluated ({exc})",
-                        "annotate with a finite domain such as `range(10)`, `bool` or "
-                        "`Literal['a', 'b']`, or pass inputs={...} to the decorator",
-                        file=parsed.file,
-                        line=parsed.line,
-                    ) from None
-                if isinstance(value, str):
-                    value = eval(value, dict(namespace))
-                domains[param] = as_domain(value, what=f"input {param!r}")
+                domains[param] = annotated(param, "input", parsed.line)
             else:
                 raise DeclarationError(
                     f"input {param!r} of causal model {parsed.name!r} has no domain",
@@ -253,6 +279,13 @@ class CausalModel:
                     file=parsed.file,
                     line=parsed.line,
                 )
+        values: dict[str, Domain] = {}
+        for m in parsed.mechanisms:
+            if m.name not in parsed.annotations:
+                continue
+            domain = annotated(m.name, "variable", m.line)
+            if domain is not None:
+                values[m.name] = domain
         declared = {m.name: (m.file, m.line) for m in parsed.mechanisms}
         return cls(
             parsed.name,
@@ -260,6 +293,7 @@ class CausalModel:
             parsed.mechanisms,
             parsed.outputs,
             source=parsed.source,
+            values=values,
             declared_at=declared,
         )
 
@@ -428,13 +462,15 @@ class CausalModel:
             self._check_value(var, value, role="intervention on")
         values: dict[str, Any] = {}
         for v in self._order:
+            # numpy scalars (e.g. read from a DataFrame) are run as the Python values
+            # they hold, exactly as run_batch runs them
             if v in interventions:
-                values[v] = interventions[v]
+                values[v] = to_python(interventions[v])
             elif v in self._inputs:
-                values[v] = inputs[v]
+                values[v] = to_python(inputs[v])
             else:
                 mech = self._mechanisms[v]
-                values[v] = mech.fn(*(values[p] for p in mech.parents))
+                values[v] = mech.compute([values[p] for p in mech.parents])
         return values
 
     def interchange(
@@ -520,7 +556,7 @@ class CausalModel:
             else:
                 mech = self._mechanisms[v]
                 computed = mech.evaluate_batch([values[p] for p in mech.parents], n)
-            values[v] = np.where(masks[v], fixed[v], computed) if v in masks else computed
+            values[v] = choose(masks[v], fixed[v], computed) if v in masks else computed
         return values
 
     def interchange_batch(
@@ -810,7 +846,7 @@ def _make_mechanism(
         name=name,
         parents=tuple(parents),
         fn=mechanism,
-        vector_fn=mechanism,
+        vector_fn=None,  # a Python function may mean something else on arrays
         source=source,
         kind="callable",
         file=file,

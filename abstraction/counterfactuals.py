@@ -37,7 +37,7 @@ import pandas as pd
 
 from abstraction.causal_model import GRID_LIMIT, CausalModel
 from abstraction.errors import DeclarationError, DomainError
-from abstraction.mechanism import Mechanism, as_column
+from abstraction.mechanism import Mechanism, as_column, choose
 
 __all__ = [
     "BalancedSampler",
@@ -348,7 +348,7 @@ def factual_dataset(
             raise ValueError(f"n must be a positive number of rows, not {n!r}")
         columns = _resolve(sampler, model, model.outputs)(model, np.random.default_rng(seed), n)
     values = model.run_batch(columns, validate=False)
-    frame = pd.DataFrame({v: values[v] for v in model.variables}, copy=False)
+    frame = _frame({v: values[v] for v in model.variables})
     frame.insert(0, "input_id", combination_ids(model, columns))
     frame.attrs.update({"model": model.name, "seed": seed, "kind": "factual"})
     return frame
@@ -441,7 +441,7 @@ def _assemble(
         # the source columns are never blank; the `do` mask keeps v computed there.
         keep = ~do[v]
         for name in model.inputs:
-            sources[v][name] = np.where(keep, base[name], sources[v][name])
+            sources[v][name] = choose(keep, base[name], sources[v][name])
     base_values = model.run_batch(base, validate=False)
     counterfactual = model.interchange_batch(base, sources, where=do, validate=False)
     label_names, base_label_names = label_columns(model)
@@ -465,9 +465,24 @@ def _assemble(
         data[label] = counterfactual[out]
         changed |= np.asarray(base_values[out] != counterfactual[out], dtype=bool)
     data["changed"] = changed
-    # copy=False keeps one block per column instead of copying every column into
-    # consolidated blocks, which would cost more than generating the data.
-    return pd.DataFrame(data, copy=False)
+    return _frame(data)
+
+
+def _frame(columns: Mapping[str, Any]) -> pd.DataFrame:
+    """A DataFrame holding each column's values exactly as the causal model made them.
+
+    Object columns stay object columns: pandas would otherwise read a column of
+    strings and ``None`` as its string dtype, turning ``None`` into NaN. copy=False
+    keeps one block per column instead of copying every column into consolidated
+    blocks, which would cost more than generating the data.
+    """
+    kept = {
+        name: pd.Series(c, dtype=object, copy=False)
+        if isinstance(c, np.ndarray) and c.dtype == object
+        else c
+        for name, c in columns.items()
+    }
+    return pd.DataFrame(kept, copy=False)
 
 
 def _sampled(

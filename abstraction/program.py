@@ -34,6 +34,7 @@ class ParsedProgram:
     name: str
     parameters: tuple[str, ...]
     annotations: dict[str, ast.expr]
+    """Annotations of parameters and of annotated assignments (``b: Literal[0, 1] = ...``)."""
     mechanisms: tuple[Mechanism, ...]
     outputs: tuple[str, ...]
     source: str
@@ -173,6 +174,8 @@ class _Parser:
                 )
             mechanisms.append(self.mechanism(target, value, stmt, defined, assigned_anywhere))
             defined.append(target)
+            if isinstance(stmt, ast.AnnAssign):
+                annotations[target] = stmt.annotation
         if outputs is None:
             raise self.error(
                 self.node,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Literal
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -118,8 +121,11 @@ def test_builder_values_checked_on_intervention() -> None:
         model.run({"a": 0}, {"b": 7})
 
 
-def test_mechanism_refusing_arrays_falls_back_with_warning() -> None:
+def test_helper_calls_run_once_per_distinct_input_without_warning() -> None:
+    calls: list[int] = []
+
     def branchy(v: int) -> int:
+        calls.append(v)
         if v > 2:  # a Python `if` cannot run on a column
             return 1
         return 0
@@ -129,9 +135,27 @@ def test_mechanism_refusing_arrays_falls_back_with_warning() -> None:
         b = branchy(a)
         return b
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = m.run_batch({"a": np.arange(5).repeat(1000)})
+    assert out["b"].tolist() == [0] * 3000 + [1] * 2000
+    assert sorted(calls) == [0, 1, 2, 3, 4]  # once per distinct value, as Python ints
+    assert all(type(v) is int for v in calls)
+
+
+def test_mechanism_over_nearly_distinct_rows_warns_once_naming_it() -> None:
+    def branchy(v: float) -> int:
+        return 1 if v > 0.5 else 0
+
+    @causal_model(inputs={"a": None})
+    def m(a):  # type: ignore[no-untyped-def]
+        b = branchy(a)
+        return b
+
+    values = np.random.default_rng(0).random(20_000)
     with pytest.warns(VectorizationWarning, match="'b'"):
-        out = m.run_batch({"a": np.arange(5)})
-    assert out["b"].tolist() == [0, 0, 0, 1, 1]
+        out = m.run_batch({"a": values}, validate=False)
+    assert out["b"].tolist() == [int(v > 0.5) for v in values]
 
 
 def test_logic_operators_vectorize_with_python_semantics() -> None:
@@ -146,3 +170,54 @@ def test_logic_operators_vectorize_with_python_semantics() -> None:
     for i in range(len(grid["a"])):
         row = m.run({"a": int(grid["a"][i]), "b": int(grid["b"][i])})
         assert batch["c"][i] == row["c"] and batch["d"][i] == row["d"]
+
+
+def test_annotated_assignment_declares_a_checked_domain() -> None:
+    from abstraction import DomainError
+
+    @causal_model(inputs={"a": range(4)})
+    def m(a):  # type: ignore[no-untyped-def]
+        b: Literal[0, 1] = a % 2
+        c = b + 1
+        return c
+
+    assert m.domain("b") == (0, 1)
+    assert m.domain("c") is None
+    assert m.run({"a": 3}, interventions={"b": 0})["c"] == 1
+    with pytest.raises(DomainError, match="'b'"):
+        m.run({"a": 3}, interventions={"b": 7})
+
+
+def test_string_domain_is_rejected_with_the_fix_and_duplicates_are_dropped() -> None:
+    from abstraction import DeclarationError
+    from abstraction.causal_model import DomainWarning
+
+    with pytest.raises(DeclarationError, match=r"list\('ABC'\)"):
+
+        @causal_model(inputs={"a": "ABC"})
+        def m(a):  # type: ignore[no-untyped-def]
+            b = a + "!"
+            return b
+
+    with pytest.warns(DomainWarning, match="1 value"):
+
+        @causal_model(inputs={"a": [1, 2, 2, True]})
+        def n(a):  # type: ignore[no-untyped-def]
+            b = a == 1
+            return b
+
+    assert n.domain("a") == (1, 2, True)  # True is kept: equal to 1, but not the same value
+
+
+def test_mechanism_errors_name_variable_row_and_inputs() -> None:
+    from abstraction.mechanism import MechanismError
+
+    @causal_model(inputs={"a": [1, 2], "b": [1, 0]})
+    def m(a, b):  # type: ignore[no-untyped-def]
+        q = a // b
+        return q
+
+    with pytest.raises(MechanismError, match=r"'q'.*ZeroDivisionError.*a=1, b=0"):
+        m.run({"a": 1, "b": 0})
+    with pytest.raises(MechanismError, match=r"'q'.*ZeroDivisionError.*row 1.*a=1, b=0"):
+        m.run_batch({"a": [1, 1], "b": [1, 0]})
