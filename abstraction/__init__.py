@@ -9,6 +9,7 @@ Modules, in the order data flows (each imports only modules above it):
 
 ==================  =================================================================
 ``mechanism``        evaluate one variable's expression over numpy columns
+``unroll``           compile bounded ``for`` loops and ``if`` statements to assignments
 ``program``          parse a causal model's source (``ast``), reject what is not allowed
 ``causal_model``     :class:`CausalModel`: variables, graph, ``run``, ``interchange``
 ``counterfactuals``  factual and counterfactual datasets (pandas), samplers, splits

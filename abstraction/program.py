@@ -1,12 +1,13 @@
 """Reading a causal model from a plain Python function.
 
-The function's body must be straight-line code: each assignment declares one
-variable, the names its expression reads are its parents, the parameters are the
-inputs, and the returned name is the output. When the function returns an
-expression rather than a name, that expression becomes a variable called
-``output``. Anything that is not straight-line code (loops, ``if`` statements,
-reassignment, detectable side effects, names read before they are assigned or never
-defined) is rejected here, at declaration, with the file, the line and a fix.
+The function's body is straight-line code once :mod:`abstraction.unroll` has unrolled
+bounded ``for`` loops and turned ``if`` statements into conditional expressions: each
+assignment declares one variable, the names its expression reads are its parents, the
+parameters are the inputs, and the returned name is the output. When the function
+returns an expression rather than a name, that expression becomes a variable called
+``output``. Anything else (``while`` loops, unbounded loops, reassignment, detectable
+side effects, names read before they are assigned or never defined) is rejected here,
+at declaration, with the file, the line and a fix.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from abstraction.errors import DeclarationError, nearest
 from abstraction.mechanism import Mechanism, is_vectorizable, vector_namespace, vectorize_expression
+from abstraction.unroll import unroll
 
 __all__ = ["ParsedProgram", "function_namespace", "parse_function", "parse_source"]
 
@@ -149,6 +151,7 @@ class _Parser:
         body = list(self.node.body)
         if body and _is_docstring(body[0]):
             body = body[1:]
+        body = unroll(body, self.namespace, self.error)
         assigned_anywhere = _assigned_names(body)
         defined: list[str] = list(parameters)
         mechanisms: list[Mechanism] = []

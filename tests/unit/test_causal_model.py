@@ -221,3 +221,42 @@ def test_mechanism_errors_name_variable_row_and_inputs() -> None:
         m.run({"a": 1, "b": 0})
     with pytest.raises(MechanismError, match=r"'q'.*ZeroDivisionError.*row 1.*a=1, b=0"):
         m.run_batch({"a": [1, 1], "b": [1, 0]})
+
+
+GROUPS = 2
+
+
+def test_bounded_loops_and_branches_compile_to_named_variables() -> None:
+    @causal_model(inputs={"e0": range(3), "e1": range(3), "q": range(3)})
+    def binding(e0, e1, q):  # type: ignore[no-untyped-def]
+        for g in range(GROUPS):
+            entity[g] = e0 if g == 0 else e1  # noqa: F821 - an indexed variable
+            match[g] = entity[g] == q  # noqa: F821
+        if match[0]:  # noqa: F821
+            answer = 0
+            found = True
+        elif match[1]:  # noqa: F821
+            answer = 1
+            found = True
+        else:
+            answer = -1
+            found = False
+        best = entity[answer] if found else None  # noqa: F821 - indexed by a variable
+        return best
+
+    assert binding.variables == (
+        "e0", "e1", "q", "entity_0", "match_0", "entity_1", "match_1", "answer", "found", "best",
+    )  # fmt: skip
+    graph = binding.graph()
+    assert set(graph.predecessors("entity_0")) == {"e0"}  # the constant test was folded
+    assert set(graph.predecessors("answer")) == {"match_0", "match_1"}
+    assert binding.run({"e0": 2, "e1": 1, "q": 1})["best"] == 1
+    assert binding.run({"e0": 2, "e1": 1, "q": 0})["best"] is None
+    # an interchange on one unrolled variable: entity_1 taken from a source where it is 2
+    out = binding.interchange({"e0": 2, "e1": 1, "q": 2}, {"entity_1": {"e0": 0, "e1": 2, "q": 0}})
+    assert out["answer"] == 0 and out["best"] == 2
+    grid = binding.input_grid()
+    batch = binding.run_batch(grid)
+    for i in range(len(grid["q"])):
+        row = binding.run({k: grid[k][i].item() for k in grid})
+        assert batch["best"][i] == row["best"] and batch["answer"][i] == row["answer"]

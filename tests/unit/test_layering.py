@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "abstraction"
 # The order of the package docstring's module map; errors and files serve every module.
 ORDER = [
     "mechanism",
+    "unroll",
     "program",
     "causal_model",
     "counterfactuals",

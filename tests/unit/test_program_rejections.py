@@ -33,9 +33,17 @@ def line_of(body: str, needle: str) -> int:
 
 
 CASES = [
-    ("for loop", "c = a\nfor i in range(3):\n    pass\nreturn c\n", "for i", "loop"),
+    ("unbounded loop", "for i in range(a):\n    c[i] = 1\nreturn c\n", "for i", "range(K)"),
     ("while loop", "c = a\nwhile c:\n    pass\nreturn c\n", "while", "loop"),
-    ("if statement", "if a:\n    c = 1\nreturn c\n", "if a", "conditional expression"),
+    ("break", "for i in range(2):\n    break\nc = a\nreturn c\n", "break", "unrolled"),
+    ("if without else", "if a:\n    c = 1\nreturn c\n", "if a", "else"),
+    (
+        "branches differ",
+        "if a:\n    c = 1\nelse:\n    d = 2\nreturn c\n",
+        "d = 2",
+        "same names",
+    ),
+    ("index not constant", "for i in range(2):\n    c[a] = 1\nd = c\nreturn d\n", "c[a]", "index"),
     ("reassignment", "c = a + b\nc = c + 1\nreturn c\n", "c = c + 1", "new name"),
     ("reassign input", "a = b + 1\nc = a\nreturn c\n", "a = b + 1", "new name"),
     ("augmented", "c = a\nc += 1\nreturn c\n", "c += 1", "new name"),
