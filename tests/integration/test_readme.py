@@ -53,3 +53,14 @@ def _saved(directory: Path, marker: str) -> Path:
     file = directory / f"{marker}.py"
     file.write_text(readme_block(marker), encoding="utf-8")
     return file
+
+
+def test_loops_and_branches_snippet_runs_as_written(tmp_path: Path) -> None:
+    namespace = runpy.run_path(str(_saved(tmp_path, "loops-and-branches")))
+    binding = namespace["binding"]
+    assert binding.variables[3:] == (
+        "entity_0", "match_0", "entity_1", "match_1", "answer", "found", "best",
+    )  # fmt: skip
+    assert binding.domain("found") == (True, False)
+    assert binding.run({"e0": 2, "e1": 1, "q": 1})["best"] == 1
+    assert binding.run({"e0": 2, "e1": 1, "q": 0})["best"] is None
