@@ -367,23 +367,49 @@ class CausalModel:
         return self._domains.get(variable)
 
     def values(self, variable: str) -> Domain:
-        """The values ``variable`` can take: declared, or inferred from the inputs.
+        """The values ``variable`` can take: declared, or inferred from the inputs it reads.
 
-        Inferred by enumerating every input combination when there are at most
-        ``GRID_LIMIT``, otherwise from a large uniform sample of inputs.
+        Inferred by enumerating every combination of the inputs upstream of
+        ``variable`` when there are at most ``GRID_LIMIT``, otherwise from a large
+        uniform sample of them. Inputs it does not read do not matter: an unbounded
+        input (a whole prompt) stops only the variables downstream of it.
         """
         declared = self.domain(variable)
         if declared is not None:
             return declared
         if variable not in self._inferred:
-            try:
-                inputs = self.input_grid(limit=GRID_LIMIT)
-            except DomainError:
+            needed = self.ancestors(variable) | {variable}
+            free = [v for v in self._inputs if v in needed]
+            unbounded = [v for v in free if self._domains.get(v) is None]
+            if unbounded:
+                raise DomainError(
+                    f"{variable!r} depends on input(s) {', '.join(map(repr, unbounded))} with "
+                    f"no finite domain, so its values cannot be inferred; declare them with "
+                    f"an annotation (`{variable}: Literal[...] = ...`) or values="
+                )
+            domains = [self._domains[v] for v in free]
+            size = int(np.prod([len(d) for d in domains if d is not None], dtype=np.float64))
+            rng = np.random.default_rng(0)
+            columns: dict[str, np.ndarray] = {}
+            if size <= GRID_LIMIT:
+                sizes = [len(d) for d in domains if d is not None]
+                index = np.indices(sizes).reshape(len(sizes), -1)
+                for v, d, idx in zip(free, domains, index, strict=True):
+                    assert d is not None
+                    columns[v] = _domain_array(d)[idx]
+            else:
                 # too many combinations to enumerate: the values seen on a large uniform
-                # sample (rare values may be missed; declare values= to be exact)
-                inputs = self._uniform_sample(GRID_LIMIT // 4)
-            column = self.run_batch(inputs, validate=False)[variable]
-            self._inferred[variable] = _unique(column)
+                # sample (rare values may be missed; declare a domain to be exact)
+                for v, d in zip(free, domains, strict=True):
+                    assert d is not None
+                    columns[v] = _domain_array(d)[rng.integers(len(d), size=GRID_LIMIT // 4)]
+            n = len(next(iter(columns.values()))) if columns else 1
+            computed: dict[str, np.ndarray] = dict(columns)
+            for v in self._order:
+                if v in needed and v not in computed:
+                    mech = self._mechanisms[v]
+                    computed[v] = mech.evaluate_batch([computed[p] for p in mech.parents], n)
+            self._inferred[variable] = _unique(computed[variable])
         return self._inferred[variable]
 
     def descendants(self, variable: str) -> set[str]:

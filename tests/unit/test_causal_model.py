@@ -260,3 +260,19 @@ def test_bounded_loops_and_branches_compile_to_named_variables() -> None:
     for i in range(len(grid["q"])):
         row = binding.run({k: grid[k][i].item() for k in grid})
         assert batch["best"][i] == row["best"] and batch["answer"][i] == row["answer"]
+
+
+def test_unbounded_input_stops_only_the_variables_that_read_it() -> None:
+    from abstraction import DomainError
+
+    @causal_model(inputs={"prompt": None, "a": range(3), "b": range(3)})
+    def m(prompt, a, b):  # type: ignore[no-untyped-def]
+        s = a + b
+        n = len(prompt)
+        out = s if n > 3 else 0
+        return out
+
+    assert m.values("s") == (0, 1, 2, 3, 4)
+    with pytest.raises(DomainError, match="'prompt'"):
+        m.values("out")
+    assert m.run({"prompt": "a long prompt", "a": 1, "b": 2})["out"] == 3
