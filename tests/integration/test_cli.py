@@ -138,7 +138,7 @@ BAD = {
     "unknown_zoo.py": ("no zoo network 'nope'", None),
     "bad_location.py": ("layer 9 is out of range", None),
     "bad_program.py": (
-        "an `if` statement",
+        "an `if` without an `else`",
         "from abstraction import causal_model\n\n"
         "@causal_model(inputs={'a': range(3)})\ndef m(a):\n    if a:\n"
         "        b = 1\n    return b\n",
