@@ -15,10 +15,14 @@ from __future__ import annotations
 import ast
 import builtins
 import inspect
+import random
 import textwrap
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from abstraction.errors import DeclarationError, nearest
 from abstraction.mechanism import Mechanism, is_vectorizable, vector_namespace, vectorize_expression
@@ -237,6 +241,8 @@ class _Parser:
             problem = _EXPRESSION_PROBLEMS.get(type(node))
             if problem is not None:
                 raise self.error(node, *problem)
+            if isinstance(node, ast.Attribute):
+                self.check_attribute(node)
         parents: list[str] = []
         for node in _names_in_order(expr):
             name = node.id
@@ -249,7 +255,17 @@ class _Parser:
                     f"reads `{name}` before it is assigned",
                     f"move the assignment of `{name}` above this line",
                 )
-            elif name not in self.namespace:
+            elif name in self.namespace:
+                noise = nondeterministic(self.namespace[name])
+                if noise is not None:
+                    raise self.error(
+                        node,
+                        f"reads `{name}`, which draws on {noise}: a mechanism must give one "
+                        "output for one input",
+                        "declare the noise as an input variable (e.g. a parameter `u` with a "
+                        "finite domain, sampled like the other inputs) and pass it to the helper",
+                    )
+            else:
                 hint = nearest(
                     name, [*defined, *(k for k in self.namespace if not k.startswith("_"))]
                 )
@@ -260,6 +276,28 @@ class _Parser:
                     f"constant or helper); {hint}",
                 )
         return tuple(parents)
+
+    def check_attribute(self, node: ast.Attribute) -> None:
+        """Reject ``np.random.rand()``-like reads of a random module through a name."""
+        chain: list[str] = []
+        base: ast.expr = node
+        while isinstance(base, ast.Attribute):
+            chain.insert(0, base.attr)
+            base = base.value
+        if not isinstance(base, ast.Name) or base.id not in self.namespace:
+            return
+        value = self.namespace[base.id]
+        for attribute in chain:
+            value = getattr(value, attribute, None)
+            noise = nondeterministic(value)
+            if noise is not None:
+                raise self.error(
+                    node,
+                    f"reads `{ast.unparse(node)}`, which draws on {noise}: a mechanism must "
+                    "give one output for one input",
+                    "declare the noise as an input variable (e.g. a parameter `u` with a "
+                    "finite domain) and use it instead",
+                )
 
     def mechanism(
         self,
@@ -363,6 +401,50 @@ class _Parser:
         namespace = vector_namespace(self.namespace) if vectorized else self.namespace
         fn: Callable[..., Any] = eval(code, namespace)
         return fn
+
+
+_NOISY_MODULES = ("random", "secrets", "time", "uuid", "numpy.random")
+
+
+def nondeterministic(obj: Any, depth: int = 0) -> str | None:
+    """What makes ``obj`` (a name a mechanism reads) give different outputs for one input.
+
+    Returns a description (``"the random module"``) or ``None``. Looks at modules,
+    functions of the random-number, time and uuid modules, bound methods of random
+    generators, and, three calls deep, the globals that helper functions read.
+    """
+    if isinstance(obj, types.ModuleType):
+        name = obj.__name__
+        return f"the {name} module" if name.startswith(_NOISY_MODULES) else None
+    generators = (random.Random, np.random.RandomState, np.random.Generator)
+    if isinstance(obj, generators):
+        return f"a random generator ({type(obj).__name__})"
+    owner = getattr(obj, "__self__", None)
+    if isinstance(owner, generators):
+        return f"a random generator ({getattr(obj, '__name__', 'method')})"
+    module = getattr(obj, "__module__", None) or ""
+    if callable(obj) and module.startswith(_NOISY_MODULES):
+        return f"{module}.{getattr(obj, '__name__', '?')}"
+    if isinstance(obj, types.FunctionType) and depth < 3:
+        code_objects = [obj.__code__]
+        names: set[str] = set()
+        while code_objects:
+            code = code_objects.pop()
+            names.update(code.co_names)
+            code_objects.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        for name in sorted(names):
+            if name in obj.__globals__:
+                value = obj.__globals__[name]
+                found = nondeterministic(value, depth + 1)
+                if found is None and isinstance(value, types.ModuleType):
+                    # `np.random.rand()` reads `np`, then its attribute `random`
+                    for attribute in sorted(names):
+                        found = nondeterministic(getattr(value, attribute, None), depth + 1)
+                        if found is not None:
+                            break
+                if found is not None:
+                    return f"{found} (through {obj.__name__})"
+    return None
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import random
 import textwrap
 from typing import Literal
 
+import numpy as np
 import pytest
 
 from abstraction import CausalModel, DeclarationError, causal_model
@@ -139,3 +141,56 @@ def test_domains_from_annotations() -> None:
     assert m.domain("a") == (0, 1, 2)
     assert m.domain("b") == (False, True)
     assert m.domain("c") == ("x", "y")
+
+
+def _noisy(x: int) -> float:
+    return x + random.random()
+
+
+def _calls_noisy(x: int) -> float:
+    return _noisy(x)
+
+
+def _numpy_noise(x: int) -> float:
+    return x + float(np.random.rand())
+
+
+def _pure(x: int) -> int:
+    return abs(x) + 1
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("c = _noisy(a)", "random module"),
+        ("c = _calls_noisy(a)", "through _noisy"),
+        ("c = _numpy_noise(a)", "numpy.random"),
+        ("c = random.randint(0, a)", "random"),
+        ("c = np.random.rand() + a", "numpy.random"),
+        ("c = RNG.integers(a + 1)", "random generator"),
+    ],
+)
+def test_randomness_is_rejected_with_the_fix(body: str, needle: str) -> None:
+    namespace = {
+        "_noisy": _noisy,
+        "_calls_noisy": _calls_noisy,
+        "_numpy_noise": _numpy_noise,
+        "random": random,
+        "np": np,
+        "RNG": np.random.default_rng(0),
+    }
+    with pytest.raises(DeclarationError) as info:
+        CausalModel.from_source(
+            f"def model(a):\n    {body}\n    return c\n", {"a": range(3)}, namespace
+        )
+    assert needle in info.value.problem and "input variable" in info.value.fix
+    assert info.value.line == 2
+
+
+def test_pure_helpers_and_numpy_functions_are_accepted() -> None:
+    model = CausalModel.from_source(
+        "def model(a):\n    c = _pure(a) + int(np.abs(a))\n    return c\n",
+        {"a": range(3)},
+        {"_pure": _pure, "np": np},
+    )
+    assert model.run({"a": 2})["c"] == 5
