@@ -500,18 +500,41 @@ class CausalModel:
         return values
 
     def interchange(
-        self, base: Mapping[str, Any], sources: Mapping[str, Mapping[str, Any]]
+        self,
+        base: Mapping[str, Any],
+        sources: Mapping[str, Mapping[str, Any]],
+        *,
+        origins: Mapping[str, str] | None = None,
+        fixed: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Run ``base`` with each variable in ``sources`` set to its value on that source.
 
-        ``sources`` maps one or several variables to the input each takes its value
-        from; different variables may use different sources.
+        Args:
+            base: the base input.
+            sources: one or several variables -> the input each takes its value from;
+                different variables may use different sources.
+            origins: cross-variable interchanges: ``{"answer": "s1"}`` sets ``answer``
+                to the value of ``s1`` on ``answer``'s source (causalab's ``answer<-s1``).
+            fixed: base-side values set directly, as in :meth:`run`'s interventions.
         """
-        fixed = {}
+        origins = self._check_origins(origins, sources)
+        values = dict(fixed or {})
         for var, source in sources.items():
             self._check_variable(var, role="intervened")
-            fixed[var] = self.run(source)[var]
-        return self.run(base, fixed)
+            values[var] = self.run(source)[origins.get(var, var)]
+        return self.run(base, values)
+
+    def _check_origins(
+        self, origins: Mapping[str, str] | None, sources: Mapping[str, Any]
+    ) -> dict[str, str]:
+        origins = dict(origins or {})
+        for target, origin in origins.items():
+            if target not in sources:
+                raise ValueError(
+                    f"origins= names {target!r}, which has no source; give sources[{target!r}]"
+                )
+            self._check_variable(origin, role="origin")
+        return origins
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the model like the plain function: returns the output value(s)."""
@@ -592,15 +615,18 @@ class CausalModel:
         *,
         where: Mapping[str, np.ndarray] | None = None,
         validate: bool = True,
+        origins: Mapping[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Columnar :meth:`interchange`: row ``i`` of each source serves row ``i`` of base.
 
-        ``where`` optionally restricts each variable's interchange to some rows.
+        ``where`` optionally restricts each variable's interchange to some rows;
+        ``origins`` makes some interchanges cross-variable (see :meth:`interchange`).
         """
+        origins = self._check_origins(origins, sources)
         fixed = {}
         for var, source in sources.items():
             self._check_variable(var, role="intervened")
-            fixed[var] = self.run_batch(source, validate=validate)[var]
+            fixed[var] = self.run_batch(source, validate=validate)[origins.get(var, var)]
         return self.run_batch(base, fixed, where=where, validate=validate)
 
     def _uniform_sample(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:

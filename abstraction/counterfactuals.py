@@ -14,9 +14,11 @@ column                 meaning
 ``source.<var>.<in>``  the source input that variable ``<var>`` takes its value from; on
                        rows that do not intervene on ``<var>`` it equals the base input
 ``do.<var>``           whether this row intervenes on ``<var>``
+``origin.<var>``       for a cross-variable interchange (``"answer<-s1"``): the variable
+                       whose value on the source ``<var>`` takes (only when one is asked)
 ``intervened``         the intervention set, e.g. ``"wx"`` or ``"wx+yz"``
 ``value.<var>``        the value ``<var>`` takes in the counterfactual run (on rows that
-                       intervene on it: the value it had on its source)
+                       intervene on it: the value it, or its origin, had on its source)
 ``base_label``         the model's output on the base (``base_label.<out>`` for several)
 ``label``              the output after the interchange (``label.<out>`` for several)
 ``changed``            whether ``label`` differs from ``base_label``
@@ -296,23 +298,45 @@ def intervention_label(variables: Sequence[str]) -> str:
 
 def _normalise_sets(
     model: CausalModel, interventions: Sequence[str | Sequence[str]] | None
-) -> list[tuple[str, ...]]:
+) -> tuple[list[tuple[str, ...]], dict[str, str]]:
+    """The intervention sets (target names) and the cross-variable origins (``a<-b``)."""
     if interventions is None:
         if not model.intermediates:
             raise DeclarationError(
                 f"causal model {model.name!r} has no intermediate variables to intervene on",
                 "pass interventions=[...] naming the variables to interchange",
             )
-        return [(v,) for v in model.intermediates]
+        return [(v,) for v in model.intermediates], {}
     if isinstance(interventions, str):
         interventions = [interventions]
     sets: list[tuple[str, ...]] = []
+    origins: dict[str, str] = {}
+    plain: set[str] = set()
     for item in interventions:
-        names = (item,) if isinstance(item, str) else tuple(item)
+        entries = (item,) if isinstance(item, str) else tuple(item)
+        found: list[str] = []
+        for entry in entries:
+            target, _, origin = (part.strip() for part in entry.partition("<-"))
+            model._check_variable(target, role="intervened")
+            if origin:
+                model._check_variable(origin, role="origin")
+                if origins.get(target, origin) != origin or target in plain:
+                    raise ValueError(
+                        f"{target!r} takes its value from different variables in different "
+                        "sets; generate one dataset per origin"
+                    )
+                origins[target] = origin
+            else:
+                if target in origins:
+                    raise ValueError(
+                        f"{target!r} is interchanged both from itself and from "
+                        f"{origins[target]!r}; generate one dataset per origin"
+                    )
+                plain.add(target)
+            found.append(target)
+        names = tuple(found)
         if not names:
             raise ValueError("an intervention set is empty; name at least one variable")
-        for v in names:
-            model._check_variable(v, role="intervened")
         if len(set(names)) != len(names):
             raise ValueError(f"intervention set {names} names a variable twice")
         ordered = tuple(v for v in model.variables if v in names)
@@ -320,7 +344,7 @@ def _normalise_sets(
             sets.append(ordered)
     if not sets:
         raise ValueError("interventions is empty; name at least one variable to intervene on")
-    return sets
+    return sets, origins
 
 
 def factual_dataset(
@@ -372,7 +396,9 @@ def counterfactual_dataset(
         n: number of rows; rows are split evenly across the intervention sets.
         interventions: intervention sets, each a variable name or a list of names
             (``[["wx"], ["yz"], ["wx", "yz"]]``); by default each intermediate variable
-            on its own.
+            on its own. ``"answer<-s1"`` is a cross-variable interchange: ``answer``
+            takes the value ``s1`` has on the source (one origin per variable per
+            dataset); the network side aligns ``answer`` as usual.
         sampler: how base inputs are drawn: ``"uniform"``; ``"output"`` (bases and
             sources balanced by the model's output); ``"value"`` (bases balanced by the
             joint values of the intervened variables, each variable's source balanced by
@@ -387,22 +413,29 @@ def counterfactual_dataset(
     Returns:
         A DataFrame with the columns documented in this module.
     """
-    sets = _normalise_sets(model, interventions)
+    sets, origins = _normalise_sets(model, interventions)
     targets = [v for v in model.variables if any(v in s for s in sets)]
     if exhaustive:
-        frame = _exhaustive(model, sets, targets)
+        frame = _exhaustive(model, sets, targets, origins)
     else:
         if n is None or n <= 0:
             raise ValueError(f"n must be a positive number of rows, not {n!r}")
         rng = np.random.default_rng(seed)
         base_sampler = _resolve(sampler, model, targets)
+        # a source is balanced by the value it gives: its origin's, for `a<-b`
         per_variable = {
-            v: _resolve(source_sampler if source_sampler is not None else sampler, model, [v])
+            v: _resolve(
+                source_sampler if source_sampler is not None else sampler,
+                model,
+                [origins.get(v, v)],
+            )
             for v in targets
         }
-        frame = _sampled(model, n, sets, targets, base_sampler, per_variable, rng)
+        frame = _sampled(model, n, sets, targets, base_sampler, per_variable, rng, origins)
         if changed_only:
-            frame = _fill_changed(model, n, sets, targets, base_sampler, per_variable, rng, frame)
+            frame = _fill_changed(
+                model, n, sets, targets, base_sampler, per_variable, rng, frame, origins
+            )
     if changed_only and exhaustive:
         frame = frame[frame["changed"].to_numpy()].reset_index(drop=True)
     if changed_only and len(frame) == 0:
@@ -415,7 +448,9 @@ def counterfactual_dataset(
             "model": model.name,
             "seed": seed,
             "kind": "counterfactual",
-            "interventions": [list(s) for s in sets],
+            "interventions": [
+                [f"{v}<-{origins[v]}" if v in origins else v for v in s] for s in sets
+            ],
             "sampler": repr(sampler),
         }
     )
@@ -429,7 +464,9 @@ def _assemble(
     base: Columns,
     sources: dict[str, Columns],
     set_index: np.ndarray,
+    origins: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
+    origins = dict(origins or {})
     n = len(set_index)
     do = {v: np.zeros(n, dtype=bool) for v in targets}
     for k, s in enumerate(sets):
@@ -443,7 +480,9 @@ def _assemble(
         for name in model.inputs:
             sources[v][name] = choose(keep, base[name], sources[v][name])
     base_values = model.run_batch(base, validate=False)
-    counterfactual = model.interchange_batch(base, sources, where=do, validate=False)
+    counterfactual = model.interchange_batch(
+        base, sources, where=do, validate=False, origins=origins
+    )
     label_names, base_label_names = label_columns(model)
     data: dict[str, Any] = {"base_id": combination_ids(model, base)}
     for name in model.inputs:
@@ -453,6 +492,8 @@ def _assemble(
             data[f"source.{v}.{name}"] = sources[v][name]
     for v in targets:
         data[f"do.{v}"] = do[v]
+    for v, origin in origins.items():
+        data[f"origin.{v}"] = np.full(n, origin, dtype=object)
     labels = [intervention_label(s) for s in sets]
     data["intervened"] = pd.Categorical.from_codes(
         set_index.astype(np.int64), categories=pd.Index(labels)
@@ -493,11 +534,12 @@ def _sampled(
     base_sampler: Sampler,
     per_variable: dict[str, Sampler],
     rng: np.random.Generator,
+    origins: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     set_index = rng.permutation(np.arange(n) % len(sets))
     base = base_sampler(model, rng, n)
     sources = {v: dict(per_variable[v](model, rng, n)) for v in targets}
-    return _assemble(model, sets, targets, base, sources, set_index)
+    return _assemble(model, sets, targets, base, sources, set_index, origins)
 
 
 def _fill_changed(
@@ -509,6 +551,7 @@ def _fill_changed(
     per_variable: dict[str, Sampler],
     rng: np.random.Generator,
     frame: pd.DataFrame,
+    origins: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     kept = [frame[frame["changed"].to_numpy()]]
     drawn, have = len(frame), len(kept[0])
@@ -517,7 +560,7 @@ def _fill_changed(
             break
         rate = have / drawn
         size = int(min((n - have) / rate * 1.2 + 64, 8 * n))
-        extra = _sampled(model, size, sets, targets, base_sampler, per_variable, rng)
+        extra = _sampled(model, size, sets, targets, base_sampler, per_variable, rng, origins)
         drawn += len(extra)
         extra = extra[extra["changed"].to_numpy()]
         kept.append(extra)
@@ -532,7 +575,10 @@ def _fill_changed(
 
 
 def _exhaustive(
-    model: CausalModel, sets: list[tuple[str, ...]], targets: list[str]
+    model: CausalModel,
+    sets: list[tuple[str, ...]],
+    targets: list[str],
+    origins: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     grid = model.input_grid(limit=EXHAUSTIVE_LIMIT)
     size = len(next(iter(grid.values())))
@@ -557,7 +603,7 @@ def _exhaustive(
         for v in targets
     }
     set_index = np.concatenate([f[2] for f in frames])
-    frame = _assemble(model, sets, targets, base, sources, set_index)
+    frame = _assemble(model, sets, targets, base, sources, set_index, origins)
     frame.attrs["exhaustive"] = True
     return frame
 
@@ -614,7 +660,11 @@ def relabel(frame: pd.DataFrame, model: CausalModel) -> pd.DataFrame:
         else (sorted(set(frame["intervened"])))
     )
     codes = pd.Categorical(frame["intervened"], categories=sets).codes.astype(np.int64)
-    out = _assemble(model, [tuple(s.split("+")) for s in sets], targets, base, sources, codes)
+    origins = {
+        c[len("origin.") :]: str(frame[c].iloc[0]) for c in frame.columns if c.startswith("origin.")
+    }
+    split = [tuple(s.split("+")) for s in sets]
+    out = _assemble(model, split, targets, base, sources, codes, origins)
     out["base_id"] = frame["base_id"].to_numpy()
     out.attrs = {**frame.attrs, "model": model.name}
     return out

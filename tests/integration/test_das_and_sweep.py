@@ -163,3 +163,22 @@ def test_sweep_on_ray_matches_sequential(addition_network: Network, addition_tas
         sequential.cells.drop(columns="seconds"), parallel.cells.drop(columns="seconds")
     )
     assert sequential.best == parallel.best
+
+
+def test_a_cross_variable_dataset_can_be_aligned(he_network: Network, he_task: Task) -> None:
+    """``wx<-yz``: the base's wx takes the source's yz; the network side aligns wx as usual."""
+    data = counterfactual_dataset(he_task.model, 6000, [["wx<-yz"]], seed=1)
+    assert (data["origin.wx"] == "yz").all()
+    train, val, test = split_by_base(data, (0.7, 0.15, 0.15), seed=0)
+    config = TrainingConfig(epochs=2, batch_size=512, lr=5e-3)
+    alignment = align(he_network, he_task, train, Location(layer=0), ["wx"], rank=8,
+                      validation=val, config=config)  # fmt: skip
+    prepared = PreparedInterchanges(he_network, he_task, test, Location(layer=0), ["wx"])
+    correct = evaluate(alignment, prepared)
+    assert len(correct) == len(test)
+    # the labels follow the origin: on these pairs the source's yz differs from its wx
+    differs = test["value.wx"].to_numpy() != [
+        he_task.model.run({k: r[f"source.wx.{k}"] for k in "wxyz"})["wx"]
+        for _, r in test.iterrows()
+    ]
+    assert differs.any()
