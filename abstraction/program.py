@@ -395,8 +395,12 @@ class _Parser:
         ast.fix_missing_locations(tree)
         for node in ast.walk(tree):
             if hasattr(node, "lineno"):
+                # every node on the statement's line, so tracebacks name it; columns reset
+                # too, or a wrapped expression ending left of its start is an invalid range
                 setattr(node, "lineno", line)  # noqa: B010 - not every AST node declares it
                 setattr(node, "end_lineno", line)  # noqa: B010
+                setattr(node, "col_offset", 0)  # noqa: B010
+                setattr(node, "end_col_offset", 0)  # noqa: B010
         code = compile(tree, self.file, "eval")
         namespace = vector_namespace(self.namespace) if vectorized else self.namespace
         fn: Callable[..., Any] = eval(code, namespace)

@@ -444,13 +444,15 @@ def entity_binding(  # type: ignore[no-untyped-def]
             else:
                 position[g][r] = g  # noqa: F821
     for r in range(ROLES):
-        # the groups whose role-r entity is the query (hand-wrapped so that the call ends
-        # right of where it starts: see test_multiline_mechanism_declares)
-        # fmt: off
-        positional_query[r] = _groups_holding(r, query_indices, query[r], active_groups,  # noqa: F821
-                                              (e00, e10) if r == 0 else (e01, e11),
-                                              (position[0][r], position[1][r]))  # noqa: F821
-        # fmt: on
+        # the groups whose role-r entity is the query
+        positional_query[r] = _groups_holding(  # noqa: F821
+            r,
+            query_indices,
+            query[r],  # noqa: F821
+            active_groups,
+            (e00, e10) if r == 0 else (e01, e11),
+            (position[0][r], position[1][r]),  # noqa: F821
+        )
     positional_answer: Literal[0, 1, None] = _only_common(positional_query, query_indices)  # noqa: F821
     if (
         positional_answer is None
@@ -569,15 +571,9 @@ def _add(x: int, y: int) -> int:
     return x + y
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="library bug: program.compile sets every node's lineno and end_lineno to the "
-    "statement's line but keeps its columns, so a mechanism whose expression spans lines "
-    "and ends left of where it starts (ruff's own wrapping of a long call or `if` test) "
-    "fails at declaration with 'ValueError: line N, column A-B is not a valid range'",
-)
 def test_multiline_mechanism_declares() -> None:
+    """A mechanism wrapped over several lines (as ruff wraps a long call) declares and runs."""
+
     @causal_model(inputs={"a": range(3), "b": range(3)})
     def wrapped(a, b):  # type: ignore[no-untyped-def]
         s = _add(
