@@ -616,18 +616,22 @@ class CausalModel:
         where: Mapping[str, np.ndarray] | None = None,
         validate: bool = True,
         origins: Mapping[str, str] | None = None,
+        fixed: Mapping[str, Any] | None = None,
     ) -> dict[str, np.ndarray]:
         """Columnar :meth:`interchange`: row ``i`` of each source serves row ``i`` of base.
 
         ``where`` optionally restricts each variable's interchange to some rows;
-        ``origins`` makes some interchanges cross-variable (see :meth:`interchange`).
+        ``origins`` makes some interchanges cross-variable and ``fixed`` sets base-side
+        values (see :meth:`interchange`).
         """
         origins = self._check_origins(origins, sources)
-        fixed = {}
+        values: dict[str, Any] = dict(fixed or {})
         for var, source in sources.items():
             self._check_variable(var, role="intervened")
-            fixed[var] = self.run_batch(source, validate=validate)[origins.get(var, var)]
-        return self.run_batch(base, fixed, where=where, validate=validate)
+            if var in values:
+                raise ValueError(f"{var!r} is both fixed and interchanged; choose one")
+            values[var] = self.run_batch(source, validate=validate)[origins.get(var, var)]
+        return self.run_batch(base, values, where=where, validate=validate)
 
     def _uniform_sample(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)

@@ -38,12 +38,13 @@ import numpy as np
 import pandas as pd
 
 from abstraction.causal_model import GRID_LIMIT, CausalModel
-from abstraction.errors import DeclarationError, DomainError
-from abstraction.mechanism import Mechanism, as_column, choose
+from abstraction.errors import DeclarationError, DomainError, UnknownNameError, nearest
+from abstraction.mechanism import Mechanism, as_column, choose, to_python
 
 __all__ = [
     "BalancedSampler",
     "FunctionSampler",
+    "RowSampler",
     "Sampler",
     "UniformSampler",
     "balanced",
@@ -52,6 +53,7 @@ __all__ = [
     "counterfactual_dataset",
     "factual_dataset",
     "from_function",
+    "from_rows",
     "intervention_label",
     "label_columns",
     "relabel",
@@ -188,6 +190,54 @@ class FunctionSampler:
         return columns
 
 
+@dataclass(frozen=True, eq=False)
+class RowSampler:
+    """Some inputs taken together from rows of a dataset, the others sampled uniformly.
+
+    For inputs without a finite domain (a whole prompt with the entities it
+    mentions): each draw picks one row of ``rows`` (uniformly, with replacement) for
+    the inputs that are its columns, and draws every other input uniformly from its
+    domain. Columns that are not inputs of the model are rejected, naming them.
+    """
+
+    rows: pd.DataFrame
+
+    def __call__(self, model: CausalModel, rng: np.random.Generator, n: int) -> Columns:
+        unknown = [c for c in self.rows.columns if c not in model.inputs]
+        if unknown:
+            raise UnknownNameError(
+                f"the rows have column(s) {', '.join(map(repr, unknown))} that are not inputs "
+                f"of causal model {model.name!r}; "
+                + nearest(str(unknown[0]), model.inputs)
+                + "; drop those columns or rename them after the inputs"
+            )
+        if len(self.rows) == 0:
+            raise ValueError("the rows to sample inputs from are empty")
+        picked = rng.integers(len(self.rows), size=n)
+        columns: Columns = {}
+        for v in model.inputs:
+            if v in self.rows.columns:
+                values = self.rows[v].to_numpy(dtype=object)
+                columns[v] = as_column([to_python(x) for x in values])[picked]
+                continue
+            domain = model.domain(v)
+            if domain is None:
+                raise DomainError(
+                    f"input {v!r} has no finite domain and is not a column of the rows; add "
+                    "it to the rows or declare its domain"
+                )
+            columns[v] = as_column(list(domain))[rng.integers(len(domain), size=n)]
+        return columns
+
+    def __repr__(self) -> str:
+        return f"rows({len(self.rows)} rows: {', '.join(map(str, self.rows.columns))})"
+
+
+def from_rows(rows: pd.DataFrame) -> RowSampler:
+    """Sample the inputs that are columns of ``rows`` together, row by row (see RowSampler)."""
+    return RowSampler(rows)
+
+
 def uniform() -> UniformSampler:
     """Each input uniform over its domain."""
     return UniformSampler()
@@ -210,7 +260,7 @@ def from_function(fn: Callable[[np.random.Generator, int], Mapping[str, Any]]) -
     return FunctionSampler(fn)
 
 
-SamplerSpec = str | Sampler | Callable[[np.random.Generator, int], Mapping[str, Any]]
+SamplerSpec = str | Sampler | pd.DataFrame | Callable[[np.random.Generator, int], Mapping[str, Any]]
 
 
 def _resolve(spec: SamplerSpec, model: CausalModel, by: Sequence[str]) -> Sampler:
@@ -225,7 +275,9 @@ def _resolve(spec: SamplerSpec, model: CausalModel, by: Sequence[str]) -> Sample
             f"unknown sampler {spec!r}; use 'uniform', 'output', 'value', a Sampler, or a "
             "function fn(rng, n) -> {input: column}"
         )
-    if isinstance(spec, (UniformSampler, BalancedSampler, FunctionSampler)):
+    if isinstance(spec, pd.DataFrame):
+        return RowSampler(spec)
+    if isinstance(spec, (UniformSampler, BalancedSampler, FunctionSampler, RowSampler)):
         return spec
     if callable(spec):
         return FunctionSampler(spec)  # type: ignore[arg-type]
@@ -294,6 +346,26 @@ def label_columns(model: CausalModel) -> tuple[list[str], list[str]]:
 def intervention_label(variables: Sequence[str]) -> str:
     """The ``intervened`` column's text for a set of variables: ``"wx+yz"``."""
     return "+".join(variables)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How interchanges are made beyond the sets: cross-variable origins, fixed values."""
+
+    origins: Mapping[str, str] = field(default_factory=dict)
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _check_fixed(
+    model: CausalModel, fixed: Mapping[str, Any] | None, targets: Sequence[str]
+) -> dict[str, Any]:
+    checked = dict(fixed or {})
+    for var, value in checked.items():
+        model._check_variable(var, role="fixed")
+        if var in targets:
+            raise ValueError(f"{var!r} is both fixed and interchanged; choose one")
+        model._check_value(var, value, role="fixed value of")
+    return checked
 
 
 def _normalise_sets(
@@ -388,6 +460,7 @@ def counterfactual_dataset(
     seed: int = 0,
     changed_only: bool = False,
     exhaustive: bool = False,
+    fixed: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Base/source pairs, the intervention applied, and the counterfactual label.
 
@@ -402,21 +475,26 @@ def counterfactual_dataset(
         sampler: how base inputs are drawn: ``"uniform"``; ``"output"`` (bases and
             sources balanced by the model's output); ``"value"`` (bases balanced by the
             joint values of the intervened variables, each variable's source balanced by
-            that variable's value); a sampler; or ``fn(rng, n) -> {input: column}``.
+            that variable's value); a sampler; ``fn(rng, n) -> {input: column}``; or a
+            DataFrame whose columns are some inputs (prompts with their entities),
+            drawn row by row, the other inputs uniform (:class:`RowSampler`).
         source_sampler: how sources are drawn, when different from ``sampler``.
         seed: random seed; the same seed gives the same dataset.
         changed_only: keep only pairs whose label differs from the base label (still
             returns ``n`` rows, drawing more pairs as needed).
         exhaustive: every base with every source combination, for each set (small
             domains only); ``n`` and the samplers are ignored.
+        fixed: base-side values set on every pair, in the base and the counterfactual
+            run alike (``{"first": True}``); recorded as ``fixed.<var>`` columns.
 
     Returns:
         A DataFrame with the columns documented in this module.
     """
     sets, origins = _normalise_sets(model, interventions)
     targets = [v for v in model.variables if any(v in s for s in sets)]
+    plan = _Plan(origins, _check_fixed(model, fixed, targets))
     if exhaustive:
-        frame = _exhaustive(model, sets, targets, origins)
+        frame = _exhaustive(model, sets, targets, plan)
     else:
         if n is None or n <= 0:
             raise ValueError(f"n must be a positive number of rows, not {n!r}")
@@ -431,10 +509,10 @@ def counterfactual_dataset(
             )
             for v in targets
         }
-        frame = _sampled(model, n, sets, targets, base_sampler, per_variable, rng, origins)
+        frame = _sampled(model, n, sets, targets, base_sampler, per_variable, rng, plan)
         if changed_only:
             frame = _fill_changed(
-                model, n, sets, targets, base_sampler, per_variable, rng, frame, origins
+                model, n, sets, targets, base_sampler, per_variable, rng, frame, plan
             )
     if changed_only and exhaustive:
         frame = frame[frame["changed"].to_numpy()].reset_index(drop=True)
@@ -464,9 +542,10 @@ def _assemble(
     base: Columns,
     sources: dict[str, Columns],
     set_index: np.ndarray,
-    origins: Mapping[str, str] | None = None,
+    plan: _Plan | None = None,
 ) -> pd.DataFrame:
-    origins = dict(origins or {})
+    plan = plan or _Plan()
+    origins, fixed = plan.origins, plan.fixed
     n = len(set_index)
     do = {v: np.zeros(n, dtype=bool) for v in targets}
     for k, s in enumerate(sets):
@@ -479,9 +558,9 @@ def _assemble(
         keep = ~do[v]
         for name in model.inputs:
             sources[v][name] = choose(keep, base[name], sources[v][name])
-    base_values = model.run_batch(base, validate=False)
+    base_values = model.run_batch(base, fixed, validate=False)
     counterfactual = model.interchange_batch(
-        base, sources, where=do, validate=False, origins=origins
+        base, sources, where=do, validate=False, origins=origins, fixed=fixed
     )
     label_names, base_label_names = label_columns(model)
     data: dict[str, Any] = {"base_id": combination_ids(model, base)}
@@ -494,6 +573,8 @@ def _assemble(
         data[f"do.{v}"] = do[v]
     for v, origin in origins.items():
         data[f"origin.{v}"] = np.full(n, origin, dtype=object)
+    for v, value in fixed.items():
+        data[f"fixed.{v}"] = as_column([value] * n)
     labels = [intervention_label(s) for s in sets]
     data["intervened"] = pd.Categorical.from_codes(
         set_index.astype(np.int64), categories=pd.Index(labels)
@@ -534,12 +615,12 @@ def _sampled(
     base_sampler: Sampler,
     per_variable: dict[str, Sampler],
     rng: np.random.Generator,
-    origins: Mapping[str, str] | None = None,
+    plan: _Plan | None = None,
 ) -> pd.DataFrame:
     set_index = rng.permutation(np.arange(n) % len(sets))
     base = base_sampler(model, rng, n)
     sources = {v: dict(per_variable[v](model, rng, n)) for v in targets}
-    return _assemble(model, sets, targets, base, sources, set_index, origins)
+    return _assemble(model, sets, targets, base, sources, set_index, plan)
 
 
 def _fill_changed(
@@ -551,7 +632,7 @@ def _fill_changed(
     per_variable: dict[str, Sampler],
     rng: np.random.Generator,
     frame: pd.DataFrame,
-    origins: Mapping[str, str] | None = None,
+    plan: _Plan | None = None,
 ) -> pd.DataFrame:
     kept = [frame[frame["changed"].to_numpy()]]
     drawn, have = len(frame), len(kept[0])
@@ -560,7 +641,7 @@ def _fill_changed(
             break
         rate = have / drawn
         size = int(min((n - have) / rate * 1.2 + 64, 8 * n))
-        extra = _sampled(model, size, sets, targets, base_sampler, per_variable, rng, origins)
+        extra = _sampled(model, size, sets, targets, base_sampler, per_variable, rng, plan)
         drawn += len(extra)
         extra = extra[extra["changed"].to_numpy()]
         kept.append(extra)
@@ -578,7 +659,7 @@ def _exhaustive(
     model: CausalModel,
     sets: list[tuple[str, ...]],
     targets: list[str],
-    origins: Mapping[str, str] | None = None,
+    plan: _Plan | None = None,
 ) -> pd.DataFrame:
     grid = model.input_grid(limit=EXHAUSTIVE_LIMIT)
     size = len(next(iter(grid.values())))
@@ -603,7 +684,7 @@ def _exhaustive(
         for v in targets
     }
     set_index = np.concatenate([f[2] for f in frames])
-    frame = _assemble(model, sets, targets, base, sources, set_index, origins)
+    frame = _assemble(model, sets, targets, base, sources, set_index, plan)
     frame.attrs["exhaustive"] = True
     return frame
 
@@ -663,8 +744,13 @@ def relabel(frame: pd.DataFrame, model: CausalModel) -> pd.DataFrame:
     origins = {
         c[len("origin.") :]: str(frame[c].iloc[0]) for c in frame.columns if c.startswith("origin.")
     }
+    fixed = {
+        c[len("fixed.") :]: to_python(frame[c].iloc[0])
+        for c in frame.columns
+        if c.startswith("fixed.")
+    }
     split = [tuple(s.split("+")) for s in sets]
-    out = _assemble(model, split, targets, base, sources, codes, origins)
+    out = _assemble(model, split, targets, base, sources, codes, _Plan(origins, fixed))
     out["base_id"] = frame["base_id"].to_numpy()
     out.attrs = {**frame.attrs, "model": model.name}
     return out

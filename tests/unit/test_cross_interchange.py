@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from abstraction import causal_model, counterfactual_dataset
+from abstraction import UnknownNameError, causal_model, counterfactual_dataset
 from abstraction.counterfactuals import relabel, split_by_base
 
 NAMES = ["ann", "bob", "cat"]
@@ -57,3 +57,45 @@ def test_one_origin_per_variable_per_dataset() -> None:
         counterfactual_dataset(ioi, 10, [["answer<-s1"], ["answer<-s2"]])
     with pytest.raises(ValueError, match="both from itself"):
         counterfactual_dataset(ioi, 10, [["answer<-s1"], ["answer"]])
+
+
+def test_fixed_base_side_values_apply_to_base_and_counterfactual_and_survive_relabel() -> None:
+    data = counterfactual_dataset(ioi, 200, [["answer<-s1"]], seed=2, fixed={"first": False})
+    assert (data["fixed.first"] == False).all()  # noqa: E712 - a column of Python bools
+    for _, row in data.head(50).iterrows():
+        base = {k: row[f"base.{k}"] for k in ioi.inputs}
+        source = {k: row[f"source.answer.{k}"] for k in ioi.inputs}
+        assert row["base_label"] == ioi.run(base, {"first": False})["answer"]
+        expected = ioi.interchange(
+            base, {"answer": source}, origins={"answer": "s1"}, fixed={"first": False}
+        )
+        assert row["label"] == expected["answer"]
+    again = relabel(data, ioi)
+    assert (again["label"].to_numpy() == data["label"].to_numpy()).all()
+    with pytest.raises(ValueError, match="both fixed and interchanged"):
+        counterfactual_dataset(ioi, 10, [["answer"]], fixed={"answer": "ann"})
+
+
+@causal_model(inputs={"prompt": None, "name": NAMES, "other": NAMES})
+def mentions(prompt, name, other):
+    said = name in prompt
+    answer = name if said else other
+    return answer
+
+
+def test_inputs_from_rows_with_the_others_sampled() -> None:
+    rows = pd.DataFrame(
+        {"prompt": ["ann met bob", "cat left", "bob and cat"], "name": ["ann", "cat", "ann"]}
+    )
+    data = counterfactual_dataset(mentions, 300, [["said"]], sampler=rows, seed=0)
+    pairs = set(zip(data["base.prompt"], data["base.name"], strict=True))
+    assert pairs <= set(zip(rows["prompt"], rows["name"], strict=True))  # drawn together
+    assert set(data["base.other"]) == set(NAMES)  # sampled from its domain
+    for _, row in data.head(40).iterrows():
+        base = {k: row[f"base.{k}"] for k in mentions.inputs}
+        source = {k: row[f"source.said.{k}"] for k in mentions.inputs}
+        assert row["label"] == mentions.interchange(base, {"said": source})["answer"]
+    with pytest.raises(UnknownNameError, match="'promt'"):
+        counterfactual_dataset(
+            mentions, 10, [["said"]], sampler=rows.rename(columns={"prompt": "promt"})
+        )
