@@ -77,19 +77,23 @@ class UniformSampler:
     """Each input independently uniform over its domain."""
 
     def __call__(self, model: CausalModel, rng: np.random.Generator, n: int) -> Columns:
-        columns = {}
-        for v in model.inputs:
-            domain = model.domain(v)
-            if domain is None:
-                raise DomainError(
-                    f"input {v!r} has no finite domain, so it cannot be sampled uniformly; "
-                    "declare its domain or pass sampler=from_function(...)"
-                )
-            columns[v] = as_column(list(domain))[rng.integers(len(domain), size=n)]
-        return columns
+        fix = "declare its domain or pass sampler=from_function(...) or sampler=rows"
+        return {v: _uniform_column(model, v, rng, n, fix) for v in model.inputs}
 
     def __repr__(self) -> str:
         return "uniform()"
+
+
+def _uniform_column(
+    model: CausalModel, variable: str, rng: np.random.Generator, n: int, fix: str
+) -> np.ndarray:
+    domain = model.domain(variable)
+    if domain is None:
+        raise DomainError(
+            f"input {variable!r} has no finite domain, so it cannot be sampled uniformly; {fix}"
+        )
+    column: np.ndarray = as_column(list(domain))[rng.integers(len(domain), size=n)]
+    return column
 
 
 @dataclass
@@ -215,18 +219,13 @@ class RowSampler:
             raise ValueError("the rows to sample inputs from are empty")
         picked = rng.integers(len(self.rows), size=n)
         columns: Columns = {}
+        fix = "add it to the rows or declare its domain"
         for v in model.inputs:
             if v in self.rows.columns:
                 values = self.rows[v].to_numpy(dtype=object)
                 columns[v] = as_column([to_python(x) for x in values])[picked]
-                continue
-            domain = model.domain(v)
-            if domain is None:
-                raise DomainError(
-                    f"input {v!r} has no finite domain and is not a column of the rows; add "
-                    "it to the rows or declare its domain"
-                )
-            columns[v] = as_column(list(domain))[rng.integers(len(domain), size=n)]
+            else:
+                columns[v] = _uniform_column(model, v, rng, n, fix)
         return columns
 
     def __repr__(self) -> str:
