@@ -9,7 +9,8 @@ paired) with the same data, training budget, rank and location:
   reach high IIA on random networks, so this null is essential);
 * ``control``: DAS trained on a control task where the variable's values are
   shuffled consistently across inputs (selectivity = IIA - control IIA);
-* ``patch``: the full component patched (an upper bound for that location);
+* ``patch``: the full component patched; it moves every variable the site holds at
+  once, so it is not an upper bound on one variable's subspace interchange;
 * ``mean_ablation``: the variable's subspace replaced by its mean activation, and
   the network's task accuracy measured (necessity: does removing it hurt?).
 """
