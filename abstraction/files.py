@@ -7,14 +7,16 @@ file beside the target, flushed to disk, and renamed over the target in one step
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_directory", "atomic_write", "atomic_write_json", "atomic_write_text"]
 
 
 def atomic_write(target: str | Path, write: Callable[[Path], object]) -> Path:
@@ -51,3 +53,30 @@ def atomic_write_text(target: str | Path, text: str) -> Path:
 def atomic_write_json(target: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON to ``target`` atomically."""
     return atomic_write_text(target, json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Yield a staging directory beside ``target``; on success it replaces ``target`` whole.
+
+    For outputs that are several files (a report, a saved network): readers see the
+    old directory or the new one, never a mix. An existing ``target`` is moved aside,
+    the staging directory renamed into place, and the old one removed; on any error
+    the staging directory is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the directory from others
+        yield staging
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}-old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

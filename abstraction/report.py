@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -34,7 +31,7 @@ from typing import Any
 import jinja2
 import pandas as pd
 
-from abstraction.files import atomic_write_text
+from abstraction.files import atomic_directory, atomic_write_text
 from abstraction.results import (
     VERDICT_COLOURS,
     ExperimentResult,
@@ -311,25 +308,12 @@ def write(results: ExperimentResult | Mapping[str, Any], directory: str | Path) 
     """
     result = _as_result(results)
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the report from other users
+    with atomic_directory(target) as staging:
         atomic_write_text(staging / "results.json", result.to_json())
         figures = _figures(result, staging / "figures")
         html, markdown = render(result, figures)
         atomic_write_text(staging / "index.html", html)
         atomic_write_text(staging / "report.md", markdown)
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}-old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(staging, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target / "index.html"
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from filelock import FileLock
 from abstraction.causal_model import CausalModel, causal_model
 from abstraction.counterfactuals import balanced, factual_dataset, from_function
 from abstraction.errors import UnknownNameError, nearest
-from abstraction.files import atomic_write_json
+from abstraction.files import atomic_directory, atomic_write_json
 from abstraction.network import Network, import_pyvene, restore_default_linear_init
 from abstraction.task import EntityVectorTask, Task, TokenTask
 
@@ -453,20 +451,10 @@ def _train_and_save(
             "version": VERSION,
         }
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # The network is a directory of files: write them into a staging directory beside
-    # the target and rename it into place, so readers never see a half-written network.
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide a shared cache from others
+    # The network is a directory of files: readers never see a half-written one.
+    with atomic_directory(target) as staging:
         Network(module, name=name).save_pretrained(staging)
         atomic_write_json(staging / "zoo.json", metrics)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 def metrics(name: str, seed: int = 0) -> dict[str, Any]:
