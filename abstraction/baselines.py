@@ -29,7 +29,7 @@ from abstraction.alignment.das import TrainingConfig, evaluate, fit
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment
 from abstraction.counterfactuals import control_model, relabel
-from abstraction.interventions import LowRankPatch, MeanAblation, Patch, random_bases
+from abstraction.interventions import MeanAblation, Patch, random_subspace_patches
 from abstraction.network import Network, restore_default_linear_init
 from abstraction.task import Task
 
@@ -123,8 +123,9 @@ def run_baselines(
             generator = torch.Generator().manual_seed(12345)
             rows = []
             for _ in range(seeds):
-                bases = random_bases(alignment.subspaces, prepared_test.width, generator)
-                null = {v: LowRankPatch(location, basis) for v, basis in bases.items()}
+                null = random_subspace_patches(
+                    location, alignment.subspaces, prepared_test.width, generator
+                )
                 rows.append(prepared_test.correct(null))
             results.append(BaselineResult(name, None, torch.stack(rows)))
         elif name == "untrained":

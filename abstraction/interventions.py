@@ -44,7 +44,7 @@ __all__ = [
     "ZeroAblation",
     "boundary_mask",
     "interchange",
-    "random_bases",
+    "random_subspace_patches",
 ]
 
 
@@ -84,23 +84,6 @@ def boundary_mask(
     return torch.sigmoid(population / temperature) * torch.sigmoid(
         (edge - population) / temperature
     )
-
-
-def random_bases(
-    subspaces: Mapping[str, tuple[int, int]], width: int, generator: torch.Generator
-) -> dict[str, torch.Tensor]:
-    """Random orthonormal subspaces with the same ranks as ``subspaces``, mutually orthogonal.
-
-    The null against which a trained alignment is compared: same location, same
-    dimensions, no training.
-    """
-    total = sum(stop - start for start, stop in subspaces.values())
-    q, _ = torch.linalg.qr(torch.randn(width, max(total, 1), generator=generator))
-    bases, offset = {}, 0
-    for v, (start, stop) in subspaces.items():
-        bases[v] = q[:, offset : offset + (stop - start)]
-        offset += stop - start
-    return bases
 
 
 def _tensor_repr(t: torch.Tensor | None) -> str:
@@ -271,3 +254,23 @@ class ZeroAblation(Intervention):
         if self.basis is None:
             return torch.zeros_like(base)
         return interchange(base, torch.zeros_like(base), _like(self.basis, base))
+
+
+def random_subspace_patches(
+    location: Location,
+    subspaces: Mapping[str, tuple[int, int]],
+    width: int,
+    generator: torch.Generator,
+) -> dict[str, LowRankPatch]:
+    """Interchanges of random orthonormal subspaces, one per variable of ``subspaces``.
+
+    Same ranks as ``subspaces``, mutually orthogonal: the null against which a trained
+    alignment is compared (same location, same dimensions, no training).
+    """
+    total = sum(stop - start for start, stop in subspaces.values())
+    q, _ = torch.linalg.qr(torch.randn(width, max(total, 1), generator=generator))
+    patches, offset = {}, 0
+    for v, (start, stop) in subspaces.items():
+        patches[v] = LowRankPatch(location, q[:, offset : offset + (stop - start)])
+        offset += stop - start
+    return patches

@@ -28,7 +28,7 @@ from abstraction.alignment.das import TrainingConfig, evaluate, fit
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError
 from abstraction.files import atomic_write_json
-from abstraction.interventions import LowRankPatch, random_bases
+from abstraction.interventions import random_subspace_patches
 from abstraction.locations import Location, resolve
 from abstraction.network import Network
 from abstraction.statistics import adjust, paired_test
@@ -127,8 +127,10 @@ def _null_p_value(
     if alignment.basis is None:
         return float("nan")
     generator = torch.Generator().manual_seed(seed + 7919)
-    bases = random_bases(alignment.subspaces, engine.width, generator)
-    null = engine.correct({v: LowRankPatch(alignment.location, b) for v, b in bases.items()})
+    patches = random_subspace_patches(
+        alignment.location, alignment.subspaces, engine.width, generator
+    )
+    null = engine.correct(patches)
     return paired_test(
         correct.numpy(), null.numpy(), data["base_id"].to_numpy(), permutations=999, seed=seed
     ).p_value
