@@ -387,22 +387,12 @@ class CausalModel:
                     f"no finite domain, so its values cannot be inferred; declare them with "
                     f"an annotation (`{variable}: Literal[...] = ...`) or values="
                 )
-            domains = [self._domains[v] for v in free]
-            size = int(np.prod([len(d) for d in domains if d is not None], dtype=np.float64))
-            rng = np.random.default_rng(0)
-            columns: dict[str, np.ndarray] = {}
-            if size <= GRID_LIMIT:
-                sizes = [len(d) for d in domains if d is not None]
-                index = np.indices(sizes).reshape(len(sizes), -1)
-                for v, d, idx in zip(free, domains, index, strict=True):
-                    assert d is not None
-                    columns[v] = _domain_array(d)[idx]
-            else:
+            try:
+                columns = self._grid(free, GRID_LIMIT)
+            except DomainError:
                 # too many combinations to enumerate: the values seen on a large uniform
                 # sample (rare values may be missed; declare a domain to be exact)
-                for v, d in zip(free, domains, strict=True):
-                    assert d is not None
-                    columns[v] = _domain_array(d)[rng.integers(len(d), size=GRID_LIMIT // 4)]
+                columns = self._uniform_sample(GRID_LIMIT // 4, names=free)
             n = len(next(iter(columns.values()))) if columns else 1
             computed: dict[str, np.ndarray] = dict(columns)
             for v in self._order:
@@ -633,10 +623,12 @@ class CausalModel:
             values[var] = self.run_batch(source, validate=validate)[origins.get(var, var)]
         return self.run_batch(base, values, where=where, validate=validate)
 
-    def _uniform_sample(self, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    def _uniform_sample(
+        self, n: int, seed: int = 0, names: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
         columns = {}
-        for v in self._inputs:
+        for v in self._inputs if names is None else names:
             domain = self._domains.get(v)
             if domain is None:
                 raise DomainError(
@@ -648,8 +640,14 @@ class CausalModel:
 
     def input_grid(self, limit: int = GRID_LIMIT) -> dict[str, np.ndarray]:
         """Every combination of input values, as columns (inputs need finite domains)."""
+        return self._grid(self._inputs, limit)
+
+    def _grid(self, names: Sequence[str], limit: int) -> dict[str, np.ndarray]:
+        """Every combination of the values of inputs ``names``, as columns."""
+        if not names:
+            return {}
         domains = []
-        for v in self._inputs:
+        for v in names:
             dom = self._domains.get(v)
             if dom is None:
                 raise DomainError(
@@ -664,9 +662,7 @@ class CausalModel:
                 "sample instead of enumerating, or raise the limit"
             )
         index = np.indices([len(d) for d in domains]).reshape(len(domains), -1)
-        return {
-            v: _domain_array(d)[idx] for v, d, idx in zip(self._inputs, domains, index, strict=True)
-        }
+        return {v: _domain_array(d)[idx] for v, d, idx in zip(names, domains, index, strict=True)}
 
     # -- validation -------------------------------------------------------------------
 
