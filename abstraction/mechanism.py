@@ -64,10 +64,11 @@ def as_column(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     if isinstance(values, np.ndarray) and values.ndim == 1:
         return values
     items = list(values)
-    kinds = {type(to_python(v)) for v in items}
+    plain = [to_python(v) for v in items]
+    kinds = {type(v) for v in plain}
     if len(kinds) == 1 and next(iter(kinds)) in _NATIVE:
         try:
-            native = np.asarray([to_python(v) for v in items])
+            native = np.asarray(plain)
         except (OverflowError, ValueError):
             native = None
         if native is not None and native.ndim == 1 and native.dtype != object:

@@ -258,13 +258,7 @@ class _Parser:
             elif name in self.namespace:
                 noise = nondeterministic(self.namespace[name])
                 if noise is not None:
-                    raise self.error(
-                        node,
-                        f"reads `{name}`, which draws on {noise}: a mechanism must give one "
-                        "output for one input",
-                        "declare the noise as an input variable (e.g. a parameter `u` with a "
-                        "finite domain, sampled like the other inputs) and pass it to the helper",
-                    )
+                    raise self.random_read(node, name, noise)
             else:
                 hint = nearest(
                     name, [*defined, *(k for k in self.namespace if not k.startswith("_"))]
@@ -291,13 +285,17 @@ class _Parser:
             value = getattr(value, attribute, None)
             noise = nondeterministic(value)
             if noise is not None:
-                raise self.error(
-                    node,
-                    f"reads `{ast.unparse(node)}`, which draws on {noise}: a mechanism must "
-                    "give one output for one input",
-                    "declare the noise as an input variable (e.g. a parameter `u` with a "
-                    "finite domain) and use it instead",
-                )
+                raise self.random_read(node, ast.unparse(node), noise)
+
+    def random_read(self, node: ast.AST, what: str, noise: str) -> DeclarationError:
+        """The rejection of a mechanism that reads ``what``, which draws on ``noise``."""
+        return self.error(
+            node,
+            f"reads `{what}`, which draws on {noise}: a mechanism must give one output for "
+            "one input",
+            "declare the noise as an input variable (e.g. a parameter `u` with a finite "
+            "domain, sampled like the other inputs) and use it instead",
+        )
 
     def mechanism(
         self,
