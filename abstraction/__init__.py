@@ -16,6 +16,7 @@ Modules, in the order data flows (each imports only modules above it):
 ``network``          :class:`Network`: wrap / load / build a model; family module paths
 ``locations``        :class:`Location`: where an activation is, checked before running
 ``task``             causal-model values -> network inputs and labels
+``prompts``          :class:`PromptTask`: tokenizer + templates + candidate answers
 ``interventions``    intervention types; ``interchange`` is the subspace arithmetic
 ``runtime``          the hook runtime every intervention runs through; ``intervene``
 ``pyvene_interop``   ``to_pyvene`` / ``from_pyvene``
@@ -81,6 +82,7 @@ from abstraction.interventions import (
 from abstraction.locations import Location, LocationError
 from abstraction.mechanism import Mechanism, VectorizationWarning
 from abstraction.network import Batch, Network, NetworkError
+from abstraction.prompts import PromptTask
 from abstraction.pyvene_interop import from_pyvene, to_pyvene
 from abstraction.results import SCHEMA_VERSION, ExperimentResult, ResultsError, results_schema
 from abstraction.runtime import collect, intervene
@@ -132,6 +134,7 @@ __all__ = [
     "Patch",
     "PrefixCache",
     "PreparedInterchanges",
+    "PromptTask",
     "ResultsError",
     "RotatedPatch",
     "RowSampler",

@@ -18,7 +18,8 @@ Positions are resolved **per example**, so batches with padding (left or right) 
 prompts of different lengths point at the right token in each row: a non-negative
 int counts real tokens from the start, a negative int counts from the last real
 token (``-1`` is the last), ``"last"`` is the last real token, and any other name is
-a position the task supplies (``"second_name"``). ``position=None`` means every
+a position the task supplies (``"second_name"``, ``"s.last"``), and a name may carry an
+offset in tokens (``"last-1"``, ``"s.last+1"``). ``position=None`` means every
 position (and is the only choice for networks without a sequence dimension).
 
 Locations are validated against a network before any forward pass
@@ -27,6 +28,7 @@ Locations are validated against a network before any forward pass
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +36,14 @@ import torch
 from abstraction.errors import AbstractionError, nearest
 from abstraction.network import FAMILIES, Batch, Network
 
-__all__ = ["Location", "LocationError", "ResolvedLocation", "resolve", "resolve_positions"]
+__all__ = [
+    "Location",
+    "LocationError",
+    "ResolvedLocation",
+    "resolve",
+    "resolve_positions",
+    "split_position",
+]
 
 
 class LocationError(AbstractionError, ValueError):
@@ -260,6 +269,17 @@ def _module_width(network: Network, path: str, hook: str) -> int | None:
     return None
 
 
+_OFFSET = re.compile(r"^(?P<name>.+?)\s*(?P<offset>[+-]\s*\d+)$")
+
+
+def split_position(position: str) -> tuple[str, int]:
+    """``"s.last+1"`` -> ``("s.last", 1)``; a name without an offset -> ``(name, 0)``."""
+    match = _OFFSET.match(position)
+    if match is None:
+        return position, 0
+    return match["name"], int(match["offset"].replace(" ", ""))
+
+
 def resolve_positions(position: int | str | None, batch: Batch, length: int) -> torch.Tensor | None:
     """Absolute indices ``(batch,)`` of ``position`` in each row, or ``None`` for all positions.
 
@@ -282,15 +302,17 @@ def resolve_positions(position: int | str | None, batch: Batch, length: int) -> 
         ends = torch.where(mask, idx, -1).max(dim=1).values
     if isinstance(position, int) and not isinstance(position, bool):
         index = starts + position if position >= 0 else ends + position + 1
-    elif position == "last":
-        index = ends
     elif isinstance(position, str):
-        if position not in batch.positions:
+        name, offset = (position, 0) if position in batch.positions else split_position(position)
+        if name == "last":
+            index = ends + offset
+        elif name in batch.positions:
+            index = batch.positions[name].to("cpu").long() + offset
+        else:
             raise LocationError(
                 f"position {position!r} is not defined by the task; "
-                + nearest(position, ["last", *batch.positions])
+                + nearest(name, ["last", *batch.positions])
             )
-        index = batch.positions[position].to("cpu").long()
     else:
         raise LocationError(f"position must be an int, a name or None, not {position!r}")
     bad = (index < starts) | (index > ends)

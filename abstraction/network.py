@@ -136,11 +136,15 @@ class Batch:
             indices into the (padded) sequence.
         readout: the position whose logits are the prediction, ``(batch,)``; ``None``
             for networks whose output has no position dimension.
+        candidates: the output ids the prediction is read from, ``(classes,)`` for one
+            candidate set or ``(batch, classes)`` for one per example (a language
+            model's answer tokens); ``None`` reads every output.
     """
 
     inputs: dict[str, torch.Tensor]
     positions: dict[str, torch.Tensor] = field(default_factory=dict)
     readout: torch.Tensor | None = None
+    candidates: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
@@ -152,10 +156,14 @@ class Batch:
 
     def select(self, index: torch.Tensor | slice) -> Batch:
         """The sub-batch at ``index`` (a slice or a tensor of row indices)."""
+        candidates = self.candidates
+        if candidates is not None and candidates.dim() == 2:
+            candidates = candidates[index]
         return Batch(
             {k: v[index] for k, v in self.inputs.items()},
             {k: v[index] for k, v in self.positions.items()},
             None if self.readout is None else self.readout[index],
+            candidates,
         )
 
     def to(self, device: torch.device | str) -> Batch:
@@ -164,6 +172,7 @@ class Batch:
             {k: v.to(device) for k, v in self.inputs.items()},
             {k: v.to(device) for k, v in self.positions.items()},
             None if self.readout is None else self.readout.to(device),
+            None if self.candidates is None else self.candidates.to(device),
         )
 
 
@@ -459,7 +468,12 @@ def _call_options(module: nn.Module) -> dict[str, Any]:
 
 
 def readout_logits(output: Any, batch: Batch) -> torch.Tensor:
-    """The prediction logits from a module output (``logits`` field or tensor)."""
+    """The prediction logits ``(batch, classes)`` from a module output (``logits`` or a tensor).
+
+    Sequence outputs are read at ``batch.readout``; when the batch names
+    ``candidates``, only those output ids are kept (in their order), so a language
+    model is scored over its candidate answers, never over the whole vocabulary.
+    """
     logits = getattr(output, "logits", None)
     if logits is None:
         logits = output[0] if isinstance(output, tuple) else output
@@ -470,10 +484,15 @@ def readout_logits(output: Any, batch: Batch) -> torch.Tensor:
         )
     if batch.readout is not None and logits.dim() == 3:
         rows = torch.arange(logits.shape[0], device=logits.device)
-        return logits[rows, batch.readout.to(logits.device)]
-    if logits.dim() == 3 and logits.shape[1] == 1:
-        return logits[:, 0]
-    return logits
+        logits = logits[rows, batch.readout.to(logits.device)]
+    elif logits.dim() == 3 and logits.shape[1] == 1:
+        logits = logits[:, 0]
+    if batch.candidates is None:
+        return logits
+    candidates = batch.candidates.to(logits.device)
+    if candidates.dim() == 1:
+        return logits[:, candidates]
+    return logits.gather(1, candidates)
 
 
 def restore_default_linear_init(module: nn.Module) -> None:

@@ -48,8 +48,14 @@ class Task:
         """A batch from one column per causal-model input."""
         raise NotImplementedError
 
-    def label_ids(self, values: np.ndarray) -> torch.Tensor:
-        """Class ids ``(n,)`` for output values of the causal model."""
+    def label_ids(
+        self, values: np.ndarray, inputs: Mapping[str, np.ndarray] | None = None
+    ) -> torch.Tensor:
+        """Class ids ``(n,)`` for output values of the causal model.
+
+        ``inputs`` (one column per causal-model input) are the prompts the values are
+        answers to; only tasks whose candidate answers differ per example read them.
+        """
         raise NotImplementedError
 
     @property
@@ -78,9 +84,23 @@ class Task:
             )
         return self.encode({v: frame[f"{prefix}{v}"].to_numpy() for v in self.model.inputs})
 
-    def labels(self, frame: pd.DataFrame, column: str = "label") -> torch.Tensor:
-        """Class ids of an output column of ``frame``."""
-        return self.label_ids(frame[column].to_numpy())
+    def labels(
+        self, frame: pd.DataFrame, column: str = "label", prefix: str | None = None
+    ) -> torch.Tensor:
+        """Class ids of an output column of ``frame``.
+
+        The inputs the labels answer are read under ``prefix`` (default ``"base."``
+        when ``frame`` is a counterfactual dataset, else no prefix).
+        """
+        if prefix is None:
+            first = self.model.inputs[0]
+            prefix = "base." if f"base.{first}" in frame and first not in frame else ""
+        inputs = {
+            v: frame[f"{prefix}{v}"].to_numpy()
+            for v in self.model.inputs
+            if f"{prefix}{v}" in frame
+        }
+        return self.label_ids(frame[column].to_numpy(), inputs)
 
 
 def _label_table(values: Sequence[Any], labels: Mapping[Any, int] | None) -> dict[Any, int]:
@@ -175,7 +195,9 @@ class EntityVectorTask(Task):
         except KeyError as exc:
             raise TaskError(f"entity {exc.args[0]!r} has no vector in task {self.name!r}") from None
 
-    def label_ids(self, values: np.ndarray) -> torch.Tensor:
+    def label_ids(
+        self, values: np.ndarray, inputs: Mapping[str, np.ndarray] | None = None
+    ) -> torch.Tensor:
         return _map_labels(self._labels, values, self.name)
 
 
@@ -297,5 +319,7 @@ class TokenTask(Task):
             readout=positions[self.readout].clone(),
         )
 
-    def label_ids(self, values: np.ndarray) -> torch.Tensor:
+    def label_ids(
+        self, values: np.ndarray, inputs: Mapping[str, np.ndarray] | None = None
+    ) -> torch.Tensor:
         return _map_labels(self._labels, values, self.name)

@@ -17,6 +17,7 @@ ORDER = [
     "network",
     "locations",
     "task",
+    "prompts",
     "zoo",
     "interventions",
     "runtime",
