@@ -95,3 +95,38 @@ def small_mlp():  # type: ignore[no-untyped-def]
 
     config = MLPConfig(h_dim=16, n_layer=3, num_classes=2, activation_function="relu", pdrop=0.0)
     return Network.from_config(config, seed=0)
+
+
+TOKENIZER_NAMES = ("Mary", "John", "Anna", "Kasimir", "Bob", "Theodora")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_corpus() -> list[str]:
+    """A small corpus of prompts with names, containers and objects (for test tokenizers)."""
+    import itertools
+
+    lines = []
+    for a, b in itertools.permutations(TOKENIZER_NAMES, 2):
+        lines.append(f"When {a} and {b} went to the store, {a} gave a drink to {b}")
+        lines.append(f"Then {a} and {b} had fun. {b} handed it to {a}")
+    for c, o in itertools.product(("box", "bag", "jar"), ("apple", "key", "coin")):
+        lines.append(f"The {c} contains the {o}. It is yes or no")
+    return lines * 3
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer(tokenizer_corpus):  # type: ignore[no-untyped-def]
+    """A GPT-2-style byte-level BPE trained on ``tokenizer_corpus`` (no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<pad>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tk.train_from_iterator(tokenizer_corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")

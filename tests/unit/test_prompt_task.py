@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
 from abstraction import causal_model
@@ -26,31 +28,7 @@ TEMPLATES = (
 )
 
 
-def _corpus() -> list[str]:
-    lines = []
-    for a, b in itertools.permutations(NAMES, 2):
-        lines.append(f"When {a} and {b} went to the store, {a} gave a drink to {b}")
-        lines.append(f"Then {a} and {b} had fun. {b} handed it to {a}")
-    for c, o in itertools.product(("box", "bag", "jar"), ("apple", "key", "coin")):
-        lines.append(f"The {c} contains the {o}. It is yes or no")
-    return lines * 3
-
-
-def byte_level_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """A GPT-2-style byte-level BPE trained on a small corpus (no download)."""
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tk.train_from_iterator(_corpus(), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
-
-
-def metaspace_tokenizer() -> PreTrainedTokenizerFast:
+def metaspace_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
     """A SentencePiece-style tokenizer (Llama, Gemma): spaces become '▁', a BOS is added."""
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.normalizer = normalizers.NFKC()
@@ -59,9 +37,7 @@ def metaspace_tokenizer() -> PreTrainedTokenizerFast:
     trainer = trainers.BpeTrainer(
         vocab_size=400, special_tokens=["<unk>", "<s>", "<pad>"], limit_alphabet=100
     )
-    tk.train_from_iterator(_corpus(), trainer)
-    from tokenizers.processors import TemplateProcessing
-
+    tk.train_from_iterator(corpus, trainer)
     tk.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", unk_token="<unk>"
@@ -75,9 +51,9 @@ def ioi(a, b, s_first):  # type: ignore[no-untyped-def]
     return io
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> PreTrainedTokenizerFast:
-    return byte_level_tokenizer()
+@pytest.fixture()
+def tokenizer(bpe_tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    return copy.deepcopy(bpe_tokenizer)  # a test may change it (e.g. remove the pad token)
 
 
 def _columns(n: int = 12, seed: int = 0) -> dict[str, np.ndarray]:
@@ -93,8 +69,10 @@ def _token_text(tok: PreTrainedTokenizerFast, batch: Batch, row: int, lo: int, h
 
 @pytest.mark.parametrize("padding", ["left", "right"])
 @pytest.mark.parametrize("kind", ["byte_level", "metaspace"])
-def test_slot_positions_point_at_the_slot_values(kind: str, padding: str) -> None:
-    tok = byte_level_tokenizer() if kind == "byte_level" else metaspace_tokenizer()
+def test_slot_positions_point_at_the_slot_values(
+    kind: str, padding: str, tokenizer: PreTrainedTokenizerFast, tokenizer_corpus: list[str]
+) -> None:
+    tok = tokenizer if kind == "byte_level" else metaspace_tokenizer(tokenizer_corpus)
     task = PromptTask("ioi", ioi, tok, TEMPLATES, candidates=("a", "b"), padding=padding)
     cols = _columns()
     batch = task.encode(cols)
@@ -155,7 +133,7 @@ def holds(c, o):  # type: ignore[no-untyped-def]
 
 
 def test_one_candidate_set_for_every_prompt(tokenizer: PreTrainedTokenizerFast) -> None:
-    tok = byte_level_tokenizer()
+    tok = tokenizer
     task = PromptTask("holds", holds, tok, "The {c} contains the {o}. The {c} contains the")
     assert task.n_classes == 3
     batch = task.encode({"c": np.array(["box", "jar"]), "o": np.array(["key", "coin"])})
@@ -187,8 +165,10 @@ def test_positions_with_offsets_resolve(tokenizer: PreTrainedTokenizerFast) -> N
 # -- bad input -----------------------------------------------------------------------
 
 
-def test_tokenizer_without_pad_token_says_how_to_set_one() -> None:
-    tok = byte_level_tokenizer()
+def test_tokenizer_without_pad_token_says_how_to_set_one(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    tok = tokenizer
     tok.pad_token = None
     with pytest.raises(DeclarationError, match=r"tokenizer.pad_token = tokenizer.eos_token"):
         PromptTask("ioi", ioi, tok, TEMPLATES[0], candidates=("a", "b"))
