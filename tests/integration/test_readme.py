@@ -64,3 +64,10 @@ def test_loops_and_branches_snippet_runs_as_written(tmp_path: Path) -> None:
     assert binding.domain("found") == (True, False)
     assert binding.run({"e0": 2, "e1": 1, "q": 1})["best"] == 1
     assert binding.run({"e0": 2, "e1": 1, "q": 0})["best"] is None
+
+
+def test_own_network_example_runs_as_written(tmp_path: Path) -> None:
+    namespace = runpy.run_path(str(_saved(tmp_path, "own-network")))
+    result = namespace["result"]
+    assert result.config.location.path == "hidden"
+    assert result.behavior.accuracy > 0.95  # the network learned the task
