@@ -24,7 +24,7 @@ from abstraction.alignment.prefix_cache import (
 )
 from abstraction.errors import AbstractionError, UnknownNameError, nearest
 from abstraction.interventions import Intervention, InterventionError
-from abstraction.locations import Location, resolve
+from abstraction.locations import Location, ResolvedLocation, resolve
 from abstraction.network import Batch, Network, readout_logits
 from abstraction.runtime import Applied, collect, hooked, site_edit
 from abstraction.task import Task
@@ -38,13 +38,19 @@ source-free interventions applied to every row (ablations), or ``None`` (no edit
 
 
 class PreparedInterchanges:
-    """A counterfactual dataset prepared for interchange interventions at one location.
+    """A counterfactual dataset prepared for interchange interventions.
+
+    Usually all variables live at one site. With a mapping ``variable -> location``
+    each variable has its own site (IOI's subject at ``s.last`` and indirect object at
+    ``io.last``): each variable's source activations are collected at its site, a row
+    intervening on several variables edits every site with its own source (a joint
+    multi-source interchange), and the prefix cache is cut before the earliest site.
 
     Args:
         network: the network.
         task: encodes the dataset's inputs and labels.
         data: a counterfactual dataset (see :mod:`abstraction.counterfactuals`).
-        location: the intervention site.
+        location: the intervention site, or one site per variable.
         variables: the causal variables whose sources are prepared.
         memory_budget: bytes of cached activations held in RAM before using disk.
         batch_size: rows per forward pass while preparing.
@@ -55,7 +61,7 @@ class PreparedInterchanges:
         network: Network,
         task: Task,
         data: pd.DataFrame,
-        location: Location,
+        location: Location | Mapping[str, Location],
         variables: Sequence[str],
         *,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
@@ -64,9 +70,27 @@ class PreparedInterchanges:
         if len(data) == 0:
             raise AbstractionError("the counterfactual dataset is empty; generate some pairs first")
         self.network = network
-        self.site = resolve(network, location)
         self.rows = len(data)
         self.variables = tuple(variables)
+        if isinstance(location, Mapping):
+            missing = [v for v in self.variables if v not in location]
+            if missing:
+                raise AbstractionError(
+                    f"no location is given for variable(s) {missing}; give every aligned "
+                    "variable a location"
+                )
+            if not self.variables:
+                raise AbstractionError(
+                    "one location per variable needs variables; pass a single Location "
+                    "for source-free interventions"
+                )
+            self.sites = {v: resolve(network, location[v]) for v in self.variables}
+            self.site = self.sites[self.variables[0]]
+        else:
+            self.site = resolve(network, location)
+            self.sites = dict.fromkeys(self.variables, self.site)
+        by_location = {site.location: site for site in (self.site, *self.sites.values())}
+        self._distinct = tuple(by_location.values())
         self.base = task.batch(data, "base.")
         self.labels = task.labels(data, "label")
         self.base_labels = task.labels(data, "base_label")
@@ -80,9 +104,15 @@ class PreparedInterchanges:
                 )
             self.do[v] = torch.tensor(data[f"do.{v}"].to_numpy(dtype=bool))
         self.sources = {
-            v: self._collect(task.batch(data, f"source.{v}."), batch_size) for v in self.variables
+            v: self._collect(task.batch(data, f"source.{v}."), self.sites[v], batch_size)
+            for v in self.variables
         }
-        self.cut = cut_layer(self.site) if network.blocks is not None else None
+        cuts = [cut_layer(site) for site in self._distinct]
+        self.cut = (
+            min(c for c in cuts if c is not None)
+            if network.blocks is not None and None not in cuts
+            else None
+        )
         self.cache = (
             PrefixCache(
                 network, self.base, self.cut, memory_budget=memory_budget, batch_size=batch_size
@@ -91,19 +121,33 @@ class PreparedInterchanges:
             else None
         )
 
-    def _collect(self, batch: Batch, batch_size: int) -> torch.Tensor:
+    def _collect(self, batch: Batch, site: ResolvedLocation, batch_size: int) -> torch.Tensor:
         parts = []
         with torch.no_grad():
             for start in range(0, len(batch), batch_size):
                 chunk = batch.select(slice(start, start + batch_size))
-                parts.append(collect(self.network, chunk, [self.site.location])[0].cpu())
+                parts.append(collect(self.network, chunk, [site.location])[0].cpu())
         return torch.cat(parts)
 
     @property
+    def multi_site(self) -> bool:
+        """Whether the variables live at more than one site."""
+        return len(self._distinct) > 1
+
+    @property
+    def locations(self) -> dict[str, Location]:
+        """Each variable's location."""
+        return {v: site.location for v, site in self.sites.items()}
+
+    def width_of(self, variable: str) -> int:
+        """The width of the activation selected at ``variable``'s site."""
+        return int(self.sources[variable].shape[-1])
+
+    @property
     def width(self) -> int:
-        """The width of the selected activation."""
+        """The width of the selected activation (of the first variable's site)."""
         if self.variables:
-            return int(self.sources[self.variables[0]].shape[-1])
+            return self.width_of(self.variables[0])
         return int(self.site.width or 0)
 
     def applied(self, rows: torch.Tensor | slice, interventions: Interventions) -> list[Applied]:
@@ -116,12 +160,15 @@ class PreparedInterchanges:
             pairs = [(None, iv) for iv in interventions]
         out = []
         for variable, iv in pairs:
-            if iv.location != self.site.location:
+            site = self.sites.get(variable, self.site) if variable is not None else None
+            if site is None:
+                site = next((s for s in self._distinct if s.location == iv.location), self.site)
+            if iv.location != site.location:
                 raise InterventionError(
                     f"{iv!r} is at {iv.location} but these interchanges were prepared at "
-                    f"{self.site.location}; prepare the data at the intervention's location"
+                    f"{site.location}; prepare the data at the intervention's location"
                 )
-            iv.check(self.width)
+            iv.check(self.width_of(variable) if variable in self.sources else self.width)
             if variable is None:
                 if iv.needs_source:
                     raise InterventionError(
@@ -145,17 +192,24 @@ class PreparedInterchanges:
         """Readout logits of base rows ``rows`` with ``interventions`` applied."""
         base = self.base.select(rows)
         applied = self.applied(rows, interventions)
-        edits = [(self.site, site_edit(self.site, base, applied))] if applied else []
+        edits = [
+            (site, site_edit(site, base, here))
+            for site in self._distinct
+            if (here := [a for a in applied if a.intervention.location == site.location])
+        ]
         if self.cache is None:
             batch = base.to(self.network.device)
             with hooked(self.network, edits):
                 return readout_logits(self.network.call(batch.inputs), batch)
         hidden = self.cache.get(rows).to(self.network.device)
-        if self.site.is_block_output:
-            # The cached block output is the site itself: edit it before the suffix runs.
-            for _, edit in edits:
+        hooks = []
+        for site, edit in edits:
+            if site.is_block_output and cut_layer(site) == self.cache.cut:
+                # The cached block output is the site itself: edit it before the suffix runs.
                 hidden = edit(hidden)
-            edits = []
+            else:
+                hooks.append((site, edit))
+        edits = hooks
         return run_suffix(
             self.network, base, self.cache.cut, hidden, edits, tuple_len=self.cache.tuple_len
         )

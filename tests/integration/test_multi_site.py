@@ -1,0 +1,128 @@
+"""Variables at different sites: joint multi-source interchanges through the prefix cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config
+
+from abstraction import (
+    Location,
+    LowRankPatch,
+    Network,
+    PreparedInterchanges,
+    PromptTask,
+    causal_model,
+    counterfactual_dataset,
+    intervene,
+)
+
+NAMES = ("Mary", "John", "Anna", "Kasimir", "Bob", "Theodora")
+
+
+@causal_model(inputs={"a": NAMES, "b": NAMES, "s_first": (True, False)})
+def ioi(a, b, s_first):  # type: ignore[no-untyped-def]
+    s = a if s_first else b
+    other = s != a  # is the indirect object the first name?
+    io = a if other else b
+    return io
+
+
+def distinct_names(rng: np.random.Generator, n: int) -> dict[str, Any]:
+    pairs = np.array([(x, y) for x in NAMES for y in NAMES if x != y])
+    chosen = pairs[rng.integers(len(pairs), size=n)]
+    return {"a": chosen[:, 0], "b": chosen[:, 1], "s_first": rng.random(n) < 0.5}
+
+
+SITES = {
+    "hooked after the cut": {
+        "s": Location(layer=2, position="s.last"),
+        "other": Location(layer=1, component="mlp_output", position="b.last"),
+    },
+    "one site at the cut": {
+        "s": Location(layer=0, position="s.last"),
+        "other": Location(layer=1, component="head", head=2, position="last"),
+    },
+}
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("sites", list(SITES.values()), ids=list(SITES))
+def test_joint_interchange_at_two_sites_equals_a_full_forward(
+    sites: dict[str, Location], padding: str, bpe_tokenizer: Any
+) -> None:
+    config = GPT2Config(
+        n_layer=3,
+        n_embd=32,
+        n_head=4,
+        n_positions=64,
+        vocab_size=len(bpe_tokenizer),
+        pad_token_id=bpe_tokenizer.pad_token_id,
+    )
+    network = Network.from_config(config, seed=0)
+    task = PromptTask(
+        "ioi",
+        ioi,
+        bpe_tokenizer,
+        [
+            "When {a} and {b} went to the store, {s} gave a drink to",
+            "Then {a} and {b} had fun. {s} handed it to",
+        ],
+        candidates=("a", "b"),
+        padding=padding,
+    )
+    data = counterfactual_dataset(
+        ioi,
+        120,
+        [["s"], ["other"], ["s", "other"]],
+        sampler=distinct_names,
+        source_sampler=distinct_names,
+        seed=0,
+    )
+    prepared = PreparedInterchanges(network, task, data, sites, ["s", "other"])
+    assert prepared.multi_site and prepared.cache is not None
+    generator = torch.Generator().manual_seed(0)
+    patches = {
+        v: LowRankPatch(
+            loc, torch.linalg.qr(torch.randn(prepared.width_of(v), 2, generator=generator))[0]
+        )
+        for v, loc in sites.items()
+    }
+    cached = prepared.logits(slice(None), patches)
+
+    base = task.batch(data, "base.")
+    for group in (["s"], ["other"], ["s", "other"]):
+        rows = np.ones(len(data), dtype=bool)
+        for v in ("s", "other"):
+            rows &= data[f"do.{v}"].to_numpy(dtype=bool) == (v in group)
+        index = torch.from_numpy(np.nonzero(rows)[0])
+        assert len(index) > 0
+        subset = data.iloc[index.numpy()]
+        reference = intervene(
+            network,
+            base.select(index),
+            [patches[v] for v in group],
+            [task.batch(subset, f"source.{v}.") for v in group],
+        )
+        torch.testing.assert_close(cached[index], reference, rtol=1e-5, atol=1e-5)
+    prepared.close()
+
+
+def test_a_mapping_must_cover_every_variable(bpe_tokenizer: Any) -> None:
+    from abstraction.errors import AbstractionError
+
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(bpe_tokenizer))
+    network = Network.from_config(config)
+    task = PromptTask(
+        "ioi",
+        ioi,
+        bpe_tokenizer,
+        "Then {a} and {b} had fun. {s} handed it to",
+        candidates=("a", "b"),
+    )
+    data = counterfactual_dataset(ioi, 10, [["s"]], sampler=distinct_names, seed=0)
+    with pytest.raises(AbstractionError, match=r"no location is given for variable\(s\) \['s'\]"):
+        PreparedInterchanges(network, task, data, {"other": Location(layer=0)}, ["s"])
