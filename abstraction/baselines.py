@@ -25,11 +25,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from abstraction.alignment.das import TrainingConfig, evaluate, fit
+from abstraction.alignment.das import TrainingConfig, evaluate, fit_sites
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment
 from abstraction.counterfactuals import control_model, relabel
-from abstraction.interventions import MeanAblation, Patch, random_subspace_patches
+from abstraction.interventions import Intervention, MeanAblation, Patch, random_subspace_patches
 from abstraction.network import Network, restore_default_linear_init
 from abstraction.task import Task
 
@@ -89,7 +89,7 @@ def random_weights(network: Network, seed: int) -> Network:
 def run_baselines(
     network: Network,
     task: Task,
-    alignment: Alignment,
+    alignment: Alignment | Sequence[Alignment],
     train: pd.DataFrame,
     validation: pd.DataFrame,
     test: pd.DataFrame,
@@ -102,15 +102,18 @@ def run_baselines(
 ) -> list[BaselineResult]:
     """Run the requested baselines for ``alignment`` (trained on ``train``).
 
-    ``prepared_test`` holds the test pairs prepared at the alignment's location; every
+    ``alignment`` may be one alignment per site (variables at several sites); each
+    null is then built at every site at once. ``prepared_test`` holds the test pairs
+    prepared at the alignments' locations; every
     baseline is a set of :class:`~abstraction.interventions.Intervention` objects
     applied to it (or DAS retrained under a null), through the same runtime as the
     hypothesis.
     """
     config = config or TrainingConfig()
-    variables = list(alignment.variables)
-    location = alignment.location
-    method = alignment.method if alignment.method != "patch" else "das"
+    alignments = [alignment] if isinstance(alignment, Alignment) else list(alignment)
+    variables = [v for a in alignments for v in a.variables]
+    method = alignments[0].method if alignments[0].method != "patch" else "das"
+    has_basis = all(a.basis is not None for a in alignments)
     results: list[BaselineResult] = []
 
     def note(message: str) -> None:
@@ -118,21 +121,22 @@ def run_baselines(
             progress(message)
 
     for name in which:
-        if name == "random_subspace" and alignment.basis is not None:
+        if name == "random_subspace" and has_basis:
             note("random subspaces")
             generator = torch.Generator().manual_seed(12345)
             rows = []
             for _ in range(seeds):
-                null = random_subspace_patches(
-                    location, alignment.subspaces, prepared_test.width, generator
-                )
+                null: dict[str, Intervention] = {}
+                for a in alignments:
+                    width = prepared_test.width_of(a.variables[0])
+                    null.update(random_subspace_patches(a.location, a.subspaces, width, generator))
                 rows.append(prepared_test.correct(null))
             results.append(BaselineResult(name, None, torch.stack(rows)))
         elif name == "untrained":
             note("DAS on a randomly initialised network")
             fresh = random_weights(network, seed=1)
             correct, accuracy = _retrained(
-                fresh, task, (train, validation, test), alignment, method, config
+                fresh, task, (train, validation, test), alignments, method, config
             )
             results.append(
                 BaselineResult(name, None, correct.unsqueeze(0), {"task_accuracy": accuracy})
@@ -147,16 +151,19 @@ def run_baselines(
                     relabel(test, control),
                 )
                 correct, _ = _retrained(
-                    network, task.with_model(control), splits, alignment, method, config
+                    network, task.with_model(control), splits, alignments, method, config
                 )
                 results.append(BaselineResult(name, v, correct.unsqueeze(0)))
         elif name == "patch":
             note("full-component patching")
-            correct = prepared_test.correct({v: Patch(location) for v in variables})
+            correct = prepared_test.correct(
+                {v: Patch(a.location) for a in alignments for v in a.variables}
+            )
             results.append(BaselineResult(name, None, correct.unsqueeze(0)))
-        elif name == "mean_ablation" and alignment.basis is not None:
+        elif name == "mean_ablation" and has_basis:
             note("mean ablation")
-            results.extend(_mean_ablation(prepared_test, alignment))
+            for a in alignments:
+                results.extend(_mean_ablation(prepared_test, a))
     return results
 
 
@@ -164,19 +171,20 @@ def _retrained(
     network: Network,
     task: Task,
     splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
-    alignment: Alignment,
+    alignments: Sequence[Alignment],
     method: str,
     config: TrainingConfig,
 ) -> tuple[torch.Tensor, float]:
-    """DAS retrained under a null (other weights or labels) with the alignment's ranks.
+    """DAS retrained under a null (other weights or labels) with the alignments' ranks.
 
     Returns per-pair correctness on the test split and the network's task accuracy there.
     """
-    variables, location = list(alignment.variables), alignment.location
-    ranks = {v: b - a for v, (a, b) in alignment.subspaces.items()}
-    prepared = [PreparedInterchanges(network, task, d, location, variables) for d in splits]
+    variables = [v for a in alignments for v in a.variables]
+    locations = {v: a.location for a in alignments for v in a.variables}
+    ranks = {v: b - a for al in alignments for v, (a, b) in al.subspaces.items()}
+    prepared = [PreparedInterchanges(network, task, d, locations, variables) for d in splits]
     try:
-        trained = fit(
+        trained = fit_sites(
             prepared[0], prepared[1], task, variables, method=method, rank=ranks, config=config
         )
         correct = evaluate(trained, prepared[2])

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from abstraction.alignment.das import TrainingConfig, fit
+from abstraction.alignment.das import TrainingConfig, fit_sites
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import library_versions
 from abstraction.alignment.sweep import sweep
@@ -87,7 +87,9 @@ class Experiment:
         network: a zoo name, a local ``save_pretrained`` directory, a
             :class:`Network`, or a function returning one.
         variables: the causal variables to align.
-        location: where to look (give this or ``search``).
+        location: where to look (give this or ``search``): one location, or one per
+            variable (e.g. IOI's subject at ``s.last`` and another variable at
+            ``last``), trained together with joint multi-source interchanges.
         search: a sweep over locations, chosen on validation.
         method: ``"das"``, ``"low_rank"``, ``"boundless"`` or ``"patch"``.
         rank: dimensions per variable (when ``subspaces`` is not given).
@@ -114,7 +116,7 @@ class Experiment:
     task: Task
     network: str | Path | Network | Callable[[], Network]
     variables: Sequence[str]
-    location: Location | None = None
+    location: Location | Mapping[str, Location] | None = None
     search: Search | None = None
     method: str = "das"
     rank: int | Mapping[str, int] | None = None
@@ -142,6 +144,21 @@ class Experiment:
             )
         for v in self.variables:
             self.model._check_variable(v, role="aligned")
+        if isinstance(self.location, Mapping):
+            missing = [v for v in self.variables if v not in self.location]
+            extra = [v for v in self.location if v not in self.variables]
+            if missing or extra:
+                raise DeclarationError(
+                    f"experiment {self.name!r} gives locations for {sorted(self.location)} but "
+                    f"aligns {list(self.variables)}",
+                    "give location={variable: Location(...)} with exactly one entry per "
+                    "aligned variable",
+                )
+            if self.method == "boundless" and len(set(self.location.values())) > 1:
+                raise DeclarationError(
+                    "boundless DAS aligns one variable at one site",
+                    "use method='das' for variables at several sites",
+                )
         if self.task.model is not self.model:
             self.task = self.task.with_model(self.model)
         self.shifts = {
@@ -221,8 +238,9 @@ def run(
             [[v] for v in exp.variables] + ([list(exp.variables)] if len(exp.variables) > 1 else [])
         )
     )
-    if exp.location is not None:
-        resolve(network, exp.location)  # bad locations fail before any data is made
+    if exp.location is not None:  # bad locations fail before any data is made
+        for where in _locations(exp.location):
+            resolve(network, where)
     start = phase(f"generating {exp.pairs:,} counterfactual pairs")
     data = counterfactual_dataset(
         exp.model,
@@ -280,7 +298,7 @@ def run(
     )
     timings["verify"] = time.perf_counter() - start
     if alignment_path is not None:
-        verification.alignment.save(alignment_path)
+        _save_alignments(verification, Path(alignment_path))
 
     shifts: dict[str, ShiftRecord] = {}
     for name, shifted_task in exp.shifts.items():
@@ -335,6 +353,11 @@ def run(
             method=exp.method,
             variables=list(exp.variables),
             location=LocationRecord.of(verification.alignment.location),
+            locations=(
+                {v: LocationRecord.of(loc) for v, loc in verification.locations.items()}
+                if verification.multi_site
+                else None
+            ),
             pairs=PairCounts(train=len(train), validation=len(validation), test=len(test)),
             training=training.to_dict(),
             baselines=list(exp.baselines),
@@ -350,15 +373,28 @@ def run(
     )
 
 
+def _locations(location: Location | Mapping[str, Location]) -> list[Location]:
+    return list(location.values()) if isinstance(location, Mapping) else [location]
+
+
+def _save_alignments(verification: Verification, path: Path) -> None:
+    """One alignment: ``path``; one per site: ``path-site0``, ``path-site1``, ..."""
+    if not verification.multi_site:
+        verification.alignment.save(path)
+        return
+    for i, alignment in enumerate(verification.alignments):
+        alignment.save(path.with_name(f"{path.name}-site{i}"))
+
+
 def _shifted(
     network: Network, task: Task, test: Any, verification: Verification, variables: list[str]
 ) -> ShiftRecord:
     """IIA and task agreement of the verified alignment on a shifted encoding of the test pairs."""
     from abstraction.alignment.das import evaluate
 
-    engine = PreparedInterchanges(network, task, test, verification.alignment.location, variables)
+    engine = PreparedInterchanges(network, task, test, verification.locations, variables)
     try:
-        correct = evaluate(verification.alignment, engine).numpy()
+        correct = evaluate(verification.alignments, engine).numpy()
         solved = (engine.predict(None) == engine.base_labels).numpy()
     finally:
         engine.close()
@@ -379,12 +415,13 @@ def _seed_variability(
     train: Any,
     validation: Any,
     test: Any,
-    location: Location,
+    location: Location | Mapping[str, Location],
     rank: Any,
     training: TrainingConfig,
     verification: Verification,
 ) -> SeedSummary:
     variables = list(exp.variables)
+    location = verification.locations
     engine = PreparedInterchanges(network, exp.task, train, location, variables)
     val_engine = PreparedInterchanges(network, exp.task, validation, location, variables)
     test_engine = PreparedInterchanges(network, exp.task, test, location, variables)
@@ -393,7 +430,7 @@ def _seed_variability(
         from abstraction.alignment.das import evaluate
 
         for extra in range(1, exp.seeds):
-            alignment = fit(
+            alignment = fit_sites(
                 engine,
                 val_engine,
                 exp.task,

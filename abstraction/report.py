@@ -255,11 +255,24 @@ def _fmt(value: Any) -> str:
 
 def _where(location: Mapping[str, Any]) -> str:
     if location.get("path"):
-        return str(location["path"])
-    where = f"layer {location['layer']} {location['component']}"
+        where = f"{location['path']} ({location.get('hook', 'output')})"
+    else:
+        where = f"layer {location['layer']} {location['component']}"
+        if location.get("head") is not None:
+            where += f" {location['head']}"
+    if location.get("dims") is not None:
+        start, stop = location["dims"]
+        where += f" [{start}:{stop}]"
     if location.get("position") is not None:
         where += f" @ {location['position']}"
     return where
+
+
+def _locations(document: Mapping[str, Any]) -> str:
+    per_variable = document["config"].get("locations")
+    if per_variable:
+        return "; ".join(f"{v} at {_where(loc)}" for v, loc in per_variable.items())
+    return _where(document["alignment"]["location"])
 
 
 def render(results: ExperimentResult, figures: Mapping[str, Path]) -> tuple[str, str]:
@@ -278,7 +291,7 @@ def render(results: ExperimentResult, figures: Mapping[str, Path]) -> tuple[str,
         "r": document,
         "baseline_names": baseline_names,
         "fmt": _fmt,
-        "location": _where(document["alignment"]["location"]),
+        "location": _locations(document),
         "equations": "\n".join(results.causal_model.equations.values()),
         "images": {k: base64.b64encode(p.read_bytes()).decode() for k, p in figures.items()},
         "colour": VERDICT_COLOURS.get(results.verdict, "#333"),

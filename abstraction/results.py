@@ -444,6 +444,11 @@ class ConfigRecord(_Record):
     method: str
     variables: list[str]
     location: LocationRecord
+    locations: dict[str, LocationRecord] | None = Field(
+        default=None, exclude_if=lambda value: value is None
+    )
+    """Each variable's location, when the variables live at different sites (absent
+    when they share one)."""
     pairs: PairCounts
     training: dict[str, JsonValue]
     """The alignment's training configuration."""

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from abstraction.alignment.das import TrainingConfig, align, evaluate
+from abstraction.alignment.das import TrainingConfig, align, evaluate, fit_sites
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment
 from abstraction.baselines import BASELINES, BaselineResult, run_baselines
@@ -141,7 +141,7 @@ class Verification:
         accuracy: how often the network's own output agrees with the causal model's
             (one value per base input).
         counterexamples: the largest groups of failing pairs.
-        alignment: the verified alignment.
+        alignment: the verified alignment (the first site's, with one site per variable).
         baselines: every baseline's per-pair correctness.
         thresholds: what ``faithful`` required.
         correct: per-pair correctness of the alignment on ``test``.
@@ -159,6 +159,21 @@ class Verification:
     thresholds: Thresholds
     correct: torch.Tensor = field(repr=False)
     test: pd.DataFrame = field(repr=False)
+    alignments: tuple[Alignment, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.alignments:
+            self.alignments = (self.alignment,)
+
+    @property
+    def locations(self) -> dict[str, Location]:
+        """Each verified variable's location."""
+        return {v: a.location for a in self.alignments for v in a.variables}
+
+    @property
+    def multi_site(self) -> bool:
+        """Whether the variables were aligned at more than one site."""
+        return len(self.alignments) > 1
 
 
 def _rows_for(test: pd.DataFrame, variable: str) -> np.ndarray:
@@ -212,13 +227,13 @@ def verify(
     train: pd.DataFrame,
     validation: pd.DataFrame,
     test: pd.DataFrame,
-    location: Location,
+    location: Location | Mapping[str, Location],
     variables: Sequence[str],
     *,
     method: str = "das",
     rank: int | Mapping[str, int] | None = None,
     subspaces: Mapping[str, tuple[int, int]] | None = None,
-    alignment: Alignment | None = None,
+    alignment: Alignment | Sequence[Alignment] | None = None,
     config: TrainingConfig | None = None,
     thresholds: Thresholds | None = None,
     baselines: Sequence[str] = BASELINES,
@@ -235,12 +250,15 @@ def verify(
         validation: pairs for early stopping.
         test: held-out pairs; every reported number comes from these.
         location: where the variables are looked for (chosen on validation, e.g. by
-            a sweep, never on test).
+            a sweep, never on test), or one location per variable: variables at
+            different sites are trained together (:func:`fit_sites`) and every
+            multi-variable interchange edits each site with its own source.
         variables: the causal variables to verify.
         method: the alignment method.
         rank: dimensions per variable.
         subspaces: explicit column ranges per variable.
-        alignment: an existing alignment to verify instead of training one.
+        alignment: an existing alignment (or one per site) to verify instead of
+            training one.
         config: training configuration (shared by the trained baselines).
         thresholds: what ``faithful`` requires.
         baselines: which baselines to run (see :data:`abstraction.baselines.BASELINES`).
@@ -257,27 +275,47 @@ def verify(
 
     if alignment is None:
         note("aligning")
-        alignment = align(
-            network,
-            task,
-            train,
-            location,
-            variables,
-            method=method,
-            rank=rank,
-            subspaces=subspaces,
-            validation=validation,
-            config=config,
+        alignments = (
+            _align_sites(
+                network,
+                task,
+                train,
+                validation,
+                location,
+                variables,
+                method,
+                rank,
+                subspaces,
+                config,
+            )
+            if isinstance(location, Mapping)
+            else [
+                align(
+                    network,
+                    task,
+                    train,
+                    location,
+                    variables,
+                    method=method,
+                    rank=rank,
+                    subspaces=subspaces,
+                    validation=validation,
+                    config=config,
+                )
+            ]
         )
+    else:
+        alignments = [alignment] if isinstance(alignment, Alignment) else list(alignment)
+    sites = {v: a.location for a in alignments for v in a.variables}
     note("scoring on test pairs")
-    engine = PreparedInterchanges(network, task, test, alignment.location, list(variables))
+    engine = PreparedInterchanges(network, task, test, sites, list(variables))
     try:
-        correct = evaluate(alignment, engine)
+        correct = evaluate(alignments, engine)
         predictions = engine.predict(None)
         results = run_baselines(
             network,
             task,
-            alignment,
+            alignments,
             train,
             validation,
             test,
@@ -428,12 +466,43 @@ def verify(
         overall=overall,
         accuracy=accuracy,
         counterexamples=_counterexamples(test, correct_np, variables, counterexamples),
-        alignment=alignment,
+        alignment=alignments[0],
         baselines=results,
         thresholds=thresholds,
         correct=correct,
         test=test,
+        alignments=tuple(alignments),
     )
+
+
+def _align_sites(
+    network: Network,
+    task: Task,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    locations: Mapping[str, Location],
+    variables: Sequence[str],
+    method: str,
+    rank: int | Mapping[str, int] | None,
+    subspaces: Mapping[str, tuple[int, int]] | None,
+    config: TrainingConfig,
+) -> list[Alignment]:
+    prepared = PreparedInterchanges(network, task, train, locations, variables)
+    prepared_validation = PreparedInterchanges(network, task, validation, locations, variables)
+    try:
+        return fit_sites(
+            prepared,
+            prepared_validation,
+            task,
+            variables,
+            method=method,
+            rank=rank,
+            subspaces=subspaces,
+            config=config,
+        )
+    finally:
+        prepared.close()
+        prepared_validation.close()
 
 
 def compare(a: Verification, b: Verification) -> Comparison:

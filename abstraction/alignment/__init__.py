@@ -7,7 +7,7 @@ dataset made ready at one site), :mod:`~abstraction.alignment.das` (training),
 loaded) and :mod:`~abstraction.alignment.sweep` (many sites, chosen on validation).
 """
 
-from abstraction.alignment.das import METHODS, TrainingConfig, align, evaluate, fit
+from abstraction.alignment.das import METHODS, TrainingConfig, align, evaluate, fit, fit_sites
 from abstraction.alignment.prefix_cache import PrefixCache
 from abstraction.alignment.prepared import Interventions, PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError, library_versions
@@ -23,5 +23,6 @@ __all__ = [
     "align",
     "evaluate",
     "fit",
+    "fit_sites",
     "library_versions",
 ]

@@ -31,7 +31,7 @@ from abstraction.locations import Location
 from abstraction.network import Network
 from abstraction.task import Task
 
-__all__ = ["METHODS", "TrainingConfig", "align", "evaluate", "fit"]
+__all__ = ["METHODS", "TrainingConfig", "align", "evaluate", "fit", "fit_sites"]
 
 METHODS = ("das", "low_rank", "boundless", "patch")
 
@@ -157,9 +157,15 @@ def _check_data(data: pd.DataFrame, name: str) -> None:
         )
 
 
-def evaluate(alignment: Alignment, prepared: PreparedInterchanges) -> torch.Tensor:
-    """Per-pair correctness (counterfactual label predicted) of ``alignment`` on ``prepared``."""
-    return prepared.correct(alignment.interventions())
+def evaluate(
+    alignment: Alignment | Sequence[Alignment], prepared: PreparedInterchanges
+) -> torch.Tensor:
+    """Per-pair correctness (counterfactual label predicted) of ``alignment`` on ``prepared``.
+
+    A sequence of alignments (one per site, from :func:`fit_sites`) is applied together.
+    """
+    parts = [alignment] if isinstance(alignment, Alignment) else list(alignment)
+    return prepared.correct({v: iv for a in parts for v, iv in a.interventions().items()})
 
 
 def align(
@@ -254,33 +260,83 @@ def fit(
     (DAS, low-rank DAS) or :class:`~abstraction.interventions.BoundlessPatch` objects
     built from the trainable weights, through the same runtime as evaluation.
     """
-    config = config or TrainingConfig()
-    width = prepared.width
-    network = prepared.network
-    location = prepared.site.location
-    network_hash, model_hash = network.hash, task.model.source_hash
-    if method == "patch":
-        alignment = Alignment(
-            "patch",
-            location,
-            None,
-            {v: (0, width) for v in variables},
-            network_hash,
-            model_hash,
-            config={"method": "patch"},
+    if prepared.multi_site:
+        raise AlignmentError(
+            "these interchanges were prepared with one site per variable; train them with "
+            "fit_sites, which returns one alignment per site"
         )
-        return _with_curve(alignment, prepared, validation, progress)
+    return fit_sites(
+        prepared,
+        validation,
+        task,
+        variables,
+        method=method,
+        rank=rank,
+        subspaces=subspaces,
+        config=config,
+        progress=progress,
+    )[0]
+
+
+def fit_sites(
+    prepared: PreparedInterchanges,
+    validation: PreparedInterchanges | None,
+    task: Task,
+    variables: Sequence[str],
+    *,
+    method: str = "das",
+    rank: int | Mapping[str, int] | None = None,
+    subspaces: Mapping[str, tuple[int, int]] | None = None,
+    config: TrainingConfig | None = None,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> list[Alignment]:
+    """Train variables that live at several sites together: one alignment per site.
+
+    Each site gets its own rotation (its variables in disjoint blocks of it); all are
+    trained at once on the dataset's single- and multi-variable interchanges, so a
+    row intervening on variables at two sites edits both with their own sources, and
+    early stopping keeps the epoch whose joint validation IIA is best. With one site
+    this is :func:`fit`.
+    """
+    config = config or TrainingConfig()
+    network = prepared.network
+    network_hash, model_hash = network.hash, task.model.source_hash
+    groups: dict[Location, list[str]] = {}
+    for v in variables:
+        groups.setdefault(prepared.sites[v].location, []).append(v)
+    if method == "patch":
+        alignments = [
+            Alignment(
+                "patch",
+                location,
+                None,
+                {v: (0, prepared.width_of(v)) for v in members},
+                network_hash,
+                model_hash,
+                config={"method": "patch"},
+            )
+            for location, members in groups.items()
+        ]
+        return _with_curve(alignments, prepared, validation, progress)
     if method == "boundless" and len(variables) != 1:
         raise AlignmentError(
             "boundless DAS learns one subspace size, so it aligns one variable at a time; "
             "call align once per variable, or use method='das'"
         )
-    spans = _subspaces(method, variables, width, rank, subspaces)
     generator = torch.Generator().manual_seed(config.seed)
-    k = width if method in ("das", "boundless") else max(stop for _, stop in spans.values())
-    rotation = _Rotation(width, k, generator).to(network.device)
+    spans: dict[Location, dict[str, tuple[int, int]]] = {}
+    rotations: dict[Location, _Rotation] = {}
+    for location, members in groups.items():
+        width = prepared.width_of(members[0])
+        spans[location] = _subspaces(method, members, width, rank, subspaces)
+        k = (
+            width
+            if method in ("das", "boundless")
+            else max(stop for _, stop in spans[location].values())
+        )
+        rotations[location] = _Rotation(width, k, generator).to(network.device)
     boundary = nn.Parameter(torch.tensor(0.5, device=network.device))
-    params: list[nn.Parameter] = [*rotation.parameters()]
+    params: list[nn.Parameter] = [p for r in rotations.values() for p in r.parameters()]
     if method == "boundless":
         params.append(boundary)
     optimizer = torch.optim.Adam(params, lr=config.lr)
@@ -288,15 +344,30 @@ def fit(
     total = max(1, config.epochs * steps_per_epoch)
     temperatures = torch.linspace(config.temperature[0], config.temperature[1], total)
     curve: list[dict[str, float]] = []
-    best: tuple[float, torch.Tensor, float] | None = None
+    best: tuple[float, dict[Location, torch.Tensor], float] | None = None
     stale, step = 0, 0
     start_time = time.perf_counter()
 
-    def interventions_now(weight: torch.Tensor, temperature: float) -> dict[str, Intervention]:
+    def interventions_now(
+        weights: Mapping[Location, torch.Tensor], temperature: float
+    ) -> dict[str, Intervention]:
         if method == "boundless":
+            ((location, weight),) = weights.items()
             t = torch.tensor(temperature, device=weight.device)
             return {variables[0]: BoundlessPatch(location, weight, boundary, t)}
-        return {v: LowRankPatch(location, weight[:, a:b]) for v, (a, b) in spans.items()}
+        return {
+            v: LowRankPatch(location, weights[location][:, a:b])
+            for location, members in spans.items()
+            for v, (a, b) in members.items()
+        }
+
+    def hard_bases(weights: Mapping[Location, torch.Tensor]) -> dict[str, Intervention]:
+        out: dict[str, Intervention] = {}
+        for location, weight in weights.items():
+            width = weight.shape[0]
+            final = _final_bases(method, weight, spans[location], boundary, width, variables)
+            out.update({v: LowRankPatch(location, basis) for v, basis in final.items()})
+        return out
 
     # Rows are shuffled once into a contiguous copy; each epoch then visits its batches
     # in a new random order. Re-copying the data every epoch cost more than training.
@@ -307,7 +378,8 @@ def fit(
         for s in starts[torch.randperm(len(starts), generator=generator)].tolist():
             rows = slice(s, s + config.batch_size)
             temperature = float(temperatures[min(step, total - 1)])
-            logits = shuffled.logits(rows, interventions_now(rotation.weight, temperature))
+            weights = {location: r.weight for location, r in rotations.items()}
+            logits = shuffled.logits(rows, interventions_now(weights, temperature))
             loss = nn.functional.cross_entropy(logits, shuffled.labels[rows].to(logits.device))
             if method == "boundless":
                 loss = loss + config.boundary_coef * torch.clamp(boundary, 1e-3, 1.0)
@@ -322,11 +394,9 @@ def fit(
             losses.append(float(loss.detach()))
             step += 1
         with torch.no_grad():
-            snapshot = rotation.weight.detach().clone()
-            final = _final_bases(method, snapshot, spans, boundary, width, variables)
+            snapshot = {loc: r.weight.detach().clone() for loc, r in rotations.items()}
             scored = validation if validation is not None else prepared
-            hard = {v: LowRankPatch(location, basis) for v, basis in final.items()}
-            val_iia = float(scored.correct(hard).float().mean())
+            val_iia = float(scored.correct(hard_bases(snapshot)).float().mean())
         entry = {
             "epoch": float(epoch + 1),
             "step": float(step),
@@ -346,36 +416,44 @@ def fit(
             if stale >= config.patience:
                 break
     assert best is not None
-    _, best_weight, boundary_value = best
+    _, best_weights, boundary_value = best
     with torch.no_grad():
         boundary.fill_(boundary_value)
-    result_spans = dict(spans)
-    stored = best_weight.cpu()
-    boundaries: dict[str, float] = {}
-    if method == "boundless":
-        mask = boundary_mask(width, boundary.detach().cpu(), torch.tensor(config.temperature[1]))
-        keep = (mask > 0.5).nonzero().flatten()
-        if len(keep) == 0:
-            keep = torch.tensor([0])
-        stored = stored[:, keep]
-        result_spans = {variables[0]: (0, len(keep))}
-        boundaries = {variables[0]: float(torch.clamp(boundary.detach(), 1e-3, 1.0))}
-    return Alignment(
-        method=method,
-        location=location,
-        network_hash=network_hash,
-        model_hash=model_hash,
-        basis=stored,
-        subspaces=result_spans,
-        boundary=boundaries,
-        temperature=config.temperature[1] if method == "boundless" else None,
-        curve=curve,
-        config={
-            "method": method,
-            "rank": rank if isinstance(rank, (int, type(None))) else dict(rank),
-            **config.to_dict(),
-        },
-    )
+    alignments = []
+    for location, site_spans in spans.items():
+        result_spans = dict(site_spans)
+        stored = best_weights[location].cpu()
+        width = stored.shape[0]
+        boundaries: dict[str, float] = {}
+        if method == "boundless":
+            mask = boundary_mask(
+                width, boundary.detach().cpu(), torch.tensor(config.temperature[1])
+            )
+            keep = (mask > 0.5).nonzero().flatten()
+            if len(keep) == 0:
+                keep = torch.tensor([0])
+            stored = stored[:, keep]
+            result_spans = {variables[0]: (0, len(keep))}
+            boundaries = {variables[0]: float(torch.clamp(boundary.detach(), 1e-3, 1.0))}
+        alignments.append(
+            Alignment(
+                method=method,
+                location=location,
+                network_hash=network_hash,
+                model_hash=model_hash,
+                basis=stored,
+                subspaces=result_spans,
+                boundary=boundaries,
+                temperature=config.temperature[1] if method == "boundless" else None,
+                curve=list(curve),
+                config={
+                    "method": method,
+                    "rank": rank if isinstance(rank, (int, type(None))) else dict(rank),
+                    **config.to_dict(),
+                },
+            )
+        )
+    return alignments
 
 
 def _final_bases(
@@ -395,13 +473,13 @@ def _final_bases(
 
 
 def _with_curve(
-    alignment: Alignment,
+    alignments: list[Alignment],
     prepared: PreparedInterchanges,
     validation: PreparedInterchanges | None,
     progress: Callable[[dict[str, float]], None] | None,
-) -> Alignment:
+) -> list[Alignment]:
     scored = validation if validation is not None else prepared
-    iia = float(evaluate(alignment, scored).float().mean())
+    iia = float(evaluate(alignments, scored).float().mean())
     entry = {
         "epoch": 0.0,
         "step": 0.0,
@@ -411,5 +489,6 @@ def _with_curve(
     }
     if progress is not None:
         progress(entry)
-    alignment.curve.append(entry)
-    return alignment
+    for alignment in alignments:
+        alignment.curve.append(entry)
+    return alignments

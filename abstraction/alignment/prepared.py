@@ -143,6 +143,12 @@ class PreparedInterchanges:
         """The width of the activation selected at ``variable``'s site."""
         return int(self.sources[variable].shape[-1])
 
+    def _site_width(self, site: ResolvedLocation) -> int:
+        for v in self.variables:
+            if self.sites[v].location == site.location:
+                return self.width_of(v)
+        return int(site.width or 0)
+
     @property
     def width(self) -> int:
         """The width of the selected activation (of the first variable's site)."""
@@ -168,7 +174,7 @@ class PreparedInterchanges:
                     f"{iv!r} is at {iv.location} but these interchanges were prepared at "
                     f"{site.location}; prepare the data at the intervention's location"
                 )
-            iv.check(self.width_of(variable) if variable in self.sources else self.width)
+            iv.check(self._site_width(site))
             if variable is None:
                 if iv.needs_source:
                     raise InterventionError(

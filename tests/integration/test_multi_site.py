@@ -126,3 +126,73 @@ def test_a_mapping_must_cover_every_variable(bpe_tokenizer: Any) -> None:
     data = counterfactual_dataset(ioi, 10, [["s"]], sampler=distinct_names, seed=0)
     with pytest.raises(AbstractionError, match=r"no location is given for variable\(s\) \['s'\]"):
         PreparedInterchanges(network, task, data, {"other": Location(layer=0)}, ["s"])
+
+
+def test_experiment_with_one_location_per_variable(bpe_tokenizer: Any, tmp_path: Any) -> None:
+    from abstraction import Experiment, TrainingConfig, report, results_schema, run
+
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        n_positions=64,
+        vocab_size=len(bpe_tokenizer),
+        pad_token_id=bpe_tokenizer.pad_token_id,
+    )
+    network = Network.from_config(config, seed=0)
+    task = PromptTask(
+        "ioi",
+        ioi,
+        bpe_tokenizer,
+        "Then {a} and {b} had fun. {s} handed it to",
+        candidates=("a", "b"),
+    )
+    sites = {
+        "s": Location(layer=1, position="s.last"),
+        "other": Location(layer=0, component="head", head=1, position="last"),
+    }
+    experiment = Experiment(
+        name="ioi_two_sites",
+        model=ioi,
+        task=task,
+        network=network,
+        variables=["s", "other"],
+        location=sites,
+        pairs=600,
+        sampler=distinct_names,
+        source_sampler=distinct_names,
+        training=TrainingConfig(epochs=1),
+        baselines=("random_subspace", "patch", "mean_ablation"),
+        seeds=2,
+    )
+    result = run(experiment, alignment_path=tmp_path / "alignments" / "ioi")
+    data = result.to_dict()
+    import jsonschema
+
+    jsonschema.validate(data, results_schema())
+    assert data["config"]["locations"]["s"]["position"] == "s.last"
+    assert data["config"]["locations"]["other"]["head"] == 1
+    verification = result.verification
+    assert verification.multi_site and len(verification.alignments) == 2
+    assert {a.location for a in verification.alignments} == set(sites.values())
+    for i in range(2):
+        assert (tmp_path / "alignments" / f"ioi-site{i}.json").is_file()
+    directory = report.write(result, tmp_path / "report")
+    markdown = (directory.parent / "report.md").read_text()
+    assert "s at layer 1 residual @ s.last" in markdown
+    assert "other at layer 0 head 1 @ last" in markdown
+
+
+def test_location_mapping_must_match_the_variables() -> None:
+    from abstraction import Experiment
+    from abstraction.errors import DeclarationError
+
+    with pytest.raises(DeclarationError, match="one entry per aligned variable"):
+        Experiment(
+            name="x",
+            model=ioi,
+            task=None,  # type: ignore[arg-type]
+            network="nowhere",
+            variables=["s", "other"],
+            location={"s": Location(layer=0)},
+        )
