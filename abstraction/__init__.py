@@ -66,7 +66,13 @@ from abstraction.counterfactuals import (
     split_by_base,
     uniform,
 )
-from abstraction.errors import AbstractionError, DeclarationError, DomainError, UnknownNameError
+from abstraction.errors import (
+    AbstractionError,
+    DamagedFileError,
+    DeclarationError,
+    DomainError,
+    UnknownNameError,
+)
 from abstraction.experiment import Experiment, Search, load_network, run
 from abstraction.interventions import (
     BoundlessPatch,
@@ -112,6 +118,7 @@ __all__ = [
     "Cell",
     "Comparison",
     "Counterexample",
+    "DamagedFileError",
     "DeclarationError",
     "Domain",
     "DomainError",

@@ -24,7 +24,7 @@ from torch import nn
 
 from abstraction.alignment.prefix_cache import DEFAULT_MEMORY_BUDGET
 from abstraction.alignment.prepared import PreparedInterchanges
-from abstraction.alignment.result import Alignment, AlignmentError
+from abstraction.alignment.result import METHODS, Alignment, AlignmentError
 from abstraction.errors import UnknownNameError, nearest
 from abstraction.interventions import BoundlessPatch, Intervention, LowRankPatch, boundary_mask
 from abstraction.locations import Location
@@ -32,8 +32,6 @@ from abstraction.network import Network
 from abstraction.task import Task
 
 __all__ = ["METHODS", "TrainingConfig", "align", "evaluate", "fit"]
-
-METHODS = ("das", "low_rank", "boundless", "patch")
 
 
 class TrivialIIAWarning(UserWarning):
