@@ -117,3 +117,151 @@ def test_alignment_records_hash_and_shapes(small_mlp: Network, tmp_path: Path) -
         "sha256": sha256_file(tmp_path / "a.safetensors"),
         "shapes": {"basis": [16, 16]},
     }
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+
+def _drop_a_weight(path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    tensors.pop(sorted(tensors)[0])
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+CHECKPOINT_DAMAGE: dict[str, tuple[str, str, Callable[[Path], None]]] = {
+    "config that is not JSON": ("config.json", "not valid JSON", lambda p: p.write_text("{,")),
+    "config without model_type": (
+        "config.json",
+        "names no model_type",
+        lambda p: p.write_text(json.dumps({"n_layer": 2})),
+    ),
+    "truncated weights": (
+        "",
+        "weights cannot be loaded",
+        lambda p: _truncate(p / "model.safetensors"),
+    ),
+    "a weight missing": (
+        "",
+        "they would be random",
+        lambda p: _drop_a_weight(p / "model.safetensors"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHECKPOINT_DAMAGE))
+def test_damaged_checkpoint_is_refused(case: str, small_gpt2: Network, tmp_path: Path) -> None:
+    which, expected, damage = CHECKPOINT_DAMAGE[case]
+    small_gpt2.save_pretrained(tmp_path / "ckpt")
+    damaged = tmp_path / "ckpt" / which if which else tmp_path / "ckpt"
+    damage(damaged)
+    with pytest.raises(DamagedFileError) as caught:
+        Network.from_pretrained(tmp_path / "ckpt")
+    assert expected in str(caught.value)
+    assert caught.value.file == str(damaged).rstrip("/")
+    assert "save_pretrained" in caught.value.fix
+
+
+# -- the zoo cache -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def zoo_copy(he_network: Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the cached hierarchical-equality network (no retraining)."""
+    import shutil
+
+    from abstraction import zoo
+
+    source = zoo.path("hierarchical_equality_mlp")
+    monkeypatch.setenv("ABSTRACTION_CACHE", str(tmp_path / "cache"))
+    target = zoo.path("hierarchical_equality_mlp")
+    shutil.copytree(source, target)
+    return target
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # still a valid file: one weight changes slightly
+    path.write_bytes(bytes(data))
+
+
+def test_zoo_rechecks_the_weights_hash(zoo_copy: Path, he_network: Network) -> None:
+    from abstraction import zoo
+
+    assert json.loads((zoo_copy / "zoo.json").read_text())["network_hash"] == he_network.hash
+    assert zoo.load("hierarchical_equality_mlp").hash == he_network.hash
+    _flip_last_byte(zoo_copy / "model.safetensors")
+    with pytest.raises(DamagedFileError) as caught:
+        zoo.load("hierarchical_equality_mlp")
+    assert caught.value.file == str(zoo_copy)
+    assert "changed or damaged" in caught.value.problem and "retrain=True" in caught.value.fix
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda d: _truncate(d / "model.safetensors"), "weights cannot be loaded"),
+        (lambda d: (d / "zoo.json").write_text("{"), "not valid JSON"),
+        (lambda d: (d / "config.json").write_text(""), "is empty"),
+    ],
+)
+def test_damaged_zoo_cache_says_how_to_retrain(
+    zoo_copy: Path, damage: Callable[[Path], None], expected: str
+) -> None:
+    from abstraction import zoo
+
+    damage(zoo_copy)
+    with pytest.raises(DamagedFileError) as caught:
+        zoo.load("hierarchical_equality_mlp")
+    assert expected in caught.value.problem
+    assert caught.value.file.startswith(str(zoo_copy))
+    assert "retrain=True" in caught.value.fix
+
+
+def test_zoo_cache_without_a_hash_gets_one(zoo_copy: Path, he_network: Network) -> None:
+    """Caches written before hashes were recorded: trusted once, then checked."""
+    from abstraction import zoo
+
+    index = zoo_copy / "zoo.json"
+    meta = json.loads(index.read_text())
+    del meta["network_hash"]
+    index.write_text(json.dumps(meta))
+    assert zoo.load("hierarchical_equality_mlp").hash == he_network.hash
+    assert json.loads(index.read_text())["network_hash"] == he_network.hash
+
+
+# -- results.json ----------------------------------------------------------------------------
+
+REPORT = Path(__file__).resolve().parents[2] / "reports" / "hierarchical_equality" / "results.json"
+
+RESULTS_DAMAGE: dict[str, tuple[str, Callable[[dict[str, object]], object]]] = {
+    "truncated": ("not valid JSON", lambda d: json.dumps(d)[:200]),
+    "empty": ("is empty", lambda d: ""),
+    "another schema version": (
+        "schema_version is 99",
+        lambda d: json.dumps({**d, "schema_version": 99}),
+    ),
+    "a field of the wrong type": (
+        "verdict",
+        lambda d: json.dumps({**d, "verdict": 3}),
+    ),
+    "a field missing": (
+        "variables",
+        lambda d: json.dumps({k: v for k, v in d.items() if k != "variables"}),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESULTS_DAMAGE))
+def test_damaged_results_json_is_refused(case: str, tmp_path: Path) -> None:
+    from abstraction.results import ExperimentResult
+
+    expected, damage = RESULTS_DAMAGE[case]
+    path = tmp_path / "results.json"
+    path.write_text(str(damage(json.loads(REPORT.read_text()))))
+    with pytest.raises(DamagedFileError) as caught:
+        ExperimentResult.read(tmp_path)
+    assert caught.value.file == str(path)
+    assert expected in caught.value.problem
+    assert "abstraction run" in caught.value.fix
