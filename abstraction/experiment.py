@@ -38,7 +38,7 @@ from abstraction.alignment.sweep import sweep
 from abstraction.baselines import BASELINES
 from abstraction.causal_model import CausalModel
 from abstraction.counterfactuals import counterfactual_dataset, relabel, split_by_base
-from abstraction.errors import AbstractionError, DeclarationError
+from abstraction.errors import AbstractionError, DeclarationError, nearest
 from abstraction.locations import Location, resolve
 from abstraction.network import Network
 from abstraction.results import (
@@ -142,6 +142,23 @@ class Experiment:
             )
         for v in self.variables:
             self.model._check_variable(v, role="aligned")
+        for option, given in (("subspaces", self.subspaces), ("rank", self.rank)):
+            if not isinstance(given, Mapping):
+                continue
+            for key in given:
+                if key not in self.variables:
+                    raise DeclarationError(
+                        f"experiment {self.name!r}: {option}= names {key!r}, which is not one "
+                        f"of the aligned variables {list(self.variables)}; "
+                        + nearest(key, self.variables),
+                        f"key {option}= by the names in variables=[...]",
+                    )
+            missing = [v for v in self.variables if v not in given]
+            if missing:
+                raise DeclarationError(
+                    f"experiment {self.name!r}: {option}= gives nothing for {missing}",
+                    f"give every aligned variable an entry in {option}=",
+                )
         if self.task.model is not self.model:
             self.task = self.task.with_model(self.model)
         self.shifts = {
@@ -213,6 +230,7 @@ def run(
 
     start = phase("loading the network")
     network = load_network(exp.network)
+    exp.task.check_network(network)  # output width and inputs, before any data is made
     timings["network"] = time.perf_counter() - start
     sets = (
         [list(s) for s in exp.interventions]

@@ -255,6 +255,7 @@ def verify(
         if progress is not None:
             progress(message)
 
+    task.check_network(network)
     if alignment is None:
         note("aligning")
         alignment = align(

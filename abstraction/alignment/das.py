@@ -101,6 +101,12 @@ def _subspaces(
     subspaces: Mapping[str, tuple[int, int]] | None,
 ) -> dict[str, tuple[int, int]]:
     if subspaces is not None:
+        for key in subspaces:
+            if key not in variables:
+                raise UnknownNameError(
+                    f"subspaces= names {key!r}, which is not an aligned variable; "
+                    + nearest(key, variables)
+                )
         missing = [v for v in variables if v not in subspaces]
         if missing:
             raise AlignmentError(f"subspaces= gives no columns for {missing}")
@@ -205,6 +211,7 @@ def align(
                 + nearest(v, task.model.variables)
             )
     _check_data(train, "training")
+    task.check_network(network)
     prepared = PreparedInterchanges(
         network, task, train, location, variables, memory_budget=memory_budget
     )

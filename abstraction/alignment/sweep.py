@@ -213,8 +213,9 @@ def sweep(
         Location(layer=layer, component=component, position=position)
         for layer, component, position in itertools.product(layers, components, positions)
     ]
+    task.check_network(network)  # fail before training anything
     for loc in locations:
-        resolve(network, loc)  # fail before training anything
+        resolve(network, loc)
     key = run_key(network, task, variables, method, config, train, validation)
     run_dir = Path(directory) / key if directory is not None else None
 
