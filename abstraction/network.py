@@ -269,16 +269,18 @@ class Network:
     def from_config(cls, config: Any, *, seed: int = 0, name: str | None = None) -> Network:
         """Build a randomly initialised Hugging Face model, with its logits head, from a config.
 
-        The class is chosen as in :meth:`from_pretrained`; ``seed`` seeds the weights.
+        The class is chosen as in :meth:`from_pretrained`; ``seed`` seeds the weights
+        (through a forked RNG: the caller's global RNG state is unchanged).
         """
-        torch.manual_seed(seed)
         model_class = _model_class(config)
-        if isinstance(model_class, type) and issubclass(model_class, nn.Module):
-            module = model_class(config)
-        else:
-            module = model_class.from_config(config)
-        if getattr(config, "model_type", None) == "mlp":
-            restore_default_linear_init(module)
+        with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+            torch.manual_seed(seed)
+            if isinstance(model_class, type) and issubclass(model_class, nn.Module):
+                module = model_class(config)
+            else:
+                module = model_class.from_config(config)
+            if getattr(config, "model_type", None) == "mlp":
+                restore_default_linear_init(module)
         return cls(module, name=name)
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from abstraction.alignment.das import TrainingConfig, align, evaluate
+from abstraction.alignment.das import TrainingConfig, align, evaluate, reproducible
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment
 from abstraction.baselines import BASELINES, BaselineResult, run_baselines
@@ -206,6 +206,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@reproducible
 def verify(
     network: Network,
     task: Task,

@@ -10,13 +10,15 @@ interchanges the dataset contains (as in the DAS paper).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pandas as pd
 import torch
@@ -31,7 +33,63 @@ from abstraction.locations import Location
 from abstraction.network import Network
 from abstraction.task import Task
 
-__all__ = ["METHODS", "TrainingConfig", "align", "evaluate", "fit"]
+__all__ = [
+    "METHODS",
+    "THREADS_VARIABLE",
+    "TrainingConfig",
+    "align",
+    "evaluate",
+    "fit",
+    "reproducible",
+]
+
+THREADS_VARIABLE = "ABSTRACTION_THREADS"
+"""Environment variable: torch intra-op threads used by align/verify/sweep (default 1)."""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def threads() -> int:
+    """The torch intra-op thread count alignment runs with: ``$ABSTRACTION_THREADS`` or 1."""
+    value = os.environ.get(THREADS_VARIABLE, "1")
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise AlignmentError(
+            f"{THREADS_VARIABLE}={value!r} is not a positive integer; set it to the number of "
+            "CPU threads alignment may use (results are reproducible for one value), or unset it"
+        )
+    return count
+
+
+def reproducible(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``function`` with a fixed torch thread count and the caller's global RNG untouched.
+
+    Floating-point reductions on the CPU are summed in an order that depends on the
+    number of threads, so the same seed trained with 1 and with 2 threads gives rotations
+    that differ in the last bits - and, over many steps, different numbers. Whatever the
+    caller set, the wrapped function runs with :func:`threads` threads; the caller's
+    thread count is restored afterwards, and so is torch's global RNG state: inside, the
+    global RNG starts from a fixed seed (the library draws from its own seeded
+    generators; anything else that draws from the global one gets the same numbers
+    every run), and the caller's state is put back on the way out.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        before = torch.get_num_threads()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # any draw from the global RNG inside is the same every run
+            torch.set_num_threads(threads())
+            try:
+                return function(*args, **kwargs)
+            finally:
+                torch.set_num_threads(before)
+
+    return wrapper
 
 
 class TrivialIIAWarning(UserWarning):
@@ -166,6 +224,7 @@ def evaluate(alignment: Alignment, prepared: PreparedInterchanges) -> torch.Tens
     return prepared.correct(alignment.interventions())
 
 
+@reproducible
 def align(
     network: Network,
     task: Task,

@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from abstraction.alignment.das import TrainingConfig, evaluate, fit
+from abstraction.alignment.das import TrainingConfig, evaluate, fit, reproducible
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError
 from abstraction.errors import DamagedFileError
@@ -168,6 +168,7 @@ def _null_p_value(
     ).p_value
 
 
+@reproducible
 def sweep(
     network: Network,
     task: Task,
@@ -460,7 +461,7 @@ def _run_on_ray(
         )
         started = True
     try:
-        remote: Any = ray.remote(max_retries=3, retry_exceptions=False)(_run_location)
+        remote: Any = ray.remote(max_retries=3, retry_exceptions=False)(reproducible(_run_location))
         shared = [ray.put(a) for a in args]
         pending = {
             remote.remote(*shared, loc, list(variables), missing, method, config): loc
