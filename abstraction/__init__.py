@@ -30,7 +30,8 @@ Modules, in the order data flows (each imports only modules above it):
 ``cli``              the ``abstraction`` command (nothing imports it)
 ==================  =================================================================
 
-``errors`` and ``files`` (atomic writes) serve all of them; ``zoo`` trains the small
+``errors`` (each error with its fix; :class:`DamagedFileError` for files) and ``files``
+(atomic, durable writes; checked reads) serve all of them; ``zoo`` trains the small
 reference networks.
 
 The public API is listed here; everything else is internal.
