@@ -1,6 +1,6 @@
 """A sweep on a 2-node Ray cluster (both nodes on this machine) that loses a node midway.
 
-Marked ``slow`` (about 40 s on two shared cores, most of it starting the nodes): run it
+Marked ``slow`` (20-40 s on two shared cores, most of it starting the nodes): run it
 with ``pytest -m slow tests/integration/test_sweep_ray_cluster.py``.
 """
 
