@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ __all__ = [
     "file_mode",
     "fsync_directory",
     "read_json",
+    "remove_temporaries",
     "sha256_file",
 ]
 
@@ -116,6 +118,24 @@ def atomic_write(target: str | Path, write: Callable[[Path], object]) -> Path:
         if tmp.exists():
             tmp.unlink()
     return target
+
+
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}$")
+"""Names :func:`atomic_write` gives its temporary files: ``.<target name>.<8 random>``."""
+
+
+def remove_temporaries(directory: str | Path) -> int:
+    """Delete the temporary files a killed :func:`atomic_write` left under ``directory``.
+
+    Only call it while no other process writes there (hold a lock); returns how many
+    files were removed.
+    """
+    removed = 0
+    for path in Path(directory).rglob(".*"):
+        if path.is_file() and _TEMPORARY.match(path.name) and path.name != ".lock":
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def atomic_write_text(target: str | Path, text: str) -> Path:

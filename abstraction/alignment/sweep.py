@@ -20,7 +20,9 @@ directory, so files of another run are never read::
 The alignment is written first and the record last (both atomically, fsynced), and
 the record holds the alignment JSON's SHA-256: a cell exists only when both are
 complete, a process killed at any moment loses at most the cells in progress, and a
-finished cell is never computed again. Damaged records raise
+finished cell is never computed again. A sweep holds a lock on its run directory
+(``.lock``), so two processes never compute the same cells at once, and removes the
+temporary files a killed run left there. Damaged records raise
 :class:`~abstraction.errors.DamagedFileError` naming the file to delete.
 
 The sweep computes the cells table; :func:`abstraction.report.draw_heatmap` draws it.
@@ -28,6 +30,7 @@ The sweep computes the cells table; :func:`abstraction.report.draw_heatmap` draw
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -40,12 +43,13 @@ from typing import Any
 
 import pandas as pd
 import torch
+from filelock import FileLock
 
 from abstraction.alignment.das import TrainingConfig, evaluate, fit, reproducible
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError
 from abstraction.errors import DamagedFileError
-from abstraction.files import atomic_write_json, read_json, sha256_file
+from abstraction.files import atomic_write_json, read_json, remove_temporaries, sha256_file
 from abstraction.interventions import random_subspace_patches
 from abstraction.locations import Location, resolve
 from abstraction.network import Network
@@ -220,101 +224,109 @@ def sweep(
     key = run_key(network, task, variables, method, config, train, validation)
     run_dir = Path(directory) / key if directory is not None else None
 
-    def cell_file(cell: Cell) -> Path | None:
-        return None if run_dir is None else run_dir / "cells" / f"{cell.key}.json"
+    with contextlib.ExitStack() as stack:
+        if run_dir is not None:
+            # one process per run directory: a second sweep with the same key waits, then
+            # finds the cells done; temporary files of a killed run are removed under it
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(FileLock(str(run_dir / ".lock")))
+            remove_temporaries(run_dir)
 
-    done: dict[Cell, tuple[Alignment | None, float, float, float]] = {}
-    todo: list[tuple[Location, list[int]]] = []
-    for loc in locations:
-        assert loc.layer is not None
-        missing = []
-        for rank in ranks:
+        def cell_file(cell: Cell) -> Path | None:
+            return None if run_dir is None else run_dir / "cells" / f"{cell.key}.json"
+
+        done: dict[Cell, tuple[Alignment | None, float, float, float]] = {}
+        todo: list[tuple[Location, list[int]]] = []
+        for loc in locations:
+            assert loc.layer is not None
+            missing = []
+            for rank in ranks:
+                cell = Cell(loc.layer, loc.position, loc.component, rank)
+                file = cell_file(cell)
+                if file is not None and file.is_file():
+                    done[cell] = (None, *_read_cell(file, cell, key))
+                else:
+                    missing.append(rank)
+            if missing:
+                todo.append((loc, missing))
+
+        def record(loc: Location, result: CellResult) -> None:
+            assert loc.layer is not None
+            rank, alignment, val_iia, seconds, p_value = result
             cell = Cell(loc.layer, loc.position, loc.component, rank)
+            done[cell] = (alignment, val_iia, seconds, p_value)
             file = cell_file(cell)
-            if file is not None and file.is_file():
-                done[cell] = (None, *_read_cell(file, cell, key))
-            else:
-                missing.append(rank)
-        if missing:
-            todo.append((loc, missing))
+            if file is not None:
+                # the alignment first, the record last: the record commits the cell
+                saved = alignment.save(file.with_suffix("") / "alignment")
+                atomic_write_json(
+                    file,
+                    {
+                        "format_version": CELL_FORMAT,
+                        "run_key": key,
+                        **alignment.location.to_dict(),
+                        "rank": rank,
+                        "val_iia": val_iia,
+                        "seconds": seconds,
+                        "p_value": p_value,
+                        "alignment_sha256": sha256_file(saved),
+                    },
+                )
+            if progress is not None:
+                progress(cell, val_iia)
 
-    def record(loc: Location, result: CellResult) -> None:
-        assert loc.layer is not None
-        rank, alignment, val_iia, seconds, p_value = result
-        cell = Cell(loc.layer, loc.position, loc.component, rank)
-        done[cell] = (alignment, val_iia, seconds, p_value)
-        file = cell_file(cell)
-        if file is not None:
-            # the alignment first, the record last: the record commits the cell
-            saved = alignment.save(file.with_suffix("") / "alignment")
-            atomic_write_json(
-                file,
-                {
-                    "format_version": CELL_FORMAT,
-                    "run_key": key,
-                    **alignment.location.to_dict(),
-                    "rank": rank,
-                    "val_iia": val_iia,
-                    "seconds": seconds,
-                    "p_value": p_value,
-                    "alignment_sha256": sha256_file(saved),
-                },
-            )
-        if progress is not None:
-            progress(cell, val_iia)
+        args = (network, task, train, validation)
+        if (workers or address) and todo:
+            _run_on_ray(args, todo, variables, method, config, workers, address, record)
+        else:
+            for loc, missing in todo:
+                _run_location(
+                    *args, loc, variables, missing, method, config, functools.partial(record, loc)
+                )
 
-    args = (network, task, train, validation)
-    if (workers or address) and todo:
-        _run_on_ray(args, todo, variables, method, config, workers, address, record)
-    else:
-        for loc, missing in todo:
-            _run_location(
-                *args, loc, variables, missing, method, config, functools.partial(record, loc)
-            )
-
-    # one canonical order, whatever order cells finished or were resumed in
-    order = [
-        Cell(loc.layer, loc.position, loc.component, rank)
-        for loc in locations
-        if loc.layer is not None
-        for rank in ranks
-    ]
-    rows = [
-        {
-            "layer": c.layer,
-            "component": c.component,
-            "position": c.position,
-            "rank": c.rank,
-            "val_iia": done[c][1],
-            "seconds": done[c][2],
-            "p_value": done[c][3],
-        }
-        for c in order
-    ]
-    table = pd.DataFrame(rows).sort_values(["layer", "component", "rank"], kind="stable")
-    table = table.reset_index(drop=True)
-    # Benjamini-Hochberg across cells: which locations beat a random subspace on the
-    # validation pairs, with the false discovery rate controlled over the whole sweep.
-    finite = table["p_value"].notna()
-    table["p_bh"] = float("nan")
-    if finite.any():
-        table.loc[finite, "p_bh"] = adjust(table.loc[finite, "p_value"].tolist(), "bh")
-    best_cell = max(order, key=lambda c: (done[c][1], -c.rank, -c.layer))
-    best_alignment = done[best_cell][0]
-    if best_alignment is None:
-        file = cell_file(best_cell)
-        assert file is not None
-        best_alignment = Alignment.load(file.with_suffix("") / "alignment", network)
-    result = SweepResult(table, best_cell, best_alignment)
-    if test is not None:
-        engine = PreparedInterchanges(network, task, test, best_alignment.location, variables)
-        try:
-            correct = evaluate(best_alignment, engine)
-        finally:
-            engine.close()
-        result.test_correct = correct
-        result.test_iia = float(correct.float().mean())
-    return result
+        # one canonical order, whatever order cells finished or were resumed in
+        order = [
+            Cell(loc.layer, loc.position, loc.component, rank)
+            for loc in locations
+            if loc.layer is not None
+            for rank in ranks
+        ]
+        rows = [
+            {
+                "layer": c.layer,
+                "component": c.component,
+                "position": c.position,
+                "rank": c.rank,
+                "val_iia": done[c][1],
+                "seconds": done[c][2],
+                "p_value": done[c][3],
+            }
+            for c in order
+        ]
+        table = pd.DataFrame(rows).sort_values(["layer", "component", "rank"], kind="stable")
+        table = table.reset_index(drop=True)
+        # Benjamini-Hochberg across cells: which locations beat a random subspace on the
+        # validation pairs, with the false discovery rate controlled over the whole sweep.
+        finite = table["p_value"].notna()
+        table["p_bh"] = float("nan")
+        if finite.any():
+            table.loc[finite, "p_bh"] = adjust(table.loc[finite, "p_value"].tolist(), "bh")
+        best_cell = max(order, key=lambda c: (done[c][1], -c.rank, -c.layer))
+        best_alignment = done[best_cell][0]
+        if best_alignment is None:
+            file = cell_file(best_cell)
+            assert file is not None
+            best_alignment = Alignment.load(file.with_suffix("") / "alignment", network)
+        result = SweepResult(table, best_cell, best_alignment)
+        if test is not None:
+            engine = PreparedInterchanges(network, task, test, best_alignment.location, variables)
+            try:
+                correct = evaluate(best_alignment, engine)
+            finally:
+                engine.close()
+            result.test_correct = correct
+            result.test_iia = float(correct.float().mean())
+        return result
 
 
 def run_key(

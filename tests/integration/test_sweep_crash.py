@@ -97,6 +97,8 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path) -> Non
             result = json.loads(out.read_text())
             assert result == expected  # every cell, once, with the uninterrupted numbers
             assert len(after) == cells
+            # the temporary files of killed writes were removed by the resumed run
+            assert not [p for p in directory.rglob(".*") if p.name != ".lock"]
             finished_after_last_kill = True
             if kills < KILLS:  # the sweep finished before the next kill: start over
                 rounds += 1

@@ -91,7 +91,9 @@ def test_cells_and_alignments_live_under_the_run_key(
     (key,) = [p.name for p in tmp_path.iterdir()]
     assert key == _key(small_mlp, *pairs)
     files = sorted(
-        str(p.relative_to(tmp_path / key)) for p in (tmp_path / key).rglob("*") if p.is_file()
+        str(p.relative_to(tmp_path / key))
+        for p in (tmp_path / key).rglob("*")
+        if p.is_file() and p.name != ".lock"
     )
     assert files == [
         f"cells/L{layer}-residual-PNone-R1{suffix}"
@@ -143,3 +145,24 @@ def test_damaged_cell_names_the_file_to_delete(
     assert f"fix: delete {cell}" in str(caught.value)
     cell.unlink()  # doing what the message says resumes the sweep
     assert len(_sweep(small_mlp, pairs, tmp_path, layers=[0])) == 1
+
+
+def test_a_second_sweep_on_the_same_run_waits(
+    small_mlp: Network, pairs: tuple[pd.DataFrame, pd.DataFrame], tmp_path: Path
+) -> None:
+    import threading
+
+    from filelock import FileLock
+
+    run_dir = tmp_path / _key(small_mlp, *pairs)
+    run_dir.mkdir()
+    computed: list[list[Cell]] = []
+    holder = FileLock(str(run_dir / ".lock"))  # another process's sweep, still running
+    holder.acquire()
+    second = threading.Thread(target=lambda: computed.append(_sweep(small_mlp, pairs, tmp_path)))
+    second.start()
+    second.join(timeout=2.0)
+    assert second.is_alive() and not computed  # waiting, nothing computed
+    holder.release()
+    second.join(timeout=120)
+    assert [len(c) for c in computed] == [2]

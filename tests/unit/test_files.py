@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from abstraction.files import atomic_directory, atomic_write, atomic_write_text, sha256_file
+from abstraction.files import (
+    atomic_directory,
+    atomic_write,
+    atomic_write_text,
+    remove_temporaries,
+    sha256_file,
+)
 
 
 @pytest.fixture
@@ -77,3 +83,21 @@ def test_sha256_file(tmp_path: Path) -> None:
     path = tmp_path / "b"
     path.write_bytes(b"abc")
     assert sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_remove_temporaries_keeps_everything_else(tmp_path: Path) -> None:
+    import tempfile
+
+    atomic_write_text(tmp_path / "sub" / "cell.json", "{}")
+    fd, left = tempfile.mkstemp(prefix=".cell.json.", dir=tmp_path / "sub")  # a killed write
+    os.close(fd)
+    (tmp_path / ".lock").write_text("")
+    (tmp_path / ".hidden.txt").write_text("mine")
+    assert remove_temporaries(tmp_path) == 1
+    assert not Path(left).exists()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [
+        ".hidden.txt",
+        ".lock",
+        "cell.json",
+        "sub",
+    ]
