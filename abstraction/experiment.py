@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from abstraction.alignment.das import TrainingConfig, fit
+from abstraction.alignment.das import TrainingConfig, fit, reproducible
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import library_versions
 from abstraction.alignment.sweep import sweep
@@ -197,6 +197,7 @@ def load_network(spec: str | Path | Network | Callable[[], Network], seed: int =
     return zoo.load(str(spec), seed=seed)
 
 
+@reproducible
 def run(
     experiment: Experiment,
     *,
@@ -208,9 +209,11 @@ def run(
 ) -> ExperimentResult:
     """Run an experiment end to end and return its results.
 
-    The result holds the verdict and every reported number (``result.to_json()`` is
-    ``results.json``; ``result.to_frame()`` a table), and carries the
-    :class:`~abstraction.verdict.Verification` and the trained alignment.
+    Like :func:`~abstraction.align` and :func:`~abstraction.verify`, it runs with a fixed
+    torch thread count and leaves the caller's global RNG untouched, so its numbers do not
+    depend on either. The result holds the verdict and every reported number
+    (``result.to_json()`` is ``results.json``; ``result.to_frame()`` a table), and carries
+    the :class:`~abstraction.verdict.Verification` and the trained alignment.
 
     Args:
         experiment: what to run.
