@@ -31,7 +31,8 @@ Modules, in the order data flows (each imports only modules above it):
 ``cli``              the ``abstraction`` command (nothing imports it)
 ==================  =================================================================
 
-``errors`` and ``files`` (atomic writes) serve all of them; ``zoo`` trains the small
+``errors`` (each error with its fix; :class:`DamagedFileError` for files) and ``files``
+(atomic, durable writes; checked reads) serve all of them; ``zoo`` trains the small
 reference networks.
 
 The public API is listed here; everything else is internal.
@@ -67,7 +68,13 @@ from abstraction.counterfactuals import (
     split_by_base,
     uniform,
 )
-from abstraction.errors import AbstractionError, DeclarationError, DomainError, UnknownNameError
+from abstraction.errors import (
+    AbstractionError,
+    DamagedFileError,
+    DeclarationError,
+    DomainError,
+    UnknownNameError,
+)
 from abstraction.experiment import Experiment, Search, load_network, run
 from abstraction.interventions import (
     BoundlessPatch,
@@ -114,6 +121,7 @@ __all__ = [
     "Cell",
     "Comparison",
     "Counterexample",
+    "DamagedFileError",
     "DeclarationError",
     "Domain",
     "DomainError",

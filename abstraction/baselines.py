@@ -67,9 +67,14 @@ class BaselineResult:
 
 
 def random_weights(network: Network, seed: int) -> Network:
-    """The same architecture with freshly initialised weights."""
+    """The same architecture with freshly initialised weights (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _fresh(network)
+
+
+def _fresh(network: Network) -> Network:
     module = network.module
-    torch.manual_seed(seed)
     config = getattr(module, "config", None)
     try:
         fresh = type(module)(config) if config is not None else None

@@ -9,8 +9,12 @@
 ``graph FILE``       draw the causal model(s) of a hypothesis file to PNG
 ==================  ===============================================================
 
-Exit codes: 0 done, 1 the run failed, 2 bad input - with a one-paragraph message
-naming the problem and the fix (``--debug`` shows the traceback).
+Exit codes: 0 done; 2 bad input - a file that does not exist or cannot be read, a
+hypothesis file that fails while it is imported (any exception: the message gives
+its ``file:line``), or any :class:`~abstraction.errors.AbstractionError` (a declaration,
+a name, a damaged file) - with a message naming the problem and the fix; 1 an
+internal error (an exception the library did not raise on purpose: a bug), with a
+hint to run again with ``--debug``, which shows the traceback.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from abstraction.causal_model import CausalModel
-from abstraction.errors import AbstractionError
+from abstraction.errors import AbstractionError, DeclarationError
 from abstraction.experiment import Experiment
 from abstraction.results import ExperimentResult
 
@@ -75,11 +79,28 @@ def load_file(path: Path) -> ModuleType:
             f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg}. Fix the Python syntax of "
             "the hypothesis file."
         ) from None
-    except (AbstractionError, KeyError) as exc:
-        raise BadInput(f"{path}: {exc}") from None
+    except DeclarationError as exc:
+        where = f"{exc.file}:{exc.line}" if exc.line is not None else _where(exc, path)
+        raise BadInput(f"{where}: {exc.problem}\n  fix: {exc.fix}") from None
+    except Exception as exc:  # anything raised while running the user's file is theirs
+        message = str(exc) if isinstance(exc, AbstractionError) else f"{type(exc).__name__}: {exc}"
+        raise BadInput(
+            f"{_where(exc, path)}: {message}\n  (raised while importing {path}; fix that line "
+            "or what it calls, then run again)"
+        ) from None
     finally:
         sys.path.pop(0)
     return module
+
+
+def _where(exc: BaseException, path: Path) -> str:
+    """``file:line`` of the innermost frame of ``exc``'s traceback inside ``path``."""
+    target = path.resolve()
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if Path(frame.filename).resolve() == target:
+            line = frame.lineno
+    return f"{path}:{line}" if line is not None else str(path)
 
 
 def find_experiment(module: ModuleType, path: Path) -> Experiment:
@@ -101,9 +122,23 @@ def find_experiment(module: ModuleType, path: Path) -> Experiment:
 
 
 def _fail(exc: BaseException, code: int, debug: bool) -> None:
+    """Print ``exc`` (and with ``debug`` its traceback) and exit with ``code``.
+
+    Code 1 marks an internal error: the message says so and how to see the traceback.
+    """
     if debug:
-        errors.print(traceback.format_exc())
-    errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        errors.print(traceback.format_exc(), markup=False, highlight=False)
+    text = str(exc) if code == 2 else f"{type(exc).__name__}: {exc}"
+    # soft_wrap: never break a line inside a path or a file:line
+    errors.print("error: " + text, highlight=False, markup=False, soft_wrap=True)
+    if code == 1 and not debug:
+        errors.print(
+            "this is an internal error, not a problem with your input: run the same command "
+            "with --debug to see the traceback, and report it",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     raise typer.Exit(code)
 
 
@@ -156,7 +191,7 @@ def _run(
             if "task" in current:
                 progress.update(current["task"], completed=1, total=1)
         index = report.write(results, out / experiment.name)
-    except (BadInput, AbstractionError, KeyError, ValueError) as exc:
+    except (BadInput, AbstractionError) as exc:
         _fail(exc, 2, debug)
         return
     except typer.Exit:
@@ -250,12 +285,12 @@ def report(
 
     try:
         index = rerender(directory)
-    except (FileNotFoundError, AbstractionError, ValueError) as exc:
-        # ValueError covers malformed JSON and pydantic's validation errors
+    except (FileNotFoundError, AbstractionError) as exc:
+        # a missing, damaged or foreign results.json is a DamagedFileError naming it
         _fail(exc, 2, debug)
         return
     except Exception as exc:
-        _fail(exc, 2 if "ValidationError" in type(exc).__name__ else 1, debug)
+        _fail(exc, 1, debug)
         return
     console.print(f"report: {index}")
 
@@ -283,8 +318,11 @@ def zoo(
                     ),
                 )
             metrics = zoo_module.metrics(train, seed)
-        except (AbstractionError, KeyError) as exc:
+        except AbstractionError as exc:
             _fail(exc, 2, debug)
+            return
+        except Exception as exc:
+            _fail(exc, 1, debug)
             return
         console.print(
             f"{network!r}\ntest accuracy {metrics['test_accuracy']:.4f}, trained in "
@@ -321,11 +359,16 @@ def graph(
     except (BadInput, AbstractionError) as exc:
         _fail(exc, 2, debug)
         return
-    for model in models:
-        target = draw_causal_graph(
-            model.graph(), out / f"{model.name}.png", title="\n".join(model.equations().values())
-        )
-        console.print(f"{model.name}: {target}")
+    try:
+        for model in models:
+            target = draw_causal_graph(
+                model.graph(),
+                out / f"{model.name}.png",
+                title="\n".join(model.equations().values()),
+            )
+            console.print(f"{model.name}: {target}")
+    except Exception as exc:
+        _fail(exc, 1, debug)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "AbstractionError",
+    "DamagedFileError",
     "DeclarationError",
     "DomainError",
     "UnknownNameError",
@@ -52,6 +53,22 @@ class UnknownNameError(AbstractionError, KeyError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class DamagedFileError(AbstractionError, ValueError):
+    """A file the library reads is missing, truncated, not in its format, or inconsistent.
+
+    Attributes:
+        file: the file at fault.
+        problem: what is wrong with it, in one sentence.
+        fix: what to do (re-run, delete it, retrain), in one sentence.
+    """
+
+    def __init__(self, file: object, problem: str, fix: str) -> None:
+        self.file = str(file)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{self.file}: {problem}\n  fix: {fix}")
 
 
 class DomainError(AbstractionError, ValueError):

@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from abstraction.alignment.das import TrainingConfig, fit_sites
+from abstraction.alignment.das import TrainingConfig, fit_sites, reproducible
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import library_versions
 from abstraction.alignment.sweep import sweep
 from abstraction.baselines import BASELINES
 from abstraction.causal_model import CausalModel
 from abstraction.counterfactuals import counterfactual_dataset, relabel, split_by_base
-from abstraction.errors import AbstractionError, DeclarationError
+from abstraction.errors import AbstractionError, DeclarationError, nearest
 from abstraction.locations import Location, resolve
 from abstraction.network import Network
 from abstraction.results import (
@@ -159,6 +159,23 @@ class Experiment:
                     "boundless DAS aligns one variable at one site",
                     "use method='das' for variables at several sites",
                 )
+        for option, given in (("subspaces", self.subspaces), ("rank", self.rank)):
+            if not isinstance(given, Mapping):
+                continue
+            for key in given:
+                if key not in self.variables:
+                    raise DeclarationError(
+                        f"experiment {self.name!r}: {option}= names {key!r}, which is not one "
+                        f"of the aligned variables {list(self.variables)}; "
+                        + nearest(key, self.variables),
+                        f"key {option}= by the names in variables=[...]",
+                    )
+            missing = [v for v in self.variables if v not in given]
+            if missing:
+                raise DeclarationError(
+                    f"experiment {self.name!r}: {option}= gives nothing for {missing}",
+                    f"give every aligned variable an entry in {option}=",
+                )
         if self.task.model is not self.model:
             self.task = self.task.with_model(self.model)
         self.shifts = {
@@ -197,6 +214,7 @@ def load_network(spec: str | Path | Network | Callable[[], Network], seed: int =
     return zoo.load(str(spec), seed=seed)
 
 
+@reproducible
 def run(
     experiment: Experiment,
     *,
@@ -208,9 +226,11 @@ def run(
 ) -> ExperimentResult:
     """Run an experiment end to end and return its results.
 
-    The result holds the verdict and every reported number (``result.to_json()`` is
-    ``results.json``; ``result.to_frame()`` a table), and carries the
-    :class:`~abstraction.verdict.Verification` and the trained alignment.
+    Like :func:`~abstraction.align` and :func:`~abstraction.verify`, it runs with a fixed
+    torch thread count and leaves the caller's global RNG untouched, so its numbers do not
+    depend on either. The result holds the verdict and every reported number
+    (``result.to_json()`` is ``results.json``; ``result.to_frame()`` a table), and carries
+    the :class:`~abstraction.verdict.Verification` and the trained alignment.
 
     Args:
         experiment: what to run.
@@ -230,6 +250,7 @@ def run(
 
     start = phase("loading the network")
     network = load_network(exp.network)
+    exp.task.check_network(network)  # output width and inputs, before any data is made
     timings["network"] = time.perf_counter() - start
     sets = (
         [list(s) for s in exp.interventions]

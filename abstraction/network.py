@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from abstraction.errors import AbstractionError, UnknownNameError, nearest
+from abstraction.errors import AbstractionError, DamagedFileError, UnknownNameError, nearest
+from abstraction.files import read_json
 
 __all__ = ["FAMILIES", "Batch", "Family", "Network", "NetworkError", "import_pyvene"]
 
@@ -242,24 +243,53 @@ class Network:
                 "written by model.save_pretrained(...)"
             )
         _quiet_transformers()
-        config = _load_config(directory, json.loads(config_file.read_text()))
-        module = _model_class(config).from_pretrained(str(directory), config=config)
+        fix = "save the model again with save_pretrained, or pass an intact checkpoint"
+        raw = read_json(config_file, fix=fix, what="model config")
+        if not isinstance(raw.get("model_type"), str):
+            raise DamagedFileError(
+                config_file, 'it names no model_type (e.g. "gpt2"), so no model class fits', fix
+            )
+        config = _load_config(directory, raw)
+        try:
+            module, info = _model_class(config).from_pretrained(
+                str(directory), config=config, output_loading_info=True
+            )
+        except Exception as exc:  # safetensors, torch and transformers raise their own kinds
+            raise DamagedFileError(
+                directory, f"the weights cannot be loaded ({type(exc).__name__}: {exc})", fix
+            ) from None
+        # transformers fills weights missing from the file with random ones and only warns
+        absent = list(info.get("missing_keys", [])) + [
+            str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", [])
+        ]
+        if absent:
+            shown = ", ".join(absent[:5]) + (
+                f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""
+            )
+            raise DamagedFileError(
+                directory,
+                f"the weights file lacks or mis-shapes {len(absent)} weight(s) the config needs "
+                f"({shown}); they would be random",
+                fix,
+            )
         return cls(module, name=name or directory.name)
 
     @classmethod
     def from_config(cls, config: Any, *, seed: int = 0, name: str | None = None) -> Network:
         """Build a randomly initialised Hugging Face model, with its logits head, from a config.
 
-        The class is chosen as in :meth:`from_pretrained`; ``seed`` seeds the weights.
+        The class is chosen as in :meth:`from_pretrained`; ``seed`` seeds the weights
+        (through a forked RNG: the caller's global RNG state is unchanged).
         """
-        torch.manual_seed(seed)
         model_class = _model_class(config)
-        if isinstance(model_class, type) and issubclass(model_class, nn.Module):
-            module = model_class(config)
-        else:
-            module = model_class.from_config(config)
-        if getattr(config, "model_type", None) == "mlp":
-            restore_default_linear_init(module)
+        with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+            torch.manual_seed(seed)
+            if isinstance(model_class, type) and issubclass(model_class, nn.Module):
+                module = model_class(config)
+            else:
+                module = model_class.from_config(config)
+            if getattr(config, "model_type", None) == "mlp":
+                restore_default_linear_init(module)
         return cls(module, name=name)
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -45,7 +45,7 @@ import torch
 from abstraction.causal_model import CausalModel
 from abstraction.errors import DeclarationError, nearest
 from abstraction.locations import split_position
-from abstraction.network import Batch
+from abstraction.network import Batch, Network
 from abstraction.task import Task, TaskError
 
 __all__ = ["PromptTask"]
@@ -264,6 +264,31 @@ class PromptTask(Task):
         clone.name = name or self.name
         clone.__post_init__()
         return clone
+
+    def check_network(self, network: Network) -> None:
+        """Fail now if the tokenizer's ids do not fit the network's vocabulary.
+
+        A prompt task's readout is over token ids, so the model's output must have a
+        logit for every id the tokenizer produces (it may have more: padded vocabularies).
+        """
+        module = network.module
+        embeddings = getattr(module, "get_output_embeddings", lambda: None)()
+        weight = getattr(embeddings, "weight", None)
+        config = getattr(module, "config", None)
+        vocab = (
+            int(weight.shape[0])
+            if isinstance(weight, torch.Tensor)
+            else getattr(config, "vocab_size", None)
+        )
+        if vocab is None:
+            return
+        if len(self.tokenizer) > vocab:
+            raise TaskError(
+                f"task {self.name!r}'s tokenizer has {len(self.tokenizer)} tokens but "
+                f"{network.name} has {vocab} output logits, so some tokens have no logit; use "
+                "the tokenizer saved with this model (AutoTokenizer.from_pretrained(its "
+                "directory))"
+            )
 
     # -- tokenization --------------------------------------------------------------------
 

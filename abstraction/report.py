@@ -22,7 +22,6 @@ alignment code). Writes are atomic: the new report replaces the old one in one r
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -331,10 +330,14 @@ def write(results: ExperimentResult | Mapping[str, Any], directory: str | Path) 
 
 
 def rerender(directory: str | Path) -> Path:
-    """Render a report again from its ``results.json`` (``abstraction report DIR``)."""
+    """Render a report again from its ``results.json`` (``abstraction report DIR``).
+
+    The file is checked first (:meth:`ExperimentResult.read`): a damaged or foreign
+    ``results.json`` raises :class:`~abstraction.errors.DamagedFileError` naming it.
+    """
     source = Path(directory) / "results.json"
     if not source.is_file():
         raise FileNotFoundError(
             f"{source} does not exist; pass a report directory written by `abstraction run`"
         )
-    return write(json.loads(source.read_text(encoding="utf-8")), directory)
+    return write(ExperimentResult.read(source), directory)

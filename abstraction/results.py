@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, ValidationError
 
-from abstraction.errors import AbstractionError
+from abstraction.errors import AbstractionError, DamagedFileError
+from abstraction.files import read_json
 from abstraction.statistics import Comparison, Estimate, SeedSummary
 from abstraction.verdict import Counterexample, Thresholds, Verdict
 
@@ -640,7 +641,33 @@ class ExperimentResult(_Record):
         path = Path(path)
         if path.is_dir():
             path = path / "results.json"
-        return cls.from_json(path.read_text(encoding="utf-8"))
+        fix = (
+            "run the experiment again (`abstraction run FILE`) to write a new report, or "
+            "restore the file from version control"
+        )
+        data = read_json(path, fix=fix, what="results file")
+        try:
+            check_schema_version(data)
+        except ResultsError:
+            raise DamagedFileError(
+                path,
+                f"schema_version is {data.get('schema_version')!r}; this version of abstraction "
+                f"reads version {SCHEMA_VERSION}",
+                fix,
+            ) from None
+        try:
+            return cls.model_validate_json(json.dumps(data), strict=True)
+        except ValidationError as exc:
+            problems = [
+                f"{'.'.join(str(p) for p in error['loc']) or '(top level)'}: {error['msg']}"
+                for error in exc.errors()
+            ]
+            shown = "; ".join(problems[:3]) + (
+                f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            )
+            raise DamagedFileError(
+                path, f"does not follow the results schema: {shown}", fix
+            ) from None
 
     # -- tables -----------------------------------------------------------------------
 

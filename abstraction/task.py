@@ -14,6 +14,7 @@ the network's readout). Two ready-made kinds:
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 
 from abstraction.causal_model import CausalModel
 from abstraction.errors import AbstractionError, DeclarationError, nearest
-from abstraction.network import Batch
+from abstraction.network import Batch, Network
 
 __all__ = ["EntityVectorTask", "Task", "TaskError", "TokenTask"]
 
@@ -101,6 +102,64 @@ class Task:
             if f"{prefix}{v}" in frame
         }
         return self.label_ids(frame[column].to_numpy(), inputs)
+
+    def check_network(self, network: Network) -> None:
+        """Fail now, with the fix, if ``network`` cannot serve this task.
+
+        Checks, on two examples encoded by the task, that the module's ``forward``
+        accepts every input the task feeds it (``inputs_embeds`` for entity vectors,
+        ``input_ids`` for tokens), that it runs on them, and that its readout has one
+        logit per class of the task. Called before any data is generated or trained.
+        """
+        inputs = list(self.model.inputs)
+        domains = [self.model.domain(v) for v in inputs]
+        if any(d is None or len(d) == 0 for d in domains):
+            return  # unbounded inputs (whole prompts): nothing to encode without data
+        columns = {v: np.array([next(iter(d))] * 2) for v, d in zip(inputs, domains, strict=True)}  # type: ignore[arg-type]
+        batch = self.encode(columns)
+        module = network.module
+        try:
+            parameters = inspect.signature(module.forward).parameters
+        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+            parameters = None
+        if parameters is not None and not any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+        ):
+            missing = [k for k in batch.inputs if k not in parameters]
+            if missing:
+                raise TaskError(
+                    f"task {self.name!r} ({type(self).__name__}) feeds the network "
+                    f"{', '.join(f'`{k}`' for k in batch.inputs)}, but "
+                    f"{type(module).__name__}.forward({', '.join(parameters)}) takes no "
+                    f"{', '.join(f'`{k}`' for k in missing)}. Wrap the module so that its "
+                    f"forward accepts {', '.join(f'{k}=...' for k in missing)}, or use a task "
+                    "that encodes inputs the way this network reads them"
+                )
+        try:
+            with torch.no_grad():
+                logits = network.logits(batch)
+        except AbstractionError:
+            raise
+        except Exception as exc:  # the user's module failed on the task's inputs
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.inputs.items())
+            raise TaskError(
+                f"the network fails on task {self.name!r}'s inputs ({shapes}): "
+                f"{type(exc).__name__}: {exc}. Check that the task encodes inputs of the size "
+                "and kind the network was built for"
+            ) from None
+        width = int(logits.shape[-1])
+        if width != self.n_classes:
+            raise TaskError(
+                f"the network outputs {width} logit(s) per example, but task {self.name!r} "
+                f"has {self.n_classes} classes: "
+                + (
+                    "labels would index past its outputs"
+                    if width < self.n_classes
+                    else "it could predict classes no label stands for"
+                )
+                + f". Give the network's readout {self.n_classes} outputs (e.g. num_classes="
+                f"{self.n_classes}), or a task whose labels match its outputs"
+            )
 
 
 def _label_table(values: Sequence[Any], labels: Mapping[Any, int] | None) -> dict[Any, int]:

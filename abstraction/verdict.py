@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from abstraction.alignment.das import TrainingConfig, align, evaluate, fit_sites
+from abstraction.alignment.das import TrainingConfig, align, evaluate, fit_sites, reproducible
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment
 from abstraction.baselines import BASELINES, BaselineResult, run_baselines
@@ -221,6 +221,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@reproducible
 def verify(
     network: Network,
     task: Task,
@@ -273,6 +274,7 @@ def verify(
         if progress is not None:
             progress(message)
 
+    task.check_network(network)
     if alignment is None:
         note("aligning")
         alignments = (

@@ -14,7 +14,10 @@ so examples and tests use networks trained on the spot from a config and a seed:
 Each network is saved with ``save_pretrained`` (safetensors + config.json) under the
 cache directory (``ABSTRACTION_CACHE`` or the user cache dir), keyed by name, config,
 seed and library version, and reloaded through :meth:`Network.from_pretrained`, the
-path a user's real checkpoint takes.
+path a user's real checkpoint takes. ``zoo.json`` records the weights' hash at
+training; every load checks it, so a damaged cache raises
+:class:`~abstraction.errors.DamagedFileError` (with the command that retrains it)
+instead of being used.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from filelock import FileLock
 
 from abstraction.causal_model import CausalModel, causal_model
 from abstraction.counterfactuals import balanced, factual_dataset, from_function
-from abstraction.errors import UnknownNameError, nearest
-from abstraction.files import atomic_directory, atomic_write_json
+from abstraction.errors import DamagedFileError, UnknownNameError, nearest
+from abstraction.files import atomic_directory, atomic_write_json, read_json
 from abstraction.network import Network, import_pyvene, restore_default_linear_init
 from abstraction.task import EntityVectorTask, Task, TokenTask
 
@@ -422,7 +425,35 @@ def load(
     with FileLock(target.with_name(target.name + ".lock")):
         if retrain or not (target / "zoo.json").is_file():
             _train_and_save(entry, name, seed, target, progress)
-    return Network.from_pretrained(target, name=name)
+        return _load_checked(target, name, seed)
+
+
+def _load_checked(target: Path, name: str, seed: int) -> Network:
+    """Load a cached network and check its weights against the hash recorded at training.
+
+    Caches written before the hash was recorded get it recorded on this first load.
+    """
+    fix = (
+        f"train it again: zoo.load({name!r}, seed={seed}, retrain=True) or "
+        f"`abstraction zoo --train {name} --seed {seed}` (or delete {target})"
+    )
+    index = target / "zoo.json"
+    meta = read_json(index, fix=fix, what="zoo index")
+    try:
+        network = Network.from_pretrained(target, name=name)
+    except DamagedFileError as exc:
+        raise DamagedFileError(exc.file, exc.problem, fix) from None
+    recorded = meta.get("network_hash")
+    if recorded is None:
+        atomic_write_json(index, {**meta, "network_hash": network.hash})
+    elif recorded != network.hash:
+        raise DamagedFileError(
+            target,
+            f"the cached weights hash to {network.hash}, but {index.name} records {recorded} "
+            "from training: the files were changed or damaged since",
+            fix,
+        )
+    return network
 
 
 def _train_and_save(
@@ -453,7 +484,10 @@ def _train_and_save(
     )
     # The network is a directory of files: readers never see a half-written one.
     with atomic_directory(target) as staging:
-        Network(module, name=name).save_pretrained(staging)
+        network = Network(module, name=name)
+        network.save_pretrained(staging)
+        # checked on every load: a cache whose weights changed is never used silently
+        metrics["network_hash"] = network.hash
         atomic_write_json(staging / "zoo.json", metrics)
 
 
@@ -462,5 +496,4 @@ def metrics(name: str, seed: int = 0) -> dict[str, Any]:
     file = path(name, seed) / "zoo.json"
     if not file.is_file():
         load(name, seed)
-    data: dict[str, Any] = json.loads(file.read_text())
-    return data
+    return read_json(file, fix=f"train it again: zoo.load({name!r}, seed={seed}, retrain=True)")

@@ -10,13 +10,15 @@ interchanges the dataset contains (as in the DAS paper).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pandas as pd
 import torch
@@ -24,16 +26,71 @@ from torch import nn
 
 from abstraction.alignment.prefix_cache import DEFAULT_MEMORY_BUDGET
 from abstraction.alignment.prepared import PreparedInterchanges
-from abstraction.alignment.result import Alignment, AlignmentError
+from abstraction.alignment.result import METHODS, Alignment, AlignmentError
 from abstraction.errors import UnknownNameError, nearest
 from abstraction.interventions import BoundlessPatch, Intervention, LowRankPatch, boundary_mask
 from abstraction.locations import Location
 from abstraction.network import Network
 from abstraction.task import Task
 
-__all__ = ["METHODS", "TrainingConfig", "align", "evaluate", "fit", "fit_sites"]
+__all__ = [
+    "METHODS",
+    "THREADS_VARIABLE",
+    "TrainingConfig",
+    "align",
+    "evaluate",
+    "fit",
+    "fit_sites",
+    "reproducible",
+]
 
-METHODS = ("das", "low_rank", "boundless", "patch")
+THREADS_VARIABLE = "ABSTRACTION_THREADS"
+"""Environment variable: torch intra-op threads used by align/verify/sweep (default 1)."""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def threads() -> int:
+    """The torch intra-op thread count alignment runs with: ``$ABSTRACTION_THREADS`` or 1."""
+    value = os.environ.get(THREADS_VARIABLE, "1")
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise AlignmentError(
+            f"{THREADS_VARIABLE}={value!r} is not a positive integer; set it to the number of "
+            "CPU threads alignment may use (results are reproducible for one value), or unset it"
+        )
+    return count
+
+
+def reproducible(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``function`` with a fixed torch thread count and the caller's global RNG untouched.
+
+    Floating-point reductions on the CPU are summed in an order that depends on the
+    number of threads, so the same seed trained with 1 and with 2 threads gives rotations
+    that differ in the last bits - and, over many steps, different numbers. Whatever the
+    caller set, the wrapped function runs with :func:`threads` threads; the caller's
+    thread count is restored afterwards, and so is torch's global RNG state: inside, the
+    global RNG starts from a fixed seed (the library draws from its own seeded
+    generators; anything else that draws from the global one gets the same numbers
+    every run), and the caller's state is put back on the way out.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        before = torch.get_num_threads()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # any draw from the global RNG inside is the same every run
+            torch.set_num_threads(threads())
+            try:
+                return function(*args, **kwargs)
+            finally:
+                torch.set_num_threads(before)
+
+    return wrapper
 
 
 class TrivialIIAWarning(UserWarning):
@@ -103,6 +160,12 @@ def _subspaces(
     subspaces: Mapping[str, tuple[int, int]] | None,
 ) -> dict[str, tuple[int, int]]:
     if subspaces is not None:
+        for key in subspaces:
+            if key not in variables:
+                raise UnknownNameError(
+                    f"subspaces= names {key!r}, which is not an aligned variable; "
+                    + nearest(key, variables)
+                )
         missing = [v for v in variables if v not in subspaces]
         if missing:
             raise AlignmentError(f"subspaces= gives no columns for {missing}")
@@ -168,6 +231,7 @@ def evaluate(
     return prepared.correct({v: iv for a in parts for v, iv in a.interventions().items()})
 
 
+@reproducible
 def align(
     network: Network,
     task: Task,
@@ -213,6 +277,7 @@ def align(
                 + nearest(v, task.model.variables)
             )
     _check_data(train, "training")
+    task.check_network(network)
     prepared = PreparedInterchanges(
         network, task, train, location, variables, memory_budget=memory_budget
     )

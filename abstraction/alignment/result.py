@@ -13,7 +13,6 @@ differs unless told otherwise. :meth:`Alignment.to_pyvene` exports to pyvene.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,19 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from abstraction.errors import AbstractionError, UnknownNameError, nearest
-from abstraction.files import atomic_write, atomic_write_json
+from abstraction.errors import AbstractionError, DamagedFileError, UnknownNameError, nearest
+from abstraction.files import atomic_write, atomic_write_json, read_json, sha256_file
 from abstraction.interventions import Intervention, LowRankPatch, Patch
 from abstraction.locations import Location
 from abstraction.network import Network
 
 __all__ = ["FORMAT_VERSION", "Alignment", "AlignmentError", "library_versions"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the JSON records the tensor file's SHA-256 and shapes (version 1 files still load,
+checked for structure only)."""
+
+METHODS = ("das", "low_rank", "boundless", "patch")
 
 
 class AlignmentError(AbstractionError, ValueError):
@@ -115,12 +118,21 @@ class Alignment:
     # -- persistence ----------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write ``<path>.safetensors`` and ``<path>.json`` atomically; returns the JSON path."""
+        """Write ``<path>.safetensors`` and ``<path>.json`` atomically; returns the JSON path.
+
+        The tensor file is written first, then the JSON, which records the tensor
+        file's SHA-256 and every tensor's shape: the JSON is what commits the pair, and
+        :meth:`load` refuses a tensor file that is not the one its JSON describes (a
+        save interrupted between the two files, a truncated or swapped file).
+        """
         base = Path(path)
         if base.suffix in (".json", ".safetensors"):
             base = base.with_suffix("")
         base.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"basis": self.basis.contiguous()} if self.basis is not None else {}
+        tensor_file = base.with_suffix(".safetensors")
+        json_file = base.with_suffix(".json")
+        atomic_write(tensor_file, lambda tmp: save_file(tensors, str(tmp)))
         meta = {
             "format_version": FORMAT_VERSION,
             "method": self.method,
@@ -133,10 +145,12 @@ class Alignment:
             "curve": self.curve,
             "config": self.config,
             "versions": self.versions,
+            "tensors": {
+                "file": tensor_file.name,
+                "sha256": sha256_file(tensor_file),
+                "shapes": {k: list(v.shape) for k, v in tensors.items()},
+            },
         }
-        tensor_file = base.with_suffix(".safetensors")
-        json_file = base.with_suffix(".json")
-        atomic_write(tensor_file, lambda tmp: save_file(tensors, str(tmp)))
         atomic_write_json(json_file, meta)
         return json_file
 
@@ -145,6 +159,12 @@ class Alignment:
         cls, path: str | Path, network: Network | None = None, *, allow_hash_mismatch: bool = False
     ) -> Alignment:
         """Read an alignment; with ``network``, refuse it if the weights' hash differs.
+
+        Both files are checked before anything is built: the JSON's fields and types,
+        the tensor file's SHA-256 and shapes against those the JSON records, and that
+        every trained method has a basis wide enough for its subspaces. Anything wrong
+        raises :class:`~abstraction.errors.DamagedFileError` naming the file and the fix;
+        an alignment is never loaded as something other than what was saved.
 
         Args:
             path: ``<name>.json``, ``<name>.safetensors`` or ``<name>``.
@@ -160,33 +180,29 @@ class Alignment:
             raise AlignmentError(
                 f"no alignment at {base}: expected {json_file.name} and {tensor_file.name}"
             )
-        meta = json.loads(json_file.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise AlignmentError(
-                f"{json_file} has format version {meta.get('format_version')}, this library "
-                f"reads version {FORMAT_VERSION}"
+        redo = "re-run the alignment (abstraction run / align + save) to write it again"
+        meta = read_json(json_file, fix=redo, what="alignment metadata")
+        version = meta.get("format_version")
+        if version not in (1, FORMAT_VERSION):
+            raise DamagedFileError(
+                json_file,
+                f"format version {version!r}; this library reads versions 1 and {FORMAT_VERSION}",
+                "upgrade the library, or re-run the alignment with this version",
             )
-        if network is not None and meta["network_hash"] != network.hash and not allow_hash_mismatch:
+        fields = _checked_fields(json_file, meta, redo)
+        if (
+            network is not None
+            and fields["network_hash"] != network.hash
+            and not allow_hash_mismatch
+        ):
             raise AlignmentError(
-                f"{json_file.name} was trained on a network with hash {meta['network_hash']}, but "
-                f"this network's hash is {network.hash}: its weights or architecture differ. "
+                f"{json_file.name} was trained on a network with hash {fields['network_hash']}, "
+                f"but this network's hash is {network.hash}: its weights or architecture differ. "
                 "Use the original network, retrain the alignment, or pass "
                 "allow_hash_mismatch=True to load it anyway"
             )
-        tensors = load_file(str(tensor_file))
-        return cls(
-            method=meta["method"],
-            location=Location.from_dict(meta["location"]),
-            basis=tensors.get("basis"),
-            subspaces={k: (int(v[0]), int(v[1])) for k, v in meta["subspaces"].items()},
-            network_hash=meta["network_hash"],
-            model_hash=meta["model_hash"],
-            boundary={k: float(v) for k, v in meta.get("boundary", {}).items()},
-            temperature=meta.get("temperature"),
-            curve=meta.get("curve", []),
-            config=meta.get("config", {}),
-            versions=meta.get("versions", {}),
-        )
+        tensors = _checked_tensors(tensor_file, meta, fields, redo)
+        return cls(basis=tensors.get("basis"), **fields)
 
     def to_pyvene(self, network: Network, variable: str) -> tuple[dict[str, Any], Any]:
         """pyvene representation fields and intervention object for one variable."""
@@ -197,3 +213,119 @@ class Alignment:
     def __repr__(self) -> str:
         spaces = ", ".join(f"{k}={v[0]}:{v[1]}" for k, v in self.subspaces.items())
         return f"Alignment({self.method}, {self.location}, {spaces}, network={self.network_hash})"
+
+
+def _checked_fields(file: Path, meta: dict[str, Any], fix: str) -> dict[str, Any]:
+    """The alignment's fields from its JSON, each checked for presence and type."""
+
+    def bad(problem: str) -> DamagedFileError:
+        return DamagedFileError(file, problem, fix)
+
+    for key, kind in (
+        ("method", str),
+        ("location", dict),
+        ("subspaces", dict),
+        ("network_hash", str),
+        ("model_hash", str),
+    ):
+        if key not in meta:
+            raise bad(f"the field {key!r} is missing")
+        if not isinstance(meta[key], kind):
+            raise bad(f"{key!r} is a {type(meta[key]).__name__}, not a {kind.__name__}")
+    if meta["method"] not in METHODS:
+        raise bad(f"unknown method {meta['method']!r}; {nearest(meta['method'], METHODS)}")
+    subspaces: dict[str, tuple[int, int]] = {}
+    for name, span in meta["subspaces"].items():
+        if not (
+            isinstance(span, list)
+            and len(span) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in span)
+            and 0 <= span[0] < span[1]
+        ):
+            raise bad(f"the subspace of {name!r} is {span!r}, not [start, stop] with start < stop")
+        subspaces[name] = (span[0], span[1])
+    if not subspaces:
+        raise bad("no variable is aligned (subspaces is empty)")
+    try:
+        location = Location.from_dict(meta["location"])
+    except (AbstractionError, TypeError, ValueError, KeyError, IndexError) as exc:
+        raise bad(f"the location {meta['location']!r} is not valid: {exc}") from None
+    optional: dict[str, type] = {"boundary": dict, "curve": list, "config": dict, "versions": dict}
+    for key, expected in optional.items():
+        if key in meta and not isinstance(meta[key], expected):
+            raise bad(f"{key!r} is a {type(meta[key]).__name__}, not a {expected.__name__}")
+    temperature = meta.get("temperature")
+    if temperature is not None and not isinstance(temperature, (int, float)):
+        raise bad(f"'temperature' is {temperature!r}, not a number")
+    try:
+        boundary = {k: float(v) for k, v in meta.get("boundary", {}).items()}
+    except (TypeError, ValueError):
+        raise bad(f"'boundary' is {meta.get('boundary')!r}, not variable -> number") from None
+    return {
+        "method": meta["method"],
+        "location": location,
+        "subspaces": subspaces,
+        "network_hash": meta["network_hash"],
+        "model_hash": meta["model_hash"],
+        "boundary": boundary,
+        "temperature": None if temperature is None else float(temperature),
+        "curve": meta.get("curve", []),
+        "config": meta.get("config", {}),
+        "versions": meta.get("versions", {}),
+    }
+
+
+def _checked_tensors(
+    file: Path, meta: dict[str, Any], fields: dict[str, Any], fix: str
+) -> dict[str, torch.Tensor]:
+    """The tensor file's tensors, checked against the JSON (hash, names, shapes, basis)."""
+    recorded = meta.get("tensors")
+    if meta["format_version"] >= 2:
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("sha256"), str):
+            raise DamagedFileError(
+                file.with_suffix(".json"), "the tensor file's sha256 is not recorded", fix
+            )
+        actual = sha256_file(file)
+        if actual != recorded["sha256"]:
+            raise DamagedFileError(
+                file,
+                f"its SHA-256 is {actual[:16]}..., but {file.with_suffix('.json').name} "
+                f"records {recorded['sha256'][:16]}...: the tensor file is damaged, truncated, "
+                "or from another save than its JSON (a save interrupted between the two files)",
+                fix,
+            )
+    try:
+        tensors = load_file(str(file))
+    except Exception as exc:  # safetensors raises its own SafetensorError, OSError, ...
+        raise DamagedFileError(
+            file, f"not a readable safetensors file ({type(exc).__name__}: {exc})", fix
+        ) from None
+    unexpected = sorted(set(tensors) - {"basis"})
+    if unexpected:
+        raise DamagedFileError(file, f"unexpected tensors {unexpected}; only 'basis' belongs", fix)
+    if isinstance(recorded, dict) and "shapes" in recorded:
+        shapes = {k: list(v.shape) for k, v in tensors.items()}
+        if shapes != recorded["shapes"]:
+            raise DamagedFileError(
+                file, f"tensor shapes {shapes} differ from those recorded {recorded['shapes']}", fix
+            )
+    basis = tensors.get("basis")
+    if fields["method"] != "patch":
+        if basis is None:
+            raise DamagedFileError(
+                file,
+                f"a {fields['method']!r} alignment needs its basis, but the file has no "
+                "'basis' tensor (it would be applied as a full patch)",
+                fix,
+            )
+        stop = max(b for _, b in fields["subspaces"].values())
+        if basis.dim() != 2 or not basis.is_floating_point() or basis.shape[1] < stop:
+            raise DamagedFileError(
+                file,
+                f"the basis has shape {tuple(basis.shape)} ({basis.dtype}), but the subspaces "
+                f"need a floating (width, >= {stop}) matrix",
+                fix,
+            )
+        if not bool(torch.isfinite(basis).all()):
+            raise DamagedFileError(file, "the basis holds NaN or infinite values", fix)
+    return tensors

@@ -2,16 +2,36 @@
 
 Every cell trains an alignment on the training pairs and scores it on the
 validation pairs; the best cell by validation IIA is the only one evaluated on the
-test pairs (the maximum over test cells would be optimistically biased). Each
-finished cell is written to ``directory`` as it completes, so an interrupted sweep
-resumes where it stopped. Cells run one after another, or on Ray when it is
-installed and ``workers`` (or a cluster ``address``) is given.
+test pairs (the maximum over test cells would be optimistically biased). Cells run
+one after another, or on Ray when it is installed and ``workers`` (or a cluster
+``address``) is given.
+
+Resuming. Each finished cell is written to ``directory`` as it completes, under a
+*run key* that hashes everything that changes a cell's result: the network's weights,
+the causal model's source, the variables, the method and training configuration, and
+the content of the training and validation pairs together with the task's encoding of
+them (the exact input tensors and labels the network sees). A sweep resumed with the
+same key skips the finished cells; with any other key it starts afresh in its own
+directory, so files of another run are never read::
+
+    directory/<run key>/cells/<cell>.json                         the cell's record
+    directory/<run key>/cells/<cell>/alignment.{json,safetensors}  its alignment
+
+The alignment is written first and the record last (both atomically, fsynced), and
+the record holds the alignment JSON's SHA-256: a cell exists only when both are
+complete, a process killed at any moment loses at most the cells in progress, and a
+finished cell is never computed again. A sweep holds a lock on its run directory
+(``.lock``), so two processes never compute the same cells at once, and removes the
+temporary files a killed run left there. Damaged records raise
+:class:`~abstraction.errors.DamagedFileError` naming the file to delete.
 
 The sweep computes the cells table; :func:`abstraction.report.draw_heatmap` draws it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -23,18 +43,26 @@ from typing import Any
 
 import pandas as pd
 import torch
+from filelock import FileLock
 
-from abstraction.alignment.das import TrainingConfig, evaluate, fit
+from abstraction.alignment.das import TrainingConfig, evaluate, fit, reproducible
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError
-from abstraction.files import atomic_write_json
+from abstraction.errors import DamagedFileError
+from abstraction.files import atomic_write_json, read_json, remove_temporaries, sha256_file
 from abstraction.interventions import random_subspace_patches
 from abstraction.locations import Location, resolve
 from abstraction.network import Network
 from abstraction.statistics import adjust, paired_test
 from abstraction.task import Task
 
-__all__ = ["Cell", "SweepResult", "sweep"]
+__all__ = ["Cell", "SweepResult", "run_key", "sweep"]
+
+CELL_FORMAT = 1
+"""Version of the cell record; part of the run key, so a new format never reads an old one."""
+
+CellResult = tuple[int, Alignment, float, float, float]
+"""What one cell produced: rank, alignment, validation IIA, seconds, p-value."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +117,14 @@ def _run_location(
     ranks: Sequence[int],
     method: str,
     config: TrainingConfig,
-) -> list[tuple[int, Alignment, float, float, float]]:
+    on_result: Callable[[CellResult], None] | None = None,
+) -> list[CellResult]:
+    """Train and score the cells of one location (one per rank), preparing the data once.
+
+    Each rank's result is independent of the others (every fit seeds its own
+    generator), so a resumed sweep may pass only the ranks still missing.
+    ``on_result`` is called as soon as each rank finishes (to persist it).
+    """
     engine = PreparedInterchanges(network, task, train, location, variables)
     val_engine = PreparedInterchanges(network, task, validation, location, variables)
     results = []
@@ -101,15 +136,16 @@ def _run_location(
             )
             correct = evaluate(alignment, val_engine)
             p_value = _null_p_value(alignment, val_engine, correct, validation, config.seed)
-            results.append(
-                (
-                    rank,
-                    alignment,
-                    float(correct.float().mean()),
-                    time.perf_counter() - start,
-                    p_value,
-                )
+            result = (
+                rank,
+                alignment,
+                float(correct.float().mean()),
+                time.perf_counter() - start,
+                p_value,
             )
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
     finally:
         engine.close()
         val_engine.close()
@@ -136,6 +172,7 @@ def _null_p_value(
     ).p_value
 
 
+@reproducible
 def sweep(
     network: Network,
     task: Task,
@@ -181,104 +218,118 @@ def sweep(
         Location(layer=layer, component=component, position=position)
         for layer, component, position in itertools.product(layers, components, positions)
     ]
+    task.check_network(network)  # fail before training anything
     for loc in locations:
-        resolve(network, loc)  # fail before training anything
-    out_dir = Path(directory) if directory is not None else None
-    if out_dir is not None:
-        (out_dir / "cells").mkdir(parents=True, exist_ok=True)
-    signature = _signature(network, task, variables, method, config, train, validation)
+        resolve(network, loc)
+    key = run_key(network, task, variables, method, config, train, validation)
+    run_dir = Path(directory) / key if directory is not None else None
 
-    def cell_file(cell: Cell) -> Path | None:
-        return None if out_dir is None else out_dir / "cells" / f"{cell.key}.json"
+    with contextlib.ExitStack() as stack:
+        if run_dir is not None:
+            # one process per run directory: a second sweep with the same key waits, then
+            # finds the cells done; temporary files of a killed run are removed under it
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(FileLock(str(run_dir / ".lock")))
+            remove_temporaries(run_dir)
 
-    done: dict[Cell, tuple[Alignment | None, float, float, float]] = {}
-    todo: list[Location] = []
-    for loc in locations:
-        assert loc.layer is not None
-        cells = [Cell(loc.layer, loc.position, loc.component, r) for r in ranks]
-        finished = True
-        for cell in cells:
-            file = cell_file(cell)
-            if file is not None and file.is_file():
-                saved = json.loads(file.read_text())
-                if saved.get("signature") == signature:
-                    done[cell] = (None, saved["val_iia"], saved["seconds"], saved["p_value"])
-                    continue
-            finished = False
-        if not finished:
-            todo.append(loc)
+        def cell_file(cell: Cell) -> Path | None:
+            return None if run_dir is None else run_dir / "cells" / f"{cell.key}.json"
 
-    def record(loc: Location, results: list[tuple[int, Alignment, float, float, float]]) -> None:
-        assert loc.layer is not None
-        for rank, alignment, val_iia, seconds, p_value in results:
+        done: dict[Cell, tuple[Alignment | None, float, float, float]] = {}
+        todo: list[tuple[Location, list[int]]] = []
+        for loc in locations:
+            assert loc.layer is not None
+            missing = []
+            for rank in ranks:
+                cell = Cell(loc.layer, loc.position, loc.component, rank)
+                file = cell_file(cell)
+                if file is not None and file.is_file():
+                    done[cell] = (None, *_read_cell(file, cell, key))
+                else:
+                    missing.append(rank)
+            if missing:
+                todo.append((loc, missing))
+
+        def record(loc: Location, result: CellResult) -> None:
+            assert loc.layer is not None
+            rank, alignment, val_iia, seconds, p_value = result
             cell = Cell(loc.layer, loc.position, loc.component, rank)
             done[cell] = (alignment, val_iia, seconds, p_value)
             file = cell_file(cell)
             if file is not None:
-                alignment.save(file.with_suffix("") / "alignment")
+                # the alignment first, the record last: the record commits the cell
+                saved = alignment.save(file.with_suffix("") / "alignment")
                 atomic_write_json(
                     file,
                     {
+                        "format_version": CELL_FORMAT,
+                        "run_key": key,
                         **alignment.location.to_dict(),
                         "rank": rank,
                         "val_iia": val_iia,
                         "seconds": seconds,
                         "p_value": p_value,
-                        "signature": signature,
+                        "alignment_sha256": sha256_file(saved),
                     },
                 )
             if progress is not None:
                 progress(cell, val_iia)
 
-    args = (network, task, train, validation)
-    if (workers or address) and todo:
-        for loc, results in _run_on_ray(
-            args, todo, variables, ranks, method, config, workers, address
-        ):
-            record(loc, results)
-    else:
-        for loc in todo:
-            record(loc, _run_location(*args, loc, variables, ranks, method, config))
+        args = (network, task, train, validation)
+        if (workers or address) and todo:
+            _run_on_ray(args, todo, variables, method, config, workers, address, record)
+        else:
+            for loc, missing in todo:
+                _run_location(
+                    *args, loc, variables, missing, method, config, functools.partial(record, loc)
+                )
 
-    rows = [
-        {
-            "layer": c.layer,
-            "component": c.component,
-            "position": c.position,
-            "rank": c.rank,
-            "val_iia": v,
-            "seconds": s,
-            "p_value": p,
-        }
-        for c, (_, v, s, p) in done.items()
-    ]
-    table = pd.DataFrame(rows).sort_values(["layer", "component", "rank"], kind="stable")
-    table = table.reset_index(drop=True)
-    # Benjamini-Hochberg across cells: which locations beat a random subspace on the
-    # validation pairs, with the false discovery rate controlled over the whole sweep.
-    finite = table["p_value"].notna()
-    table["p_bh"] = float("nan")
-    if finite.any():
-        table.loc[finite, "p_bh"] = adjust(table.loc[finite, "p_value"].tolist(), "bh")
-    best_cell = max(done, key=lambda c: (done[c][1], -c.rank, -c.layer))
-    best_alignment = done[best_cell][0]
-    if best_alignment is None:
-        file = cell_file(best_cell)
-        assert file is not None
-        best_alignment = Alignment.load(file.with_suffix("") / "alignment", network)
-    result = SweepResult(table, best_cell, best_alignment)
-    if test is not None:
-        engine = PreparedInterchanges(network, task, test, best_alignment.location, variables)
-        try:
-            correct = evaluate(best_alignment, engine)
-        finally:
-            engine.close()
-        result.test_correct = correct
-        result.test_iia = float(correct.float().mean())
-    return result
+        # one canonical order, whatever order cells finished or were resumed in
+        order = [
+            Cell(loc.layer, loc.position, loc.component, rank)
+            for loc in locations
+            if loc.layer is not None
+            for rank in ranks
+        ]
+        rows = [
+            {
+                "layer": c.layer,
+                "component": c.component,
+                "position": c.position,
+                "rank": c.rank,
+                "val_iia": done[c][1],
+                "seconds": done[c][2],
+                "p_value": done[c][3],
+            }
+            for c in order
+        ]
+        table = pd.DataFrame(rows).sort_values(["layer", "component", "rank"], kind="stable")
+        table = table.reset_index(drop=True)
+        # Benjamini-Hochberg across cells: which locations beat a random subspace on the
+        # validation pairs, with the false discovery rate controlled over the whole sweep.
+        finite = table["p_value"].notna()
+        table["p_bh"] = float("nan")
+        if finite.any():
+            table.loc[finite, "p_bh"] = adjust(table.loc[finite, "p_value"].tolist(), "bh")
+        best_cell = max(order, key=lambda c: (done[c][1], -c.rank, -c.layer))
+        best_alignment = done[best_cell][0]
+        if best_alignment is None:
+            file = cell_file(best_cell)
+            assert file is not None
+            best_alignment = Alignment.load(file.with_suffix("") / "alignment", network)
+        result = SweepResult(table, best_cell, best_alignment)
+        if test is not None:
+            engine = PreparedInterchanges(network, task, test, best_alignment.location, variables)
+            try:
+                correct = evaluate(best_alignment, engine)
+            finally:
+                engine.close()
+            result.test_correct = correct
+            result.test_iia = float(correct.float().mean())
+        return result
 
 
-def _signature(
+def run_key(
     network: Network,
     task: Task,
     variables: Sequence[str],
@@ -287,38 +338,124 @@ def _signature(
     train: pd.DataFrame,
     validation: pd.DataFrame,
 ) -> str:
-    """Identifies what a finished cell was computed from, so resume never mixes runs."""
+    """The key under which a sweep's cells are stored: a hash of all that changes them.
+
+    It covers the network's weights and architecture, the causal model's source, the
+    variables, the method, the training configuration, and for the training and
+    validation pairs both their content (every column, in order) and the task's
+    encoding of them: the base and source input tensors, named positions, readout and
+    label ids the network is given. Changing any of these - another template, other
+    entity vectors, a relabelled split, a different learning rate - gives another key.
+    """
     digest = hashlib.sha256()
     digest.update(
         json.dumps(
             [
+                CELL_FORMAT,
                 network.hash,
                 task.model.source_hash,
+                type(task).__qualname__,
+                task.n_classes,
                 list(variables),
                 method,
                 config.to_dict(),
-                len(train),
-                len(validation),
             ],
             default=str,
         ).encode()
     )
     for frame in (train, validation):
-        hashed = pd.util.hash_pandas_object(frame["base_id"], index=False).to_numpy()
-        digest.update(hashed.tobytes())
+        _hash_frame(digest, frame)
+        for prefix in ("base.", *(f"source.{v}." for v in variables)):
+            if all(f"{prefix}{i}" in frame for i in task.model.inputs):
+                _hash_batch(digest, task.batch(frame, prefix))
+        for column in ("label", "base_label"):
+            if column in frame:
+                _hash_tensor(digest, task.labels(frame, column))
     return digest.hexdigest()[:16]
+
+
+def _hash_frame(digest: Any, frame: pd.DataFrame) -> None:
+    """Column names, dtypes and every value of ``frame``, in row order."""
+    digest.update(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
+    digest.update(len(frame).to_bytes(8, "little"))
+    for column in frame.columns:
+        series = frame[column]
+        try:
+            hashed = pd.util.hash_pandas_object(series, index=False).to_numpy()
+            digest.update(hashed.tobytes())
+        except TypeError:  # unhashable values (lists): their text stands for them
+            digest.update(repr(series.tolist()).encode())
+
+
+def _hash_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().to("cpu").contiguous()
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    if tensor.numel():
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+
+
+def _hash_batch(digest: Any, batch: Any) -> None:
+    for group in (batch.inputs, batch.positions):
+        for name in sorted(group):
+            digest.update(name.encode())
+            _hash_tensor(digest, group[name])
+    if batch.readout is not None:
+        _hash_tensor(digest, batch.readout)
+
+
+def _read_cell(file: Path, cell: Cell, key: str) -> tuple[float, float, float]:
+    """A finished cell's (val_iia, seconds, p_value), checked; damage names the file."""
+    fix = (
+        f"delete {file} (and the folder {file.with_suffix('').name}/ beside it) and resume: "
+        "the cell is computed again"
+    )
+    saved = read_json(file, fix=fix, what="sweep cell")
+    if saved.get("format_version") != CELL_FORMAT or saved.get("run_key") != key:
+        raise DamagedFileError(
+            file,
+            f"the record's format {saved.get('format_version')!r} and run key "
+            f"{saved.get('run_key')!r} do not match {CELL_FORMAT} and {key} (its folder)",
+            fix,
+        )
+    where = (saved.get("layer"), saved.get("component"), saved.get("position"), saved.get("rank"))
+    if where != (cell.layer, cell.component, cell.position, cell.rank):
+        raise DamagedFileError(file, f"the record describes another cell than {cell.key}", fix)
+    values = []
+    for name in ("val_iia", "seconds", "p_value"):
+        value = saved.get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise DamagedFileError(file, f"{name!r} is {value!r}, not a number", fix)
+        values.append(float(value))
+    if not 0.0 <= values[0] <= 1.0:
+        raise DamagedFileError(file, f"val_iia is {values[0]}, outside [0, 1]", fix)
+    alignment = file.with_suffix("") / "alignment.json"
+    if not alignment.is_file() or sha256_file(alignment) != saved.get("alignment_sha256"):
+        raise DamagedFileError(
+            alignment,
+            "the cell's alignment is missing or is not the one its record "
+            f"{file.name} was written with",
+            fix,
+        )
+    return values[0], values[1], values[2]
 
 
 def _run_on_ray(
     args: tuple[Network, Task, pd.DataFrame, pd.DataFrame],
-    todo: list[Location],
+    todo: list[tuple[Location, list[int]]],
     variables: Sequence[str],
-    ranks: Sequence[int],
     method: str,
     config: TrainingConfig,
     workers: int | None,
     address: str | None,
-) -> list[tuple[Location, list[tuple[int, Alignment, float, float, float]]]]:
+    record: Callable[[Location, CellResult], None],
+) -> None:
+    """Run each location as one Ray task; record every result as soon as its task ends.
+
+    The network, task and data are put in Ray's object store once and passed by
+    reference, so each node receives them once, not once per cell. A task lost with
+    its node is retried elsewhere (Ray's ``max_retries``); results are recorded in the
+    order tasks finish, so a driver killed midway keeps every cell finished so far.
+    """
     try:
         import ray
     except ImportError:
@@ -336,13 +473,18 @@ def _run_on_ray(
         )
         started = True
     try:
-        remote: Any = ray.remote(_run_location)
+        remote: Any = ray.remote(max_retries=3, retry_exceptions=False)(reproducible(_run_location))
         shared = [ray.put(a) for a in args]
-        futures = [
-            remote.remote(*shared, loc, list(variables), list(ranks), method, config)
-            for loc in todo
-        ]
-        return list(zip(todo, ray.get(futures), strict=True))
+        pending = {
+            remote.remote(*shared, loc, list(variables), missing, method, config): loc
+            for loc, missing in todo
+        }
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                loc = pending.pop(ref)
+                for result in ray.get(ref):
+                    record(loc, result)
     finally:
         if started:
             ray.shutdown()

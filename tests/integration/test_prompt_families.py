@@ -91,15 +91,14 @@ def test_prompt_experiment_runs_on_every_family(
     model_type: str, padding: str, location: Location, bpe_tokenizer: Any, tmp_path: Path
 ) -> None:
     torch.manual_seed(0)
-    config = _config(
-        model_type, len(bpe_tokenizer), bpe_tokenizer.pad_token_id, bpe_tokenizer.eos_token_id
-    )
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     bpe_tokenizer.save_pretrained(tmp_path)
+    # the tokenizer as a user loads it (a family's tokenizer class may add special tokens)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    config = _config(model_type, len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
 
     network = Network.from_pretrained(tmp_path)
     assert network.family == ("llama" if model_type in ("qwen2", "gemma") else model_type)
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     task = PromptTask("ioi", ioi, tokenizer, TEMPLATES, candidates=("a", "b"), padding=padding)
     experiment = Experiment(
         name=f"ioi-{model_type}",

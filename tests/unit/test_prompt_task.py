@@ -286,3 +286,19 @@ def test_any_template_and_names_round_trip(
             # the slot's tokens spell its value (possibly with the space before it)
             assert _token_text(tokenizer, batch, row, lo, hi).endswith(values[row])
         assert int(batch.positions["y.first"][row]) > int(batch.positions["x.last"][row])
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    from transformers import GPT2Config
+
+    from abstraction import Network
+
+    task = PromptTask("ioi", ioi, tokenizer, TEMPLATES, candidates=("a", "b"))
+    small = Network.from_config(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=50))
+    with pytest.raises(TaskError, match="output logits"):
+        task.check_network(small)
+    task.check_network(
+        Network.from_config(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=len(tokenizer)))
+    )
