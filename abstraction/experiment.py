@@ -66,14 +66,20 @@ class Search:
     Attributes:
         layers: layers (default: all).
         positions: token positions (ints or task-named positions; ``None`` for MLPs).
-        components: components, e.g. ``("residual", "mlp_output")``.
+        components: components, e.g. ``("residual", "mlp_output", "head")``.
         ranks: dimensions per variable.
+        heads: heads tried for the ``"head"`` component (default: every head).
+        modules: submodule-path patterns with ``{layer}`` (``"blocks.{layer}.mlp"``,
+            ``":input"`` for a module's input), for networks of any family; set
+            ``components=()`` to search only these.
     """
 
     layers: Sequence[int] | None = None
     positions: Sequence[int | str | None] = (None,)
     components: Sequence[str] = ("residual",)
     ranks: Sequence[int] = (1,)
+    heads: Sequence[int] | None = None
+    modules: Sequence[str] = ()
 
 
 @dataclass
@@ -288,6 +294,8 @@ def run(
             layers=exp.search.layers,
             positions=exp.search.positions,
             components=exp.search.components,
+            heads=exp.search.heads,
+            modules=exp.search.modules,
             ranks=exp.search.ranks,
             method=exp.method,
             test=test,

@@ -274,6 +274,10 @@ class SweepCellRecord(_Record):
     layer: int
     component: str
     position: int | str | None
+    head: int | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The attention head, for ``component="head"``."""
+    path: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The submodule path, for cells of a module pattern."""
     rank: int
     val_iia: float
     """IIA on the validation pairs."""
@@ -292,6 +296,10 @@ class ChosenCell(_Record):
     position: int | str | None
     component: str
     rank: int
+    head: int | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The attention head, for ``component="head"``."""
+    path: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The submodule path, for cells of a module pattern."""
 
 
 class SweepRecord(_Record):
@@ -312,7 +320,12 @@ class SweepRecord(_Record):
         return cls(
             cells=[SweepCellRecord.model_validate(row) for row in cells.to_dict("records")],
             chosen=ChosenCell(
-                layer=best.layer, position=best.position, component=best.component, rank=best.rank
+                layer=best.layer,
+                position=best.position,
+                component=best.component,
+                rank=best.rank,
+                head=best.head,
+                path=best.path,
             ),
             test_iia=result.test_iia,
         )

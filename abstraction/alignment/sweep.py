@@ -51,7 +51,7 @@ from abstraction.alignment.result import Alignment, AlignmentError
 from abstraction.errors import DamagedFileError
 from abstraction.files import atomic_write_json, read_json, remove_temporaries, sha256_file
 from abstraction.interventions import random_subspace_patches
-from abstraction.locations import Location, resolve
+from abstraction.locations import Location, LocationError, resolve
 from abstraction.network import Network
 from abstraction.statistics import adjust, paired_test
 from abstraction.task import Task
@@ -67,22 +67,39 @@ CellResult = tuple[int, Alignment, float, float, float]
 
 @dataclass(frozen=True)
 class Cell:
-    """One sweep cell: a location (layer, component, position) and a rank."""
+    """One sweep cell: a location (layer, component, position, head or path) and a rank.
+
+    ``path`` is set for cells of a submodule-path pattern (``Location.module``), whose
+    ``layer`` is the layer the pattern was filled with.
+    """
 
     layer: int
     position: int | str | None
     component: str = "residual"
     rank: int = 1
+    head: int | None = None
+    path: str | None = None
+
+    @classmethod
+    def at(cls, layer: int, location: Location, rank: int) -> Cell:
+        """The cell of ``location`` (searched as layer ``layer``) with ``rank``."""
+        return cls(layer, location.position, location.component, rank, location.head, location.path)
 
     @property
     def location(self) -> Location:
         """The cell's location."""
-        return Location(layer=self.layer, component=self.component, position=self.position)
+        if self.path is not None:
+            return Location.module(self.path, position=self.position)
+        return Location(
+            layer=self.layer, component=self.component, position=self.position, head=self.head
+        )
 
     @property
     def key(self) -> str:
         """A file-name-safe identifier."""
-        text = f"L{self.layer}-{self.component}-P{self.position}-R{self.rank}"
+        where = self.path if self.path is not None else self.component
+        head = f"-H{self.head}" if self.head is not None else ""
+        text = f"L{self.layer}-{where}{head}-P{self.position}-R{self.rank}"
         return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
@@ -183,6 +200,8 @@ def sweep(
     layers: Sequence[int] | None = None,
     positions: Sequence[int | str | None] = (None,),
     components: Sequence[str] = ("residual",),
+    heads: Sequence[int] | None = None,
+    modules: Sequence[str] = (),
     ranks: Sequence[int] = (1,),
     method: str = "das",
     test: pd.DataFrame | None = None,
@@ -202,7 +221,11 @@ def sweep(
         variables: causal variables aligned together in each cell.
         layers: layers to try (default: all).
         positions: positions to try (ints, names, or ``None`` for non-sequence nets).
-        components: components to try.
+        components: components to try (``"head"`` tries each of ``heads``).
+        heads: attention heads tried for the ``"head"`` component (default: all).
+        modules: submodule-path patterns tried at every layer, with ``{layer}`` for the
+            layer (``"blocks.{layer}.mlp"``), for networks of any family; a path
+            ending in ``:input`` hooks the module's input.
         ranks: subspace dimensions per variable to try.
         method: the alignment method.
         test: held-out pairs on which only the chosen cell is evaluated.
@@ -214,10 +237,9 @@ def sweep(
     """
     config = config or TrainingConfig()
     layers = list(range(network.n_layers)) if layers is None else list(layers)
-    locations = [
-        Location(layer=layer, component=component, position=position)
-        for layer, component, position in itertools.product(layers, components, positions)
-    ]
+    searched = _search_locations(network, layers, components, positions, heads, modules)
+    locations = [loc for _, loc in searched]
+    layer_of = dict(zip(locations, (layer for layer, _ in searched), strict=True))
     task.check_network(network)  # fail before training anything
     for loc in locations:
         resolve(network, loc)
@@ -238,10 +260,9 @@ def sweep(
         done: dict[Cell, tuple[Alignment | None, float, float, float]] = {}
         todo: list[tuple[Location, list[int]]] = []
         for loc in locations:
-            assert loc.layer is not None
             missing = []
             for rank in ranks:
-                cell = Cell(loc.layer, loc.position, loc.component, rank)
+                cell = Cell.at(layer_of[loc], loc, rank)
                 file = cell_file(cell)
                 if file is not None and file.is_file():
                     done[cell] = (None, *_read_cell(file, cell, key))
@@ -251,9 +272,8 @@ def sweep(
                 todo.append((loc, missing))
 
         def record(loc: Location, result: CellResult) -> None:
-            assert loc.layer is not None
             rank, alignment, val_iia, seconds, p_value = result
-            cell = Cell(loc.layer, loc.position, loc.component, rank)
+            cell = Cell.at(layer_of[loc], loc, rank)
             done[cell] = (alignment, val_iia, seconds, p_value)
             file = cell_file(cell)
             if file is not None:
@@ -285,17 +305,14 @@ def sweep(
                 )
 
         # one canonical order, whatever order cells finished or were resumed in
-        order = [
-            Cell(loc.layer, loc.position, loc.component, rank)
-            for loc in locations
-            if loc.layer is not None
-            for rank in ranks
-        ]
+        order = [Cell.at(layer_of[loc], loc, rank) for loc in locations for rank in ranks]
         rows = [
             {
                 "layer": c.layer,
                 "component": c.component,
                 "position": c.position,
+                "head": c.head,
+                "path": c.path,
                 "rank": c.rank,
                 "val_iia": done[c][1],
                 "seconds": done[c][2],
@@ -403,6 +420,45 @@ def _hash_batch(digest: Any, batch: Any) -> None:
         _hash_tensor(digest, batch.readout)
 
 
+def _search_locations(
+    network: Network,
+    layers: Sequence[int],
+    components: Sequence[str],
+    positions: Sequence[int | str | None],
+    heads: Sequence[int] | None,
+    modules: Sequence[str],
+) -> list[tuple[int, Location]]:
+    """Every location a sweep tries, with the layer it is searched as."""
+    if not layers:
+        raise LocationError(
+            f"{network.name} has no blocks this library knows, so there are no layers to "
+            "search; give layers=[0, 1, ...] (they fill {layer} in module patterns)"
+        )
+    out: list[tuple[int, Location]] = []
+    for layer, component, position in itertools.product(layers, components, positions):
+        if component == "head":
+            if network.n_heads is None:
+                raise LocationError(
+                    f"{network.name} has no attention heads to search; drop 'head' from components"
+                )
+            for head in range(network.n_heads) if heads is None else heads:
+                where = Location(layer=layer, component="head", head=head, position=position)
+                out.append((layer, where))
+        else:
+            out.append((layer, Location(layer=layer, component=component, position=position)))
+    for pattern, layer, position in itertools.product(modules, layers, positions):
+        if "{layer}" not in pattern:
+            raise LocationError(
+                f"module pattern {pattern!r} has no {{layer}} field; write e.g. "
+                "'blocks.{layer}.mlp' (or give the path once in location=Location.module(...))"
+            )
+        path, _, hook = pattern.format(layer=layer).partition(":")
+        out.append((layer, Location.module(path, hook=hook or "output", position=position)))
+    if not out:
+        raise LocationError("the sweep has no location to try: give components or modules")
+    return out
+
+
 def _read_cell(file: Path, cell: Cell, key: str) -> tuple[float, float, float]:
     """A finished cell's (val_iia, seconds, p_value), checked; damage names the file."""
     fix = (
@@ -417,8 +473,10 @@ def _read_cell(file: Path, cell: Cell, key: str) -> tuple[float, float, float]:
             f"{saved.get('run_key')!r} do not match {CELL_FORMAT} and {key} (its folder)",
             fix,
         )
-    where = (saved.get("layer"), saved.get("component"), saved.get("position"), saved.get("rank"))
-    if where != (cell.layer, cell.component, cell.position, cell.rank):
+    where = tuple(saved.get(k) for k in ("component", "position", "head", "path", "rank"))
+    if where != (cell.component, cell.position, cell.head, cell.path, cell.rank) or (
+        cell.path is None and saved.get("layer") != cell.layer
+    ):
         raise DamagedFileError(file, f"the record describes another cell than {cell.key}", fix)
     values = []
     for name in ("val_iia", "seconds", "p_value"):
