@@ -66,6 +66,8 @@ def _config(family: str, vocab: int, pad: int, eos: int) -> Any:
         "intermediate_size": 64,
         "max_position_embeddings": 64,
     }
+    if family == "gpt2-small":  # GPT-2-small's shape: 12 layers, width 768, 12 heads
+        return GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=64, **ids)
     if family == "gpt2":
         return GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=64, **ids)
     if family == "gpt_neox":
@@ -78,6 +80,12 @@ def _config(family: str, vocab: int, pad: int, eos: int) -> Any:
 
 
 CASES = [
+    pytest.param(
+        "gpt2-small",
+        "left",
+        Location(layer=6, component="head", head=11, position="s.last"),
+        marks=pytest.mark.slow,  # about a minute on 2 cores; .ci/run runs slow tests
+    ),
     ("gpt2", "left", Location(layer=0, component="head", head=1, position="s.last")),
     ("gpt_neox", "right", Location(layer=1, position="s.last")),
     ("llama", "left", Location(layer=1, component="mlp_output", position="last")),
@@ -86,7 +94,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("model_type", "padding", "location"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("model_type", "padding", "location"), CASES)
 def test_prompt_experiment_runs_on_every_family(
     model_type: str, padding: str, location: Location, bpe_tokenizer: Any, tmp_path: Path
 ) -> None:
@@ -98,7 +106,8 @@ def test_prompt_experiment_runs_on_every_family(
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
 
     network = Network.from_pretrained(tmp_path)
-    assert network.family == ("llama" if model_type in ("qwen2", "gemma") else model_type)
+    family = {"qwen2": "llama", "gemma": "llama", "gpt2-small": "gpt2"}.get(model_type, model_type)
+    assert network.family == family
     task = PromptTask("ioi", ioi, tokenizer, TEMPLATES, candidates=("a", "b"), padding=padding)
     experiment = Experiment(
         name=f"ioi-{model_type}",
