@@ -34,7 +34,7 @@ import pandas as pd
 from abstraction.alignment.das import TrainingConfig, fit_sites, reproducible
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import library_versions
-from abstraction.alignment.sweep import sweep
+from abstraction.alignment.sweep import SweepResult, sweep
 from abstraction.baselines import BASELINES
 from abstraction.causal_model import CausalModel
 from abstraction.counterfactuals import counterfactual_dataset, relabel, split_by_base
@@ -96,7 +96,10 @@ class Experiment:
         location: where to look (give this or ``search``): one location, or one per
             variable (e.g. IOI's subject at ``s.last`` and another variable at
             ``last``), trained together with joint multi-source interchanges.
-        search: a sweep over locations, chosen on validation.
+        search: a sweep over locations, chosen on validation; or one sweep per
+            variable (``{"s": Search(...), "io": Search(...)}``), each run on the pairs
+            that intervene on that variable alone, after which the variables are
+            trained together at their chosen sites.
         method: ``"das"``, ``"low_rank"``, ``"boundless"`` or ``"patch"``.
         rank: dimensions per variable (when ``subspaces`` is not given).
         subspaces: explicit column ranges per variable, e.g. ``{"wx": (0, 8)}``.
@@ -123,7 +126,7 @@ class Experiment:
     network: str | Path | Network | Callable[[], Network]
     variables: Sequence[str]
     location: Location | Mapping[str, Location] | None = None
-    search: Search | None = None
+    search: Search | Mapping[str, Search] | None = None
     method: str = "das"
     rank: int | Mapping[str, int] | None = None
     subspaces: Mapping[str, tuple[int, int]] | None = None
@@ -150,21 +153,26 @@ class Experiment:
             )
         for v in self.variables:
             self.model._check_variable(v, role="aligned")
-        if isinstance(self.location, Mapping):
-            missing = [v for v in self.variables if v not in self.location]
-            extra = [v for v in self.location if v not in self.variables]
+        for option, per_variable in (("location", self.location), ("search", self.search)):
+            if not isinstance(per_variable, Mapping):
+                continue
+            missing = [v for v in self.variables if v not in per_variable]
+            extra = [v for v in per_variable if v not in self.variables]
             if missing or extra:
                 raise DeclarationError(
-                    f"experiment {self.name!r} gives locations for {sorted(self.location)} but "
+                    f"experiment {self.name!r} gives {option}s for {sorted(per_variable)} but "
                     f"aligns {list(self.variables)}",
-                    "give location={variable: Location(...)} with exactly one entry per "
-                    "aligned variable",
+                    f"give {option}={{variable: ...}} with exactly one entry per aligned variable",
                 )
-            if self.method == "boundless" and len(set(self.location.values())) > 1:
-                raise DeclarationError(
-                    "boundless DAS aligns one variable at one site",
-                    "use method='das' for variables at several sites",
-                )
+        if (
+            isinstance(self.location, Mapping)
+            and self.method == "boundless"
+            and len(set(self.location.values())) > 1
+        ):
+            raise DeclarationError(
+                "boundless DAS aligns one variable at one site",
+                "use method='das' for variables at several sites",
+            )
         for option, given in (("subspaces", self.subspaces), ("rank", self.rank)):
             if not isinstance(given, Mapping):
                 continue
@@ -282,30 +290,51 @@ def run(
     training = replace(exp.training, seed=seed)
 
     sweep_result = None
+    sweeps: dict[str, SweepResult] = {}
     location = exp.location
-    if exp.search is not None:
-        start = phase("sweeping locations (chosen on validation)")
-        sweep_result = sweep(
+    rank = exp.rank
+
+    def run_sweep(search: Search, variables: list[str], *pairs: pd.DataFrame) -> SweepResult:
+        return sweep(
             network,
             exp.task,
-            train,
-            validation,
-            list(exp.variables),
-            layers=exp.search.layers,
-            positions=exp.search.positions,
-            components=exp.search.components,
-            heads=exp.search.heads,
-            modules=exp.search.modules,
-            ranks=exp.search.ranks,
+            pairs[0],
+            pairs[1],
+            variables,
+            layers=search.layers,
+            positions=search.positions,
+            components=search.components,
+            heads=search.heads,
+            modules=search.modules,
+            ranks=search.ranks,
             method=exp.method,
-            test=test,
+            test=pairs[2],
             config=training,
             directory=sweep_directory,
         )
+
+    if isinstance(exp.search, Mapping):
+        start = phase("sweeping each variable's locations (chosen on validation)")
+        for v, search in exp.search.items():
+            alone = [
+                split[split["intervened"].astype(str) == v] for split in (train, validation, test)
+            ]
+            if any(len(split) == 0 for split in alone):
+                raise DeclarationError(
+                    f"no pairs intervene on {v!r} alone, so its site cannot be searched on its own",
+                    f"include [{v!r}] in interventions=",
+                )
+            sweeps[v] = run_sweep(search, [v], *alone)
+        location = {v: result.best.location for v, result in sweeps.items()}
+        rank = {v: result.best.rank for v, result in sweeps.items()}
+        timings["sweep"] = time.perf_counter() - start
+    elif exp.search is not None:
+        start = phase("sweeping locations (chosen on validation)")
+        sweep_result = run_sweep(exp.search, list(exp.variables), train, validation, test)
         location = sweep_result.best.location
+        rank = sweep_result.best.rank
         timings["sweep"] = time.perf_counter() - start
     assert location is not None
-    rank = exp.rank if sweep_result is None else sweep_result.best.rank
 
     start = phase("verifying the hypothesis")
     verification = verify(
@@ -397,6 +426,7 @@ def run(
         timings={k: round(v, 2) for k, v in timings.items()},
         seeds=seeds_info,
         sweep=sweep_result,
+        sweeps=sweeps,
         rivals=rivals,
         shifts=shifts,
     )

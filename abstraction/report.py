@@ -221,6 +221,14 @@ def _figures(results: ExperimentResult, directory: Path) -> dict[str, Path]:
         fig.savefig(figures["curve"], dpi=110)
         plt.close(fig)
 
+    for variable, each in (results.sweeps or {}).items():
+        chosen = each.chosen
+        figures[f"sweep {variable}"] = draw_heatmap(
+            each.frame(),
+            directory / f"sweep_heatmap_{_file_safe(variable)}.png",
+            title=f"{variable}: validation IIA; chosen: layer {chosen.layer}, "
+            f"position {chosen.position}",
+        )
     sweep = results.sweep
     if sweep is not None and sweep.cells:
         cells = sweep.frame()
@@ -242,6 +250,10 @@ def _figures(results: ExperimentResult, directory: Path) -> dict[str, Path]:
             fig.savefig(figures["rank"], dpi=110)
             plt.close(fig)
     return figures
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 def _template(name: str) -> str:
@@ -295,6 +307,13 @@ def render(results: ExperimentResult, figures: Mapping[str, Path]) -> tuple[str,
         "images": {k: base64.b64encode(p.read_bytes()).decode() for k, p in figures.items()},
         "colour": VERDICT_COLOURS.get(results.verdict, "#333"),
         "figures": {k: p.name for k, p in figures.items()},
+        "image_order": [
+            "iia",
+            "curve",
+            "sweep",
+            *(k for k in figures if k.startswith("sweep ")),
+            "rank",
+        ],
     }
     html = env.from_string(_template("report.html.j2")).render(**context)
     markdown = md_env.from_string(_template("report.md.j2")).render(**context)

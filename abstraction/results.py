@@ -521,6 +521,10 @@ class ExperimentResult(_Record):
     """IIA across alignment seeds (``null`` with one seed)."""
     sweep: SweepRecord | None
     """The location sweep (``null`` when the location was given)."""
+    sweeps: dict[str, SweepRecord] | None = Field(
+        default=None, exclude_if=lambda value: value is None
+    )
+    """One sweep per variable, when each variable's site was searched on its own."""
     rivals: list[RivalRecord]
     causal_model: CausalModelRecord
     network: NetworkRecord
@@ -552,6 +556,7 @@ class ExperimentResult(_Record):
         timings: dict[str, float],
         seeds: SeedSummary | None = None,
         sweep: SweepResult | None = None,
+        sweeps: Mapping[str, SweepResult] | None = None,
         rivals: dict[str, tuple[RivalRecord, Verification]] | None = None,
         shifts: dict[str, ShiftRecord] | None = None,
     ) -> ExperimentResult:
@@ -572,6 +577,7 @@ class ExperimentResult(_Record):
             alignment=AlignmentRecord.of(verification.alignment),
             seeds=seeds,
             sweep=SweepRecord.of(sweep) if sweep is not None else None,
+            sweeps={v: SweepRecord.of(r) for v, r in sweeps.items()} if sweeps else None,
             rivals=[record for record, _ in rivals.values()],
             causal_model=causal_model,
             network=network,

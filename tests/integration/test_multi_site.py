@@ -196,3 +196,57 @@ def test_location_mapping_must_match_the_variables() -> None:
             variables=["s", "other"],
             location={"s": Location(layer=0)},
         )
+
+
+def test_each_variable_searched_on_its_own_then_verified_together(
+    bpe_tokenizer: Any, tmp_path: Any
+) -> None:
+    from abstraction import Experiment, Search, TrainingConfig, report, run
+
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        n_positions=64,
+        vocab_size=len(bpe_tokenizer),
+        pad_token_id=bpe_tokenizer.pad_token_id,
+    )
+    task = PromptTask(
+        "ioi",
+        ioi,
+        bpe_tokenizer,
+        "Then {a} and {b} had fun. {s} handed it to",
+        candidates=("a", "b"),
+    )
+    experiment = Experiment(
+        name="ioi_searched_sites",
+        model=ioi,
+        task=task,
+        network=Network.from_config(config, seed=0),
+        variables=["s", "other"],
+        search={
+            "s": Search(layers=[0, 1], positions=["s.last", "last"]),
+            "other": Search(layers=[1], components=["head"], heads=[0, 2], positions=["last"]),
+        },
+        pairs=900,
+        sampler=distinct_names,
+        source_sampler=distinct_names,
+        training=TrainingConfig(epochs=1),
+        baselines=("random_subspace",),
+    )
+    result = run(experiment)
+    assert result.sweep is None and result.sweeps is not None
+    assert set(result.sweeps) == {"s", "other"}
+    assert len(result.sweeps["s"].cells) == 4 and len(result.sweeps["other"].cells) == 2
+    locations = result.config.locations
+    assert locations is not None
+    for v, each in result.sweeps.items():
+        chosen = each.chosen
+        assert (locations[v].layer, locations[v].position, locations[v].head) == (
+            chosen.layer,
+            chosen.position,
+            chosen.head,
+        )
+    directory = report.write(result, tmp_path / "report")
+    figures = {p.name for p in (directory.parent / "figures").iterdir()}
+    assert {"sweep_heatmap_s.png", "sweep_heatmap_other.png"} <= figures
