@@ -39,7 +39,7 @@ from abstraction.baselines import BASELINES
 from abstraction.causal_model import CausalModel
 from abstraction.counterfactuals import counterfactual_dataset, relabel, split_by_base
 from abstraction.errors import AbstractionError, DeclarationError, nearest
-from abstraction.locations import Location, resolve
+from abstraction.locations import Location, resolve, split_position
 from abstraction.network import Network
 from abstraction.results import (
     CausalModelRecord,
@@ -192,6 +192,7 @@ class Experiment:
                 )
         if self.task.model is not self.model:
             self.task = self.task.with_model(self.model)
+        self._check_positions()
         self.shifts = {
             name: task if task.model is self.model else task.with_model(self.model)
             for name, task in self.shifts.items()
@@ -199,6 +200,32 @@ class Experiment:
         for rival in self.rivals:
             for v in self.variables:
                 rival._check_variable(v, role="aligned")
+
+    def _check_positions(self) -> None:
+        """Named positions must be ones the task defines (checked before any data is made)."""
+        known = self.task.positions
+        if not known:
+            return
+        wanted: list[int | str | None] = []
+        locations = (
+            self.location.values() if isinstance(self.location, Mapping) else [self.location]
+        )
+        wanted.extend(loc.position for loc in locations if loc is not None)
+        searches = self.search.values() if isinstance(self.search, Mapping) else [self.search]
+        for search in searches:
+            if search is not None:
+                wanted.extend(search.positions)
+        for position in wanted:
+            if not isinstance(position, str):
+                continue
+            name = position if position in known else split_position(position)[0]
+            if name != "last" and name not in known:
+                raise DeclarationError(
+                    f"experiment {self.name!r} looks at position {position!r}, which task "
+                    f"{self.task.name!r} does not define; {nearest(name, ['last', *known])}",
+                    "use one of the task's positions (a slot that every template fills, as "
+                    "'<slot>.first' or '<slot>.last', or 'last'), optionally with an offset",
+                )
 
     def quick_version(self) -> Experiment:
         """The experiment with its ``quick`` overrides (and smaller defaults) applied."""

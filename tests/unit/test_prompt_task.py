@@ -302,3 +302,37 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_refused(
     task.check_network(
         Network.from_config(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=len(tokenizer)))
     )
+
+
+def test_an_experiment_at_a_position_the_task_lacks_fails_at_declaration(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    from abstraction import Experiment, Location, Search
+
+    task = PromptTask("ioi", ioi, tokenizer, TEMPLATES, candidates=("a", "b"))
+    with pytest.raises(DeclarationError, match=r"'io\.last'"):
+        Experiment(
+            name="ioi",
+            model=ioi,
+            task=task,
+            network="not loaded at declaration",
+            variables=["s"],
+            location=Location(layer=0, position="io.last"),
+        )
+    with pytest.raises(DeclarationError, match=r"'b\.lst'"):
+        Experiment(
+            name="ioi",
+            model=ioi,
+            task=task,
+            network="not loaded at declaration",
+            variables=["s"],
+            search=Search(positions=["s.last+1", "b.lst"]),
+        )
+    Experiment(  # offsets of known positions are fine
+        name="ioi",
+        model=ioi,
+        task=task,
+        network="not loaded at declaration",
+        variables=["s"],
+        search=Search(positions=["s.last+1", "last-2", "a.first"]),
+    )
