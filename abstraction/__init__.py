@@ -46,8 +46,10 @@ from abstraction.alignment import (
     PreparedInterchanges,
     TrainingConfig,
     align,
+    align_sites,
     evaluate,
     fit,
+    fit_sites,
 )
 from abstraction.alignment.sweep import Cell, SweepResult, sweep
 from abstraction.baselines import BASELINES, run_baselines
@@ -163,6 +165,7 @@ __all__ = [
     "ZeroAblation",
     "__version__",
     "align",
+    "align_sites",
     "balanced",
     "causal_model",
     "collect",
@@ -172,6 +175,7 @@ __all__ = [
     "evaluate",
     "factual_dataset",
     "fit",
+    "fit_sites",
     "from_function",
     "from_pyvene",
     "from_rows",

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from abstraction.alignment.das import TrainingConfig, align, evaluate, fit_sites, reproducible
+from abstraction.alignment.das import TrainingConfig, align_sites, evaluate, reproducible
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment
 from abstraction.baselines import BASELINES, BaselineResult, run_baselines
@@ -277,34 +277,17 @@ def verify(
     task.check_network(network)
     if alignment is None:
         note("aligning")
-        alignments = (
-            _align_sites(
-                network,
-                task,
-                train,
-                validation,
-                location,
-                variables,
-                method,
-                rank,
-                subspaces,
-                config,
-            )
-            if isinstance(location, Mapping)
-            else [
-                align(
-                    network,
-                    task,
-                    train,
-                    location,
-                    variables,
-                    method=method,
-                    rank=rank,
-                    subspaces=subspaces,
-                    validation=validation,
-                    config=config,
-                )
-            ]
+        alignments = align_sites(
+            network,
+            task,
+            train,
+            location,
+            variables,
+            method=method,
+            rank=rank,
+            subspaces=subspaces,
+            validation=validation,
+            config=config,
         )
     else:
         alignments = [alignment] if isinstance(alignment, Alignment) else list(alignment)
@@ -475,36 +458,6 @@ def verify(
         test=test,
         alignments=tuple(alignments),
     )
-
-
-def _align_sites(
-    network: Network,
-    task: Task,
-    train: pd.DataFrame,
-    validation: pd.DataFrame,
-    locations: Mapping[str, Location],
-    variables: Sequence[str],
-    method: str,
-    rank: int | Mapping[str, int] | None,
-    subspaces: Mapping[str, tuple[int, int]] | None,
-    config: TrainingConfig,
-) -> list[Alignment]:
-    prepared = PreparedInterchanges(network, task, train, locations, variables)
-    prepared_validation = PreparedInterchanges(network, task, validation, locations, variables)
-    try:
-        return fit_sites(
-            prepared,
-            prepared_validation,
-            task,
-            variables,
-            method=method,
-            rank=rank,
-            subspaces=subspaces,
-            config=config,
-        )
-    finally:
-        prepared.close()
-        prepared_validation.close()
 
 
 def compare(a: Verification, b: Verification) -> Comparison:

@@ -7,7 +7,15 @@ dataset made ready at one site), :mod:`~abstraction.alignment.das` (training),
 loaded) and :mod:`~abstraction.alignment.sweep` (many sites, chosen on validation).
 """
 
-from abstraction.alignment.das import METHODS, TrainingConfig, align, evaluate, fit, fit_sites
+from abstraction.alignment.das import (
+    METHODS,
+    TrainingConfig,
+    align,
+    align_sites,
+    evaluate,
+    fit,
+    fit_sites,
+)
 from abstraction.alignment.prefix_cache import PrefixCache
 from abstraction.alignment.prepared import Interventions, PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError, library_versions
@@ -21,6 +29,7 @@ __all__ = [
     "PreparedInterchanges",
     "TrainingConfig",
     "align",
+    "align_sites",
     "evaluate",
     "fit",
     "fit_sites",

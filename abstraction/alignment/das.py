@@ -38,6 +38,7 @@ __all__ = [
     "THREADS_VARIABLE",
     "TrainingConfig",
     "align",
+    "align_sites",
     "evaluate",
     "fit",
     "fit_sites",
@@ -231,12 +232,11 @@ def evaluate(
     return prepared.correct({v: iv for a in parts for v, iv in a.interventions().items()})
 
 
-@reproducible
 def align(
     network: Network,
     task: Task,
     train: pd.DataFrame,
-    location: Location,
+    location: Location | Mapping[str, Location],
     variables: Sequence[str],
     *,
     method: str = "das",
@@ -249,11 +249,13 @@ def align(
 ) -> Alignment:
     """Train an alignment of ``variables`` with subspaces at ``location``.
 
+    With one location per variable at several sites, use :func:`align_sites`.
+
     Args:
         network: the network.
         task: encodes the causal inputs and labels for the network.
         train: training counterfactual pairs (rows intervening on any of ``variables``).
-        location: where to look for the variables.
+        location: where to look for the variables (or one location per variable).
         variables: causal variables, aligned with disjoint subspaces of one rotation.
         method: ``"das"`` (full rotation), ``"low_rank"``, ``"boundless"`` (one
             variable, learned subspace size) or ``"patch"`` (no training).
@@ -264,6 +266,54 @@ def align(
         config: epochs, batch size, learning rate, patience, seed.
         memory_budget: bytes of cached activations held in RAM.
         progress: called after every epoch with the training curve's newest entry.
+    """
+    sites = (
+        {location[v] for v in variables if v in location}
+        if isinstance(location, Mapping)
+        else set()
+    )
+    if len(sites) > 1:
+        raise AlignmentError(
+            f"the variables live at {len(sites)} sites; use align_sites, which returns one "
+            "alignment per site"
+        )
+    return align_sites(
+        network,
+        task,
+        train,
+        location,
+        variables,
+        method=method,
+        rank=rank,
+        subspaces=subspaces,
+        validation=validation,
+        config=config,
+        memory_budget=memory_budget,
+        progress=progress,
+    )[0]
+
+
+@reproducible
+def align_sites(
+    network: Network,
+    task: Task,
+    train: pd.DataFrame,
+    location: Location | Mapping[str, Location],
+    variables: Sequence[str],
+    *,
+    method: str = "das",
+    rank: int | Mapping[str, int] | None = None,
+    subspaces: Mapping[str, tuple[int, int]] | None = None,
+    validation: pd.DataFrame | None = None,
+    config: TrainingConfig | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> list[Alignment]:
+    """:func:`align` for variables that may live at several sites: one alignment per site.
+
+    ``location`` maps each variable to its site; the sites are trained together on the
+    dataset's single- and multi-variable interchanges (see :func:`fit_sites`). The
+    arguments are :func:`align`'s.
     """
     config = config or TrainingConfig()
     if method not in METHODS:
@@ -289,7 +339,7 @@ def align(
         else None
     )
     try:
-        return fit(
+        alignments = fit_sites(
             prepared,
             prepared_validation,
             task,
@@ -304,6 +354,7 @@ def align(
         prepared.close()
         if prepared_validation is not None:
             prepared_validation.close()
+    return alignments
 
 
 def fit(
