@@ -13,6 +13,7 @@ Modules, in the order data flows (each imports only modules above it):
 ``program``          parse a causal model's source (``ast``), reject what is not allowed
 ``causal_model``     :class:`CausalModel`: variables, graph, ``run``, ``interchange``
 ``counterfactuals``  factual and counterfactual datasets (pandas), samplers, splits
+``corpus``           the zoo language model's tasks: IOI and binding templates, words
 ``network``          :class:`Network`: wrap / load / build a model; family module paths
 ``locations``        :class:`Location`: where an activation is, checked before running
 ``task``             causal-model values -> network inputs and labels

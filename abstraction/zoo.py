@@ -35,14 +35,24 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from abstraction import corpus
 from abstraction.causal_model import CausalModel, causal_model
 from abstraction.counterfactuals import balanced, factual_dataset, from_function
-from abstraction.errors import DamagedFileError, UnknownNameError, nearest
+from abstraction.errors import AbstractionError, DamagedFileError, UnknownNameError, nearest
 from abstraction.files import atomic_directory, atomic_write_json, read_json
 from abstraction.network import Network, import_pyvene, restore_default_linear_init
 from abstraction.task import EntityVectorTask, Task, TokenTask
 
-__all__ = ["ZooEntry", "cache_dir", "entries", "load", "task"]
+__all__ = [
+    "Trained",
+    "ZooEntry",
+    "cache_dir",
+    "candidate_accuracy",
+    "entries",
+    "load",
+    "task",
+    "tokenizer",
+]
 
 VERSION = "3"
 """Bump when a zoo recipe changes, so cached networks are retrained.
@@ -152,16 +162,23 @@ def _addition_task(model: CausalModel = addition_tens) -> Task:
 
 
 @dataclass(frozen=True)
+class Trained:
+    """What a recipe returns: the module, its metrics, and a tokenizer for language models."""
+
+    module: Any
+    metrics: dict[str, Any]
+    tokenizer: Any = None
+
+
+@dataclass(frozen=True)
 class ZooEntry:
     """A reference network: its task, config and training recipe."""
 
     name: str
     description: str
-    task: Callable[[], Task]
+    task: Callable[[], Task] | None
     config: dict[str, Any]
-    train: Callable[
-        [ZooEntry, int, Callable[[str, float], None] | None], tuple[Any, dict[str, Any]]
-    ]
+    train: Callable[[ZooEntry, int, Callable[[str, float], None] | None], Trained]
 
     def key(self, seed: int) -> str:
         """The cache key: name, config, seed and recipe version."""
@@ -173,11 +190,12 @@ class ZooEntry:
 
 def _train_hierarchical_equality(
     entry: ZooEntry, seed: int, progress: Callable[[str, float], None] | None
-) -> tuple[Any, dict[str, Any]]:
+) -> Trained:
     import_pyvene()
     from pyvene.models.mlp.modelings_mlp import MLPConfig, MLPForClassification
 
     cfg = entry.config
+    assert entry.task is not None
     task = entry.task()
     torch.manual_seed(seed)
     config = MLPConfig(
@@ -200,7 +218,7 @@ def _train_hierarchical_equality(
     with torch.no_grad():
         logits = _logits(module(inputs_embeds=task.batch(test).inputs["inputs_embeds"]))
     accuracy = float((logits.argmax(-1) == task.labels(test, task.model.output)).float().mean())
-    return module, {"test_accuracy": accuracy, "test_examples": len(test)}
+    return Trained(module, {"test_accuracy": accuracy, "test_examples": len(test)})
 
 
 def _train_gpt2(
@@ -210,11 +228,12 @@ def _train_gpt2(
     train: Any,
     test: Any,
     vocab: tuple[str, ...],
-) -> tuple[Any, dict[str, Any]]:
+) -> Trained:
     """Train a small GPT-2 to predict the task's output token at its readout position."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = entry.config
+    assert entry.task is not None
     task = entry.task()
     torch.manual_seed(seed)
     config = GPT2Config(
@@ -248,12 +267,12 @@ def _train_gpt2(
         assert test_batch.readout is not None
         pred = out[torch.arange(len(test)), test_batch.readout].argmax(-1)
     accuracy = float((pred == task.labels(test, task.model.output)).float().mean())
-    return module, {"test_accuracy": accuracy, "test_examples": len(test)}
+    return Trained(module, {"test_accuracy": accuracy, "test_examples": len(test)})
 
 
 def _train_addition(
     entry: ZooEntry, seed: int, progress: Callable[[str, float], None] | None
-) -> tuple[Any, dict[str, Any]]:
+) -> Trained:
     data = factual_dataset(addition_tens, exhaustive=True)
     order = np.random.default_rng(seed).permutation(len(data))
     n_test = int(len(data) * entry.config["test_fraction"])
@@ -263,12 +282,190 @@ def _train_addition(
 
 def _train_lookup(
     entry: ZooEntry, seed: int, progress: Callable[[str, float], None] | None
-) -> tuple[Any, dict[str, Any]]:
+) -> Trained:
     sampler = from_function(lookup_inputs)
     train = factual_dataset(lookup, entry.config["examples"], sampler=sampler, seed=seed)
     test = factual_dataset(lookup, 5_000, sampler=sampler, seed=seed + 10_000)
     test = test[~test["input_id"].isin(set(train["input_id"]))]  # unseen inputs only
     return _train_gpt2(entry, seed, progress, train, test, LOOKUP_VOCAB)
+
+
+# -- the language model ------------------------------------------------------------------
+
+EOS = "<|endoftext|>"
+"""The end-of-text token of the zoo tokenizer (also its BOS and UNK, as in GPT-2)."""
+PAD = "<pad>"
+"""The padding token of the zoo tokenizer."""
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> Any:
+    """A byte-level BPE tokenizer (GPT-2's scheme) trained on ``texts``.
+
+    Returned as a transformers ``GPT2Tokenizer`` (the fast, tokenizers-backed one) with
+    EOS and PAD tokens, so that ``save_pretrained`` writes the files
+    ``AutoTokenizer.from_pretrained`` reads.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GPT2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    return GPT2Tokenizer(
+        tokenizer_object=bpe,
+        eos_token=EOS,
+        bos_token=EOS,
+        unk_token=EOS,
+        pad_token=PAD,
+        model_max_length=max_length,
+    )
+
+
+def _check_tokenizer(tokenizer: Any) -> None:
+    """Every corpus word must split into several tokens, the first holding its first letter:
+    then train and held-out words look alike to the model, and two words with different
+    first letters have different first tokens."""
+    bad = []
+    for word in (*corpus.NAMES, *corpus.CONTAINERS, *corpus.OBJECTS):
+        pieces = tokenizer.tokenize(" " + word)
+        if len(pieces) < 2 or pieces[0] == "\u0120":  # "\u0120" is the byte-level space
+            bad.append(f"{word!r} -> {pieces}")
+    if bad:
+        raise AbstractionError(
+            f"the zoo tokenizer splits {len(bad)} corpus words badly ({', '.join(bad[:3])}); "
+            "choose another 'vocab' size in the zoo config"
+        )
+
+
+def _encode(tokenizer: Any, examples: list[corpus.Example]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each document (prompt, answer, what follows), right-padded; and the prompt's last
+    position."""
+    prompts = tokenizer([e.prompt for e in examples])["input_ids"]
+    answers = tokenizer([e.answer + e.follow for e in examples])["input_ids"]
+    length = max(len(p) + len(a) for p, a in zip(prompts, answers, strict=True))
+    ids = torch.full((len(examples), length), tokenizer.pad_token_id, dtype=torch.long)
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+    last = torch.tensor([len(p) - 1 for p in prompts])
+    return ids, last
+
+
+def candidate_accuracy(
+    module: torch.nn.Module, tokenizer: Any, examples: list[corpus.Example]
+) -> float:
+    """The fraction of prompts whose answer's first token has the highest logit among the
+    first tokens of the candidates (a tie, or candidates sharing a first token, is wrong).
+
+    ``module`` is a causal language model and ``tokenizer`` its tokenizer; the prompts
+    are right-padded, so positions start at 0 in every row.
+    """
+    if not examples:
+        raise ValueError("no examples to score; pass at least one corpus.Example")
+    encoded = tokenizer([e.prompt for e in examples], padding=True, return_tensors="pt")
+    last = encoded["attention_mask"].sum(1) - 1
+    first = [
+        [tokenizer(c)["input_ids"][0] for c in (e.answer, *e.candidates) if c != e.answer]
+        for e in examples
+    ]
+    answer = torch.tensor([tokenizer(e.answer)["input_ids"][0] for e in examples])
+    with torch.no_grad():
+        logits = module(
+            input_ids=encoded["input_ids"],
+            attention_mask=encoded["attention_mask"],
+            use_cache=False,
+        ).logits[torch.arange(len(examples)), last]
+    correct = 0
+    for i, others in enumerate(first):
+        target = logits[i, answer[i]]
+        if all(o != answer[i] and bool(target > logits[i, o]) for o in others):
+            correct += 1
+    return correct / len(examples)
+
+
+def _train_language_model(
+    entry: ZooEntry, seed: int, progress: Callable[[str, float], None] | None
+) -> Trained:
+    """A BPE tokenizer and a small GPT-2, both trained on the corpus's training text."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = entry.config
+    # The tokenizer learns from a fixed sample of the training text, whatever the seed:
+    # its vocabulary size is chosen so that every word splits into syllable-like pieces.
+    tokenizer = _train_tokenizer(
+        corpus.training_text(cfg["tokenizer_examples"], seed=0), cfg["vocab"], cfg["positions"]
+    )
+    _check_tokenizer(tokenizer)
+    train = corpus.training_examples(cfg["examples"], seed=seed, queries=cfg["queries"])
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=cfg["positions"],
+        n_embd=cfg["width"],
+        n_layer=cfg["layers"],
+        n_head=cfg["heads"],
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        architectures=["GPT2LMHeadModel"],
+    )
+    module = GPT2LMHeadModel(config)
+    ids, last = _encode(tokenizer, train)
+    mask = ids != tokenizer.pad_token_id
+    length = ids.shape[1]
+    # Positions start at a random offset, so that a prompt left-padded by a batch (whose
+    # positions then start after the padding) reads as it does alone.
+    jitter = torch.Generator().manual_seed(seed + 1)
+    if length + cfg["position_jitter"] > cfg["positions"]:
+        raise ValueError(
+            f"training documents have {length} tokens and positions jitter by up to "
+            f"{cfg['position_jitter']}, more than the {cfg['positions']} positions; raise "
+            "'positions' in the zoo config"
+        )
+
+    def loss_of(idx: torch.Tensor) -> torch.Tensor:
+        offset = torch.randint(0, cfg["position_jitter"] + 1, (len(idx), 1), generator=jitter)
+        logits = module(
+            input_ids=ids[idx],
+            attention_mask=mask[idx].long(),
+            position_ids=offset + torch.arange(length),
+            use_cache=False,
+        ).logits
+        # next-token loss on every token of the document, plus the answer's first token
+        targets = ids[idx, 1:].masked_fill(~mask[idx, 1:], -100)
+        text = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+        )
+        rows = torch.arange(len(idx))
+        answer = torch.nn.functional.cross_entropy(logits[rows, last[idx]], ids[idx, last[idx] + 1])
+        loss: torch.Tensor = text + cfg["answer_weight"] * answer
+        return loss
+
+    _optimize(module, loss_of, len(train), cfg, seed, progress)
+    metrics: dict[str, Any] = {}
+    for task_name in ("ioi", "binding"):
+        for split in ("train", "heldout"):
+            examples = corpus.examples(
+                task_name, cfg["eval_examples"], split=split, seed=seed + 10_000
+            )
+            metrics[f"{task_name}_{split}_accuracy"] = candidate_accuracy(
+                module, tokenizer, examples
+            )
+    metrics["test_accuracy"] = min(
+        metrics["ioi_heldout_accuracy"], metrics["binding_heldout_accuracy"]
+    )
+    metrics["test_examples"] = 2 * cfg["eval_examples"]
+    return Trained(module, metrics, tokenizer)
 
 
 def _logits(output: Any) -> torch.Tensor:
@@ -285,12 +482,35 @@ def _fit(
     seed: int,
     progress: Callable[[str, float], None] | None,
 ) -> None:
+    """Train ``module`` so that ``logits(idx)`` classifies ``labels[idx]`` (cross-entropy)."""
+    _optimize(
+        module,
+        lambda idx: torch.nn.functional.cross_entropy(logits(idx), labels[idx]),
+        len(labels),
+        cfg,
+        seed,
+        progress,
+    )
+
+
+def _optimize(
+    module: torch.nn.Module,
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    cfg: dict[str, Any],
+    seed: int,
+    progress: Callable[[str, float], None] | None,
+) -> None:
+    """Minimise ``loss_of(idx)`` over shuffled minibatches of ``range(n)`` with AdamW.
+
+    ``cfg`` gives ``epochs``, ``batch_size``, ``lr`` and optionally ``weight_decay``,
+    ``schedule`` (``"cosine"``: linear warmup then cosine decay), ``warmup`` and ``clip``.
+    """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(
         module.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0)
     )
     module.train()
-    n = len(labels)
     steps = cfg["epochs"] * -(-n // cfg["batch_size"])
     scheduler = None
     if cfg.get("schedule") == "cosine":
@@ -308,7 +528,7 @@ def _fit(
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, cfg["batch_size"]):
             idx = order[start : start + cfg["batch_size"]]
-            loss = torch.nn.functional.cross_entropy(logits(idx), labels[idx])
+            loss = loss_of(idx)
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             if "clip" in cfg:
@@ -378,6 +598,36 @@ _ENTRIES: dict[str, ZooEntry] = {
         },
         _train_lookup,
     ),
+    "tiny_lm": ZooEntry(
+        "tiny_lm",
+        "a 3-layer GPT-2 (d_model 64) with its own byte-level BPE tokenizer, both trained on "
+        "the corpus's IOI and binding prompts (abstraction.corpus); solves IOI on names it "
+        "never saw, not yet binding (chance)",
+        None,
+        {
+            # bump when _train_language_model changes (VERSION would retrain every network)
+            "recipe": 1,
+            "corpus": corpus.fingerprint(),
+            "vocab": 520,
+            "tokenizer_examples": 20_000,
+            "examples": 40_000,
+            "queries": 1,
+            "width": 64,
+            "layers": 3,
+            "heads": 4,
+            "positions": 64,
+            "position_jitter": 16,
+            "epochs": 2,
+            "batch_size": 64,
+            "lr": 2e-3,
+            "weight_decay": 0.01,
+            "schedule": "cosine",
+            "clip": 1.0,
+            "answer_weight": 1.0,
+            "eval_examples": 2000,
+        },
+        _train_language_model,
+    ),
 }
 
 
@@ -394,7 +644,30 @@ def _entry(name: str) -> ZooEntry:
 
 def task(name: str) -> Task:
     """The task a zoo network was trained on."""
-    return _entry(name).task()
+    entry = _entry(name)
+    if entry.task is None:
+        raise AbstractionError(
+            f"zoo network {name!r} is a language model with no fixed task: build a prompt "
+            f"task from zoo.tokenizer({name!r}) and a causal model of abstraction.corpus "
+            "(corpus.ioi, corpus.binding)"
+        )
+    return entry.task()
+
+
+def tokenizer(name: str, seed: int = 0) -> Any:
+    """The tokenizer of a zoo language model (trained and cached with it), loaded with
+    ``AutoTokenizer.from_pretrained`` from the network's directory."""
+    entry = _entry(name)
+    if entry.train is not _train_language_model:
+        raise AbstractionError(
+            f"zoo network {name!r} has no tokenizer: it reads the inputs of its task "
+            f"(zoo.task({name!r})); zoo language models: "
+            + ", ".join(e.name for e in entries() if e.train is _train_language_model)
+        )
+    load(name, seed)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path(name, seed)))
 
 
 def path(name: str, seed: int = 0) -> Path:
@@ -469,9 +742,10 @@ def _train_and_save(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        module, metrics = entry.train(entry, seed, progress)
+        trained = entry.train(entry, seed, progress)
     finally:
         torch.set_num_threads(threads)
+    metrics = trained.metrics
     metrics.update(
         {
             "name": name,
@@ -484,8 +758,10 @@ def _train_and_save(
     )
     # The network is a directory of files: readers never see a half-written one.
     with atomic_directory(target) as staging:
-        network = Network(module, name=name)
+        network = Network(trained.module, name=name)
         network.save_pretrained(staging)
+        if trained.tokenizer is not None:
+            trained.tokenizer.save_pretrained(str(staging))
         # checked on every load: a cache whose weights changed is never used silently
         metrics["network_hash"] = network.hash
         atomic_write_json(staging / "zoo.json", metrics)

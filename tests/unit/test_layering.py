@@ -14,6 +14,7 @@ ORDER = [
     "program",
     "causal_model",
     "counterfactuals",
+    "corpus",
     "network",
     "locations",
     "task",
