@@ -194,7 +194,7 @@ class PromptTask(Task):
                 + nearest(self.readout, self.positions),
                 "read out at 'last' or at a slot's position present in every template",
             )
-        self._first_tokens: dict[str, int] = {}
+        self._first_tokens: dict[tuple[str, str], int] = {}
         if self.candidates is not None:
             if self.answers is not None:
                 raise DeclarationError(
@@ -298,10 +298,10 @@ class PromptTask(Task):
             raise DeclarationError(
                 f"an answer of task {self.name!r} is empty", "give every answer some text"
             )
-        if text in self._first_tokens:
-            return self._first_tokens[text]
-        tok = self.tokenizer
         context = self._templates[0].tail if context is None else context
+        if (context, text) in self._first_tokens:
+            return self._first_tokens[(context, text)]
+        tok = self.tokenizer
         before = tok(context, add_special_tokens=False)["input_ids"]
         after = tok(context + text, add_special_tokens=False)["input_ids"]
         if after[: len(before)] == before and len(after) > len(before):
@@ -314,7 +314,7 @@ class PromptTask(Task):
                     "give answers with at least one visible character",
                 )
             token = int(alone[0])
-        self._first_tokens[text] = token
+        self._first_tokens[(context, text)] = token
         return token
 
     def _variables(
@@ -439,10 +439,10 @@ class PromptTask(Task):
     def _candidate_ids(self, unique: pd.DataFrame) -> np.ndarray:
         assert self.candidates is not None
         out = np.empty((len(unique), len(self.candidates)), dtype=np.int64)
+        tails = [self._templates[t].tail for t in unique["template"].tolist()]
         for k, slot in enumerate(self.candidates):
             for i, value in enumerate(unique[f"slot.{slot}"].tolist()):
-                context = self._templates[int(unique["template"].iloc[i])].tail
-                out[i, k] = self._first_token(self.answer.format(value), context)
+                out[i, k] = self._first_token(self.answer.format(value), tails[i])
         clash = [i for i in range(len(out)) if len(set(out[i].tolist())) < out.shape[1]]
         if clash:
             row = unique.iloc[clash[0]]
