@@ -207,10 +207,8 @@ class Experiment:
         if not known:
             return
         wanted: list[int | str | None] = []
-        locations = (
-            self.location.values() if isinstance(self.location, Mapping) else [self.location]
-        )
-        wanted.extend(loc.position for loc in locations if loc is not None)
+        if self.location is not None:
+            wanted.extend(loc.position for loc in _locations(self.location))
         searches = self.search.values() if isinstance(self.search, Mapping) else [self.search]
         for search in searches:
             if search is not None:
