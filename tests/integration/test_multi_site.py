@@ -37,6 +37,29 @@ def distinct_names(rng: np.random.Generator, n: int) -> dict[str, Any]:
     return {"a": chosen[:, 0], "b": chosen[:, 1], "s_first": rng.random(n) < 0.5}
 
 
+TEMPLATES = (
+    "When {a} and {b} went to the store, {s} gave a drink to",
+    "Then {a} and {b} had fun. {s} handed it to",
+)
+
+
+def _gpt2(tokenizer: Any, layers: int) -> Network:
+    """A small GPT-2 with random weights over ``tokenizer``'s vocabulary."""
+    config = GPT2Config(
+        n_layer=layers,
+        n_embd=32,
+        n_head=4,
+        n_positions=64,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Network.from_config(config, seed=0)
+
+
+def _task(tokenizer: Any, templates: Any, padding: str = "right") -> PromptTask:
+    return PromptTask("ioi", ioi, tokenizer, templates, candidates=("a", "b"), padding=padding)
+
+
 SITES = {
     "hooked after the cut": {
         "s": Location(layer=2, position="s.last"),
@@ -54,26 +77,8 @@ SITES = {
 def test_joint_interchange_at_two_sites_equals_a_full_forward(
     sites: dict[str, Location], padding: str, bpe_tokenizer: Any
 ) -> None:
-    config = GPT2Config(
-        n_layer=3,
-        n_embd=32,
-        n_head=4,
-        n_positions=64,
-        vocab_size=len(bpe_tokenizer),
-        pad_token_id=bpe_tokenizer.pad_token_id,
-    )
-    network = Network.from_config(config, seed=0)
-    task = PromptTask(
-        "ioi",
-        ioi,
-        bpe_tokenizer,
-        [
-            "When {a} and {b} went to the store, {s} gave a drink to",
-            "Then {a} and {b} had fun. {s} handed it to",
-        ],
-        candidates=("a", "b"),
-        padding=padding,
-    )
+    network = _gpt2(bpe_tokenizer, layers=3)
+    task = _task(bpe_tokenizer, TEMPLATES, padding=padding)
     data = counterfactual_dataset(
         ioi,
         120,
@@ -114,15 +119,8 @@ def test_joint_interchange_at_two_sites_equals_a_full_forward(
 def test_a_mapping_must_cover_every_variable(bpe_tokenizer: Any) -> None:
     from abstraction.errors import AbstractionError
 
-    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=len(bpe_tokenizer))
-    network = Network.from_config(config)
-    task = PromptTask(
-        "ioi",
-        ioi,
-        bpe_tokenizer,
-        "Then {a} and {b} had fun. {s} handed it to",
-        candidates=("a", "b"),
-    )
+    network = _gpt2(bpe_tokenizer, layers=1)
+    task = _task(bpe_tokenizer, TEMPLATES[1:])
     data = counterfactual_dataset(ioi, 10, [["s"]], sampler=distinct_names, seed=0)
     with pytest.raises(AbstractionError, match=r"no location is given for variable\(s\) \['s'\]"):
         PreparedInterchanges(network, task, data, {"other": Location(layer=0)}, ["s"])
@@ -131,22 +129,8 @@ def test_a_mapping_must_cover_every_variable(bpe_tokenizer: Any) -> None:
 def test_experiment_with_one_location_per_variable(bpe_tokenizer: Any, tmp_path: Any) -> None:
     from abstraction import Experiment, TrainingConfig, report, results_schema, run
 
-    config = GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=4,
-        n_positions=64,
-        vocab_size=len(bpe_tokenizer),
-        pad_token_id=bpe_tokenizer.pad_token_id,
-    )
-    network = Network.from_config(config, seed=0)
-    task = PromptTask(
-        "ioi",
-        ioi,
-        bpe_tokenizer,
-        "Then {a} and {b} had fun. {s} handed it to",
-        candidates=("a", "b"),
-    )
+    network = _gpt2(bpe_tokenizer, layers=2)
+    task = _task(bpe_tokenizer, TEMPLATES[1:])
     sites = {
         "s": Location(layer=1, position="s.last"),
         "other": Location(layer=0, component="head", head=1, position="last"),
@@ -203,26 +187,12 @@ def test_each_variable_searched_on_its_own_then_verified_together(
 ) -> None:
     from abstraction import Experiment, Search, TrainingConfig, report, run
 
-    config = GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=4,
-        n_positions=64,
-        vocab_size=len(bpe_tokenizer),
-        pad_token_id=bpe_tokenizer.pad_token_id,
-    )
-    task = PromptTask(
-        "ioi",
-        ioi,
-        bpe_tokenizer,
-        "Then {a} and {b} had fun. {s} handed it to",
-        candidates=("a", "b"),
-    )
+    task = _task(bpe_tokenizer, TEMPLATES[1:])
     experiment = Experiment(
         name="ioi_searched_sites",
         model=ioi,
         task=task,
-        network=Network.from_config(config, seed=0),
+        network=_gpt2(bpe_tokenizer, layers=2),
         variables=["s", "other"],
         search={
             "s": Search(layers=[0, 1], positions=["s.last", "last"]),
