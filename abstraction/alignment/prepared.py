@@ -152,9 +152,7 @@ class PreparedInterchanges:
     @property
     def width(self) -> int:
         """The width of the selected activation (of the first variable's site)."""
-        if self.variables:
-            return self.width_of(self.variables[0])
-        return int(self.site.width or 0)
+        return self._site_width(self.site)
 
     def applied(self, rows: torch.Tensor | slice, interventions: Interventions) -> list[Applied]:
         """``interventions`` bound to the sources and masks of base rows ``rows``."""
@@ -166,8 +164,9 @@ class PreparedInterchanges:
             pairs = [(None, iv) for iv in interventions]
         out = []
         for variable, iv in pairs:
-            site = self.sites.get(variable, self.site) if variable is not None else None
-            if site is None:
+            if variable is not None:
+                site = self.sites.get(variable, self.site)
+            else:  # a source-free ablation: at whichever prepared site it names
                 site = next((s for s in self._distinct if s.location == iv.location), self.site)
             if iv.location != site.location:
                 raise InterventionError(
