@@ -18,6 +18,8 @@ Modules, in the order data flows (each imports only modules above it):
 ``locations``        :class:`Location`: where an activation is, checked before running
 ``task``             causal-model values -> network inputs and labels
 ``prompts``          :class:`PromptTask`: tokenizer + templates + candidate answers
+``zoo``              small reference networks, trained here and cached
+``planted``          hand-built networks whose answer is known (planted, nulls, illusion)
 ``interventions``    intervention types; ``interchange`` is the subspace arithmetic
 ``runtime``          the hook runtime every intervention runs through; ``intervene``
 ``pyvene_interop``   ``to_pyvene`` / ``from_pyvene``
@@ -25,7 +27,8 @@ Modules, in the order data flows (each imports only modules above it):
 ``alignment/``       ``prefix_cache`` -> ``prepared`` (data ready at one site) ->
                      ``result`` (:class:`Alignment`, saved) -> ``das`` (training) -> ``sweep``
 ``baselines``        the nulls, built as interventions on the same prepared data
-``verdict``          ``verify`` and ``compare``: evidence -> :class:`Verification`
+``diagnostics``      illusion diagnostics (dormant, disconnected, subspace vs full patch)
+``verdict``          ``verify`` gathers evidence, ``decide`` gives the verdict; ``compare``
 ``results``          :class:`ExperimentResult`: ``results.json`` and its schema
 ``experiment``       :class:`Experiment` files and ``run`` end to end
 ``report``           HTML, Markdown and figures from a result (never recomputes)
@@ -33,13 +36,12 @@ Modules, in the order data flows (each imports only modules above it):
 ==================  =================================================================
 
 ``errors`` (each error with its fix; :class:`DamagedFileError` for files) and ``files``
-(atomic, durable writes; checked reads) serve all of them; ``zoo`` trains the small
-reference networks.
+(atomic, durable writes; checked reads) serve all of them.
 
 The public API is listed here; everything else is internal.
 """
 
-from abstraction import zoo
+from abstraction import planted, zoo
 from abstraction.alignment import (
     Alignment,
     AlignmentError,
@@ -71,6 +73,7 @@ from abstraction.counterfactuals import (
     split_by_base,
     uniform,
 )
+from abstraction.diagnostics import Diagnostics
 from abstraction.errors import (
     AbstractionError,
     DamagedFileError,
@@ -100,11 +103,16 @@ from abstraction.statistics import Comparison, Estimate, SeedSummary
 from abstraction.task import EntityVectorTask, Task, TokenTask
 from abstraction.verdict import (
     Counterexample,
+    Decision,
+    Evidence,
+    NullEvidence,
     Thresholds,
+    VariableEvidence,
     VariableResult,
     Verdict,
     Verification,
     compare,
+    decide,
     verify,
 )
 
@@ -125,11 +133,14 @@ __all__ = [
     "Comparison",
     "Counterexample",
     "DamagedFileError",
+    "Decision",
     "DeclarationError",
+    "Diagnostics",
     "Domain",
     "DomainError",
     "EntityVectorTask",
     "Estimate",
+    "Evidence",
     "Experiment",
     "ExperimentResult",
     "FunctionSampler",
@@ -142,6 +153,7 @@ __all__ = [
     "Mechanism",
     "Network",
     "NetworkError",
+    "NullEvidence",
     "Patch",
     "PrefixCache",
     "PreparedInterchanges",
@@ -159,6 +171,7 @@ __all__ = [
     "TrainingConfig",
     "UniformSampler",
     "UnknownNameError",
+    "VariableEvidence",
     "VariableResult",
     "VectorizationWarning",
     "Verdict",
@@ -173,6 +186,7 @@ __all__ = [
     "compare",
     "control_model",
     "counterfactual_dataset",
+    "decide",
     "evaluate",
     "factual_dataset",
     "fit",
@@ -182,6 +196,7 @@ __all__ = [
     "from_rows",
     "intervene",
     "load_network",
+    "planted",
     "relabel",
     "results_schema",
     "run",

@@ -6,7 +6,9 @@ paired) with the same data, training budget, rank and location:
 * ``random_subspace``: random orthonormal subspaces of the same ranks, untrained,
   over several seeds;
 * ``untrained``: DAS trained on the same architecture with random weights (DAS can
-  reach high IIA on random networks, so this null is essential);
+  reach high IIA on random networks, so this null is essential); when re-initialising
+  leaves the network's outputs unchanged (a computation in buffers or fixed functions),
+  the result carries a note saying so and does not decide the verdict;
 * ``control``: DAS trained on a control task where the variable's values are
   shuffled consistently across inputs (selectivity = IIA - control IIA);
 * ``patch``: the full component patched; it moves every variable the site holds at
@@ -47,12 +49,15 @@ class BaselineResult:
         variable: the variable it concerns (``None``: all variables at once).
         correct: ``(seeds, pairs)`` correctness on the test pairs.
         detail: extra numbers (e.g. accuracies for mean ablation).
+        note: why the baseline is not applicable here (empty when it is); it is still
+            run and reported, but it does not decide the verdict.
     """
 
     name: str
     variable: str | None
     correct: torch.Tensor
     detail: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
 
     @property
     def iia(self) -> float:
@@ -140,11 +145,24 @@ def run_baselines(
         elif name == "untrained":
             note("DAS on a randomly initialised network")
             fresh = random_weights(network, seed=1)
-            correct, accuracy = _retrained(
-                fresh, task, (train, validation, test), alignments, method, config
+            correct, accuracy, unchanged = _retrained(
+                fresh, task, (train, validation, test), alignments, method, config, prepared_test
             )
             results.append(
-                BaselineResult(name, None, correct.unsqueeze(0), {"task_accuracy": accuracy})
+                BaselineResult(
+                    name,
+                    None,
+                    correct.unsqueeze(0),
+                    {"task_accuracy": accuracy},
+                    note=(
+                        "re-initialising the network's parameters leaves its outputs "
+                        "unchanged on the test inputs (its computation sits in buffers or "
+                        "fixed functions), so DAS on 'random weights' is DAS on the network "
+                        "itself"
+                        if unchanged
+                        else ""
+                    ),
+                )
             )
         elif name == "control":
             for v in variables:
@@ -155,7 +173,7 @@ def run_baselines(
                     relabel(validation, control),
                     relabel(test, control),
                 )
-                correct, _ = _retrained(
+                correct, _, _ = _retrained(
                     network, task.with_model(control), splits, alignments, method, config
                 )
                 results.append(BaselineResult(name, v, correct.unsqueeze(0)))
@@ -179,10 +197,13 @@ def _retrained(
     alignments: Sequence[Alignment],
     method: str,
     config: TrainingConfig,
-) -> tuple[torch.Tensor, float]:
+    reference: PreparedInterchanges | None = None,
+) -> tuple[torch.Tensor, float, bool]:
     """DAS retrained under a null (other weights or labels) with the alignments' ranks.
 
-    Returns per-pair correctness on the test split and the network's task accuracy there.
+    Returns per-pair correctness on the test split, the network's task accuracy there,
+    and whether its readout equals ``reference``'s (the original network on the same
+    test pairs) on every test base: a null network that computes the same function.
     """
     variables = [v for a in alignments for v in a.variables]
     locations = {v: a.location for a in alignments for v in a.variables}
@@ -194,10 +215,18 @@ def _retrained(
         )
         correct = evaluate(trained, prepared[2])
         accuracy = float(prepared[2].predict(None).eq(prepared[2].base_labels).float().mean())
+        unchanged = reference is not None and _same_outputs(prepared[2], reference)
     finally:
         for p in prepared:
             p.close()
-    return correct, accuracy
+    return correct, accuracy, unchanged
+
+
+@torch.no_grad()
+def _same_outputs(a: PreparedInterchanges, b: PreparedInterchanges, rows: int = 4096) -> bool:
+    """Whether two networks prepared on the same pairs give the same readout logits."""
+    index = torch.arange(min(a.rows, rows))
+    return bool(torch.allclose(a.logits(index), b.logits(index), rtol=1e-5, atol=1e-6))
 
 
 def _mean_ablation(prepared: PreparedInterchanges, alignment: Alignment) -> list[BaselineResult]:

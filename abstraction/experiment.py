@@ -28,10 +28,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from abstraction.alignment.das import TrainingConfig, fit_sites, reproducible
+from abstraction.alignment.das import TrainingConfig, reproducible
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import library_versions
 from abstraction.alignment.sweep import SweepResult, sweep
@@ -52,7 +51,7 @@ from abstraction.results import (
     ShiftRecord,
     Versions,
 )
-from abstraction.statistics import SeedSummary, iia, seed_summary
+from abstraction.statistics import iia
 from abstraction.task import Task
 from abstraction.verdict import Thresholds, Verification, compare, verify
 
@@ -314,52 +313,16 @@ def run(
     timings["data"] = time.perf_counter() - start
     training = replace(exp.training, seed=seed)
 
-    sweep_result = None
-    sweeps: dict[str, SweepResult] = {}
-    location = exp.location
-    rank = exp.rank
-
-    def run_sweep(search: Search, variables: list[str], *pairs: pd.DataFrame) -> SweepResult:
-        return sweep(
-            network,
-            exp.task,
-            pairs[0],
-            pairs[1],
-            variables,
-            layers=search.layers,
-            positions=search.positions,
-            components=search.components,
-            heads=search.heads,
-            modules=search.modules,
-            ranks=search.ranks,
-            method=exp.method,
-            test=pairs[2],
-            config=training,
-            directory=sweep_directory,
-        )
-
-    if isinstance(exp.search, Mapping):
-        start = phase("sweeping each variable's locations (chosen on validation)")
-        for v, search in exp.search.items():
-            alone = [
-                split[split["intervened"].astype(str) == v] for split in (train, validation, test)
-            ]
-            if any(len(split) == 0 for split in alone):
-                raise DeclarationError(
-                    f"no pairs intervene on {v!r} alone, so its site cannot be searched on its own",
-                    f"include [{v!r}] in interventions=",
-                )
-            sweeps[v] = run_sweep(search, [v], *alone)
-        location = {v: result.best.location for v, result in sweeps.items()}
-        rank = {v: result.best.rank for v, result in sweeps.items()}
+    start = (
+        phase("sweeping locations (chosen on validation)")
+        if exp.search is not None
+        else time.perf_counter()
+    )
+    found = _locate(network, exp, exp.task, (train, validation, test), training, sweep_directory)
+    if exp.search is not None:
         timings["sweep"] = time.perf_counter() - start
-    elif exp.search is not None:
-        start = phase("sweeping locations (chosen on validation)")
-        sweep_result = run_sweep(exp.search, list(exp.variables), train, validation, test)
-        location = sweep_result.best.location
-        rank = sweep_result.best.rank
-        timings["sweep"] = time.perf_counter() - start
-    assert location is not None
+    sweep_result, sweeps = found.sweep, found.sweeps
+    location, rank = found.location, found.rank
 
     start = phase("verifying the hypothesis")
     verification = verify(
@@ -378,6 +341,7 @@ def run(
         baselines=exp.baselines,
         progress=progress,
         alignment=sweep_result.alignment if sweep_result is not None else None,
+        alignment_seeds=exp.seeds,
     )
     timings["verify"] = time.perf_counter() - start
     if alignment_path is not None:
@@ -389,32 +353,31 @@ def run(
         shifts[name] = _shifted(network, shifted_task, test, verification, list(exp.variables))
         timings[f"shift:{name}"] = time.perf_counter() - start
 
-    seeds_info = None
-    if exp.seeds > 1:
-        start = phase(f"retraining with {exp.seeds} seeds")
-        seeds_info = _seed_variability(
-            network, exp, train, validation, test, location, rank, training, verification
-        )
-        timings["seeds"] = time.perf_counter() - start
-
     rivals: dict[str, tuple[RivalRecord, Verification]] = {}
     for rival in exp.rivals:
         start = phase(f"verifying rival {rival.name}")
         rival_task = exp.task.with_model(rival)
+        rival_splits = (relabel(train, rival), relabel(validation, rival), relabel(test, rival))
+        # The rival gets the same search as the hypothesis (its own site, on validation),
+        # so that it is compared at its best, not at the hypothesis's site.
+        rival_found = (
+            _locate(network, exp, rival_task, rival_splits, training, sweep_directory)
+            if exp.search is not None
+            else found
+        )
         rival_verification = verify(
             network,
             rival_task,
-            relabel(train, rival),
-            relabel(validation, rival),
-            relabel(test, rival),
-            location,
+            *rival_splits,
+            rival_found.location,
             list(exp.variables),
             method=exp.method,
-            rank=rank,
+            rank=rival_found.rank,
             subspaces=exp.subspaces,
             config=training,
             thresholds=exp.thresholds,
             baselines=("random_subspace",),
+            alignment=(rival_found.sweep.alignment if rival_found.sweep is not None else None),
         )
         comparison = compare(verification, rival_verification)
         rivals[rival.name] = (
@@ -449,12 +412,73 @@ def run(
             {**library_versions(), "python": platform.python_version()}
         ),
         timings={k: round(v, 2) for k, v in timings.items()},
-        seeds=seeds_info,
+        seeds=verification.seeds,
         sweep=sweep_result,
         sweeps=sweeps,
         rivals=rivals,
         shifts=shifts,
     )
+
+
+@dataclass(frozen=True)
+class _Located:
+    """Where an experiment's variables are verified, and the sweeps that chose it."""
+
+    location: Location | Mapping[str, Location]
+    rank: int | Mapping[str, int] | None
+    sweep: SweepResult | None = None
+    sweeps: Mapping[str, SweepResult] = field(default_factory=dict)
+
+
+def _locate(
+    network: Network,
+    exp: Experiment,
+    task: Task,
+    splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    training: TrainingConfig,
+    directory: str | Path | None,
+) -> _Located:
+    """The experiment's location, or the one its search chooses on validation for ``task``."""
+
+    def run_sweep(search: Search, variables: list[str], *pairs: pd.DataFrame) -> SweepResult:
+        return sweep(
+            network,
+            task,
+            pairs[0],
+            pairs[1],
+            variables,
+            layers=search.layers,
+            positions=search.positions,
+            components=search.components,
+            heads=search.heads,
+            modules=search.modules,
+            ranks=search.ranks,
+            method=exp.method,
+            test=pairs[2],
+            config=training,
+            directory=directory,
+        )
+
+    if isinstance(exp.search, Mapping):
+        sweeps = {}
+        for v, search in exp.search.items():
+            alone = [split[split["intervened"].astype(str) == v] for split in splits]
+            if any(len(split) == 0 for split in alone):
+                raise DeclarationError(
+                    f"no pairs intervene on {v!r} alone, so its site cannot be searched on its own",
+                    f"include [{v!r}] in interventions=",
+                )
+            sweeps[v] = run_sweep(search, [v], *alone)
+        return _Located(
+            {v: result.best.location for v, result in sweeps.items()},
+            {v: result.best.rank for v, result in sweeps.items()},
+            sweeps=sweeps,
+        )
+    if exp.search is not None:
+        result = run_sweep(exp.search, list(exp.variables), *splits)
+        return _Located(result.best.location, result.best.rank, sweep=result)
+    assert exp.location is not None
+    return _Located(exp.location, exp.rank)
 
 
 def _locations(location: Location | Mapping[str, Location]) -> list[Location]:
@@ -491,42 +515,3 @@ def _shifted(
         behavior_accuracy=float(solved[first].mean()),
         pairs=len(test),
     )
-
-
-def _seed_variability(
-    network: Network,
-    exp: Experiment,
-    train: Any,
-    validation: Any,
-    test: Any,
-    location: Location | Mapping[str, Location],
-    rank: Any,
-    training: TrainingConfig,
-    verification: Verification,
-) -> SeedSummary:
-    variables = list(exp.variables)
-    location = verification.locations
-    engine = PreparedInterchanges(network, exp.task, train, location, variables)
-    val_engine = PreparedInterchanges(network, exp.task, validation, location, variables)
-    test_engine = PreparedInterchanges(network, exp.task, test, location, variables)
-    rows = [verification.correct.numpy()]
-    try:
-        from abstraction.alignment.das import evaluate
-
-        for extra in range(1, exp.seeds):
-            alignment = fit_sites(
-                engine,
-                val_engine,
-                exp.task,
-                variables,
-                method=exp.method,
-                rank=rank,
-                subspaces=exp.subspaces,
-                config=replace(training, seed=training.seed + extra),
-            )
-            rows.append(evaluate(alignment, test_engine).numpy())
-    finally:
-        engine.close()
-        val_engine.close()
-        test_engine.close()
-    return seed_summary(np.stack(rows), test["base_id"].to_numpy())

@@ -271,12 +271,22 @@ def _where(location: Mapping[str, Any]) -> str:
         where = f"layer {location['layer']} {location['component']}"
         if location.get("head") is not None:
             where += f" {location['head']}"
+        if location.get("hook", "output") != "output":
+            where += f" ({location['hook']})"
     if location.get("dims") is not None:
         start, stop = location["dims"]
         where += f" [{start}:{stop}]"
     if location.get("position") is not None:
         where += f" @ {location['position']}"
     return where
+
+
+def _where_all(locations: Mapping[str, Mapping[str, Any]]) -> str:
+    """``"layer 1 residual @ last"``, or ``"s at ...; io at ..."`` for several sites."""
+    distinct = {_where(loc) for loc in locations.values()}
+    if len(distinct) == 1:
+        return distinct.pop()
+    return "; ".join(f"{v} at {_where(loc)}" for v, loc in locations.items())
 
 
 def _locations(document: Mapping[str, Any]) -> str:
@@ -303,6 +313,7 @@ def render(results: ExperimentResult, figures: Mapping[str, Path]) -> tuple[str,
         "baseline_names": baseline_names,
         "fmt": _fmt,
         "location": _locations(document),
+        "where_all": _where_all,
         "equations": "\n".join(results.causal_model.equations.values()),
         "images": {k: base64.b64encode(p.read_bytes()).decode() for k, p in figures.items()},
         "colour": VERDICT_COLOURS.get(results.verdict, "#333"),

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, ValidationError
 
+from abstraction.diagnostics import Diagnostics
 from abstraction.errors import AbstractionError, DamagedFileError
 from abstraction.files import read_json
 from abstraction.statistics import Comparison, Estimate, SeedSummary
@@ -73,8 +74,8 @@ __all__ = [
     "results_schema",
 ]
 
-SchemaVersion = Literal[1]
-SCHEMA_VERSION: Final[SchemaVersion] = 1
+SchemaVersion = Literal[2]
+SCHEMA_VERSION: Final[SchemaVersion] = 2
 """The version of the ``results.json`` format; bumped whenever its shape changes."""
 
 VERDICT_COLOURS: Final = {
@@ -170,6 +171,17 @@ class VariableRecord(_Record):
     """Whether the variable meets every requirement of ``faithful``."""
     reasons: list[str]
     """Why, in words."""
+    per_seed: list[float]
+    """IIA of each alignment seed on the same pairs (the headline pools them)."""
+    not_informative: dict[str, str]
+    """Nulls that are not informative here (they do not decide), and why."""
+    diagnostics: Diagnostics | None
+    """Illusion diagnostics: dormant effect, disconnection, subspace vs full patch on
+    isolated pairs (see :mod:`abstraction.diagnostics`)."""
+    output_agreement: float | None
+    """Share of test inputs on which the variable is a function of the output alone."""
+    flags: list[str]
+    """``illusion``, ``output_in_disguise``, ``not_necessary`` (see :func:`abstraction.decide`)."""
 
     @classmethod
     def of(cls, result: VariableResult) -> VariableRecord:
@@ -190,6 +202,11 @@ class VariableRecord(_Record):
             selectivity=result.selectivity,
             passed=result.passed,
             reasons=list(result.reasons),
+            per_seed=list(result.per_seed),
+            not_informative=dict(result.not_informative),
+            diagnostics=result.diagnostics,
+            output_agreement=result.output_agreement,
+            flags=list(result.flags),
         )
 
     def best_null(self) -> tuple[str, float] | None:
@@ -229,6 +246,8 @@ class BaselineRecord(_Record):
     """Its IIA, averaged over seeds."""
     seeds: int
     """How many seeds were run."""
+    note: str = ""
+    """Why the baseline is not applicable here (empty when it is)."""
     __pydantic_extra__: dict[str, float] = Field(init=False)
 
     @classmethod
@@ -240,6 +259,7 @@ class BaselineRecord(_Record):
                 "variable": baseline.variable,
                 "iia": baseline.iia,
                 "seeds": len(baseline.correct),
+                "note": baseline.note,
                 **baseline.detail,
             }
         )
@@ -350,6 +370,9 @@ class RivalRecord(_Record):
     """This hypothesis against the rival, paired on the same pairs (one-sided)."""
     source: str | None
     """The rival's program text."""
+    locations: dict[str, LocationRecord]
+    """Where the rival's variables were verified: its own site, chosen on validation by
+    the same search as the hypothesis's (or the experiment's location when it has none)."""
 
     @classmethod
     def of(
@@ -357,6 +380,7 @@ class RivalRecord(_Record):
     ) -> RivalRecord:
         """The record of a rival's verification and its comparison with the hypothesis."""
         return cls(
+            locations={v: LocationRecord.of(loc) for v, loc in verification.locations.items()},
             name=model.name,
             verdict=verification.verdict,
             reasons=list(verification.reasons),

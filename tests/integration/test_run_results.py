@@ -11,7 +11,7 @@ import pytest
 from abstraction import Experiment, Location, TrainingConfig, zoo
 from abstraction.experiment import run
 from abstraction.report import rerender, validate, write
-from abstraction.results import ExperimentResult
+from abstraction.results import SCHEMA_VERSION, ExperimentResult
 from abstraction.zoo import hierarchical_equality
 
 
@@ -49,7 +49,7 @@ def test_json_round_trip_validates(result: ExperimentResult) -> None:
     text = result.to_json()
     document = json.loads(text)
     validate(document)
-    assert document["schema_version"] == 1 and document["verdict"] == result.verdict
+    assert document["schema_version"] == SCHEMA_VERSION and document["verdict"] == result.verdict
     assert document["variables"]["wx"]["ci"] == list(result.variables["wx"].ci)
     back = ExperimentResult.from_json(text)
     assert back.to_dict() == result.to_dict() and back.to_json() == text
