@@ -30,7 +30,8 @@ for the verdict is decided in :mod:`abstraction.verdict` from thresholds.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -127,25 +128,27 @@ def _equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(a == b, dtype=bool)
 
 
-def output_agreement(model: CausalModel, inputs: pd.DataFrame, variable: str) -> float:
-    """The share of ``inputs`` (columns named like the model's inputs, optionally with a
-    ``base.`` prefix) on which ``variable`` is a function of the output alone: for each
-    output value, the variable's most common value, counted over all rows."""
+def output_agreement(
+    model: CausalModel, inputs: pd.DataFrame, variables: Sequence[str]
+) -> dict[str, float]:
+    """For each of ``variables``, the share of ``inputs`` (columns named like the model's
+    inputs, optionally with a ``base.`` prefix) on which it is a function of the output
+    alone: for each output value, the variable's most common value, counted over all rows.
+    The model runs once for all of them."""
+    if len(inputs) == 0:
+        return dict.fromkeys(variables, 0.0)
     columns = {
         name: inputs[f"base.{name}" if f"base.{name}" in inputs else name].to_numpy()
         for name in model.inputs
     }
     values = model.run_batch(columns, validate=False)
-    frame = pd.DataFrame(
-        {
-            "v": pd.Series(values[variable]).astype(str),
-            "o": pd.Series(values[model.output]).astype(str),
-        }
-    )
-    if len(frame) == 0:
-        return 0.0
-    counts = frame.groupby(["o", "v"], observed=True).size()
-    return float(counts.groupby(level=0).max().sum() / len(frame))
+    output = pd.Series(values[model.output]).astype(str)
+    shares = {}
+    for variable in variables:
+        frame = pd.DataFrame({"v": pd.Series(values[variable]).astype(str), "o": output})
+        counts = frame.groupby(["o", "v"], observed=True).size()
+        shares[variable] = float(counts.groupby(level=0).max().sum() / len(frame))
+    return shares
 
 
 def diagnose(
@@ -177,31 +180,24 @@ def diagnose(
         subspace_iia = float(correct[isolated].mean())
         patched = prepared.correct({variable: Patch(alignment.location)}, rows=rows)
         patch_iia = float(patched.float().mean())
+    measured = Diagnostics(
+        subspace_iia=subspace_iia, patch_iia=patch_iia, isolated_pairs=n_isolated
+    )
     if alignment.basis is None:
-        return Diagnostics(
-            subspace_iia=subspace_iia,
-            patch_iia=patch_iia,
-            isolated_pairs=n_isolated,
-            note="a full patch has no subspace to diagnose",
-        )
+        return replace(measured, note="a full patch has no subspace to diagnose")
     natural = prepared.sources[variable]
     if natural.dim() > 2 and all(n == 1 for n in natural.shape[1:-1]):
         natural = natural.reshape(len(natural), -1)  # a sequence of one (pyvene's MLPs)
     if natural.dim() != 2:
-        return Diagnostics(
-            subspace_iia=subspace_iia,
-            patch_iia=patch_iia,
-            isolated_pairs=n_isolated,
+        return replace(
+            measured,
             note="the site is a whole sequence (position=None): no per-example activation",
         )
     changed = (prepared.do[variable] & prepared.changed).numpy()
     rows_np = np.flatnonzero(changed)[:limit]
     if len(rows_np) == 0:
-        return Diagnostics(
-            subspace_iia=subspace_iia,
-            patch_iia=patch_iia,
-            isolated_pairs=n_isolated,
-            note="no test pair that intervenes on the variable changes the label",
+        return replace(
+            measured, note="no test pair that intervenes on the variable changes the label"
         )
     rows = torch.from_numpy(rows_np)
     basis = alignment.variable_basis(variable).detach().double()
@@ -222,13 +218,7 @@ def diagnose(
     connected = right[:keep].T
     inside = float(((connected.T @ basis) ** 2).sum())
     disconnection = max(0.0, 1.0 - inside / basis.shape[1])
-    return Diagnostics(
-        dormant_effect=dormant_effect,
-        disconnection=disconnection,
-        subspace_iia=subspace_iia,
-        patch_iia=patch_iia,
-        isolated_pairs=n_isolated,
-    )
+    return replace(measured, dormant_effect=dormant_effect, disconnection=disconnection)
 
 
 def _margin_gradient(

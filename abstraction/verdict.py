@@ -540,6 +540,11 @@ def _estimate(
     return seed_summary(by_seed[:, rows], bases[rows], confidence=confidence).interval
 
 
+def _mean_on(result: BaselineResult, rows: np.ndarray) -> float:
+    """A baseline's IIA on ``rows``, over all its seeds."""
+    return float(result.correct.float()[:, torch.from_numpy(rows.copy())].mean())
+
+
 def _ranks(alignments: Sequence[Alignment]) -> dict[str, int]:
     return {v: stop - start for a in alignments for v, (start, stop) in a.subspaces.items()}
 
@@ -606,20 +611,29 @@ def verify(
             progress(message)
 
     task.check_network(network)
-    if alignment is None:
-        note("aligning")
-        alignments = align_sites(
+
+    def trained(
+        where: Location | Mapping[str, Location],
+        how: str,
+        ranks: int | Mapping[str, int] | None,
+        seed: int,
+    ) -> list[Alignment]:
+        return align_sites(
             network,
             task,
             train,
-            location,
+            where,
             variables,
-            method=method,
-            rank=rank,
+            method=how,
+            rank=ranks,
             subspaces=subspaces,
             validation=validation,
-            config=config,
+            config=replace(config, seed=seed),
         )
+
+    if alignment is None:
+        note("aligning")
+        alignments = trained(location, method, rank, config.seed)
     else:
         alignments = [alignment] if isinstance(alignment, Alignment) else list(alignment)
     sites = {v: a.location for a in alignments for v in a.variables}
@@ -631,18 +645,8 @@ def verify(
         by_seed = [correct]
         for k in range(1, alignment_seeds if has_basis else 1):
             note(f"alignment seed {k + 1} of {alignment_seeds}")
-            extra = align_sites(
-                network,
-                task,
-                train,
-                sites,
-                variables,
-                method=alignments[0].method,
-                rank=None if subspaces is not None else _ranks(alignments),
-                subspaces=subspaces,
-                validation=validation,
-                config=replace(config, seed=config.seed + k),
-            )
+            ranks = None if subspaces is not None else _ranks(alignments)
+            extra = trained(sites, alignments[0].method, ranks, config.seed + k)
             by_seed.append(evaluate(extra, engine))
         predictions = engine.predict(None)
         results = run_baselines(
@@ -677,7 +681,7 @@ def verify(
     all_rows = np.ones(len(test), dtype=bool)
     overall = _estimate(seed_matrix, all_rows, bases, thresholds.confidence)
     ranks = _ranks(alignments) if has_basis else {}
-    distinct_bases = test[first]
+    agreement = output_agreement(task.model, test[first], variables)
 
     per_variable_rows = {v: _rows_for(test, v) for v in variables}
     null_iia: dict[tuple[str, str], float] = {}
@@ -689,7 +693,7 @@ def verify(
             if result.name not in NULLS or result.variable not in (None, v):
                 continue
             key = (v, result.name)
-            null_iia[key] = float(result.correct.float()[:, torch.from_numpy(rows.copy())].mean())
+            null_iia[key] = _mean_on(result, rows)
             if result.name == "random_subspace" and ranks.get(v, 0) >= widths[v]:
                 notes[key] = (
                     f"a random {ranks[v]}-dimensional subspace of a {widths[v]}-wide site is "
@@ -727,15 +731,13 @@ def verify(
             task_accuracy=ablation.detail["task_accuracy"] if ablation else None,
             ablated_accuracy=ablation.detail["ablated_accuracy"] if ablation else None,
             diagnostics=found.get(v),
-            output_agreement=output_agreement(task.model, distinct_bases, v),
+            output_agreement=agreement[v],
         )
         do_rows = test[f"do.{v}"].to_numpy(dtype=bool)
         base_iias = {name: n.iia for name, n in nulls.items()}
         for result in results:
             if result.name == "patch" and result.variable is None:
-                base_iias["patch"] = float(
-                    result.correct.float()[:, torch.from_numpy(rows.copy())].mean()
-                )
+                base_iias["patch"] = _mean_on(result, rows)
         if ablation is not None:
             base_iias["mean_ablation_accuracy"] = ablation.detail["ablated_accuracy"]
         control = base_iias.get("control")

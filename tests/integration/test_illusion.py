@@ -91,11 +91,12 @@ def test_isolated_pairs_agree_on_everything_else_the_output_reads() -> None:
 
 def test_output_agreement_is_one_for_the_output_and_lower_for_an_intermediate() -> None:
     data = counterfactual_dataset(planted.equality, 4000, [["wx"]], sampler="output", seed=0)
-    assert output_agreement(planted.equality, data, planted.equality.output) == 1.0
-    assert output_agreement(planted.equality, data, "wx") < 0.8
+    shares = output_agreement(planted.equality, data, [planted.equality.output, "wx"])
+    assert shares[planted.equality.output] == 1.0
+    assert shares["wx"] < 0.8
     # sampled uniformly, w == x is rare: wx is False on ~90 % of inputs, whatever the output
     uniform = counterfactual_dataset(planted.equality, 4000, [["wx"]], sampler="uniform", seed=0)
-    assert output_agreement(planted.equality, uniform, "wx") > 0.85
+    assert output_agreement(planted.equality, uniform, ["wx"])["wx"] > 0.85
 
 
 def test_the_verdict_pools_alignment_seeds() -> None:
