@@ -30,7 +30,7 @@ joint values of some variables, e.g. the output, are uniform), or your own funct
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,12 +51,14 @@ __all__ = [
     "combination_ids",
     "control_model",
     "counterfactual_dataset",
+    "exhaustive_size",
     "factual_dataset",
     "from_function",
     "from_rows",
     "intervention_label",
     "label_columns",
     "relabel",
+    "samples_whole_domain",
     "split_by_base",
     "uniform",
 ]
@@ -283,6 +285,16 @@ def _resolve(spec: SamplerSpec, model: CausalModel, by: Sequence[str]) -> Sample
     raise TypeError(f"sampler must be a string, a Sampler or a function, not {spec!r}")
 
 
+def samples_whole_domain(spec: SamplerSpec) -> bool:
+    """Whether a sampler spec draws from every combination of the inputs' domains.
+
+    The built-in samplers (``"uniform"``, ``"output"``, ``"value"``) do; a function,
+    rows or a custom sampler may draw from a part of it only (distinct names, valid
+    prompts), so enumerating the domain would test inputs the network never sees.
+    """
+    return isinstance(spec, (str, UniformSampler, BalancedSampler))
+
+
 def _joint_codes(columns: Sequence[np.ndarray]) -> np.ndarray:
     frame = pd.DataFrame({str(i): pd.Series(c) for i, c in enumerate(columns)})
     return frame.groupby(list(frame.columns), sort=True, dropna=False).ngroup().to_numpy()
@@ -459,6 +471,7 @@ def counterfactual_dataset(
     seed: int = 0,
     changed_only: bool = False,
     exhaustive: bool = False,
+    exclude_bases: Collection[int] = (),
     fixed: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Base/source pairs, the intervention applied, and the counterfactual label.
@@ -483,6 +496,8 @@ def counterfactual_dataset(
             returns ``n`` rows, drawing more pairs as needed).
         exhaustive: every base with every source combination, for each set (small
             domains only); ``n`` and the samplers are ignored.
+        exclude_bases: with ``exhaustive``, base inputs (their ``base_id``) left out, so
+            that pairs on held-out bases can be enumerated once the others are used.
         fixed: base-side values set on every pair, in the base and the counterfactual
             run alike (``{"first": True}``); recorded as ``fixed.<var>`` columns.
 
@@ -492,8 +507,10 @@ def counterfactual_dataset(
     sets, origins = _normalise_sets(model, interventions)
     targets = [v for v in model.variables if any(v in s for s in sets)]
     plan = _Plan(origins, _check_fixed(model, fixed, targets))
+    if len(exclude_bases) and not exhaustive:
+        raise ValueError("exclude_bases applies to exhaustive=True datasets only")
     if exhaustive:
-        frame = _exhaustive(model, sets, targets, plan)
+        frame = _exhaustive(model, sets, targets, plan, exclude_bases)
     else:
         if n is None or n <= 0:
             raise ValueError(f"n must be a positive number of rows, not {n!r}")
@@ -654,15 +671,50 @@ def _fill_changed(
     return merged.iloc[:n].reset_index(drop=True)
 
 
+def exhaustive_size(
+    model: CausalModel,
+    interventions: Sequence[str | Sequence[str]] | None = None,
+    *,
+    exclude_bases: Collection[int] = (),
+) -> int:
+    """How many pairs ``counterfactual_dataset(..., exhaustive=True)`` would produce.
+
+    Raises:
+        DomainError: when an input has no finite domain or the inputs have more
+            combinations than can be enumerated.
+    """
+    sets, _ = _normalise_sets(model, interventions)
+    grid = model.input_grid(limit=EXHAUSTIVE_LIMIT)
+    return _exhaustive_count(sets, grid, _kept_bases(model, grid, exclude_bases))
+
+
+def _kept_bases(
+    model: CausalModel, grid: Mapping[str, np.ndarray], exclude: Collection[int]
+) -> np.ndarray:
+    ids = combination_ids(model, dict(grid))
+    return np.flatnonzero(~np.isin(ids, np.fromiter(exclude, dtype=np.int64)))
+
+
+def _exhaustive_count(
+    sets: Sequence[tuple[str, ...]],
+    grid: Mapping[str, np.ndarray],
+    bases: np.ndarray,
+) -> int:
+    size = len(next(iter(grid.values())))
+    return sum(len(bases) * size ** len(s) for s in sets)
+
+
 def _exhaustive(
     model: CausalModel,
     sets: list[tuple[str, ...]],
     targets: list[str],
     plan: _Plan | None = None,
+    exclude_bases: Collection[int] = (),
 ) -> pd.DataFrame:
     grid = model.input_grid(limit=EXHAUSTIVE_LIMIT)
     size = len(next(iter(grid.values())))
-    total = sum(size ** (1 + len(s)) for s in sets)
+    kept = _kept_bases(model, grid, exclude_bases)
+    total = _exhaustive_count(sets, grid, kept)
     if total > EXHAUSTIVE_LIMIT:
         raise DomainError(
             f"exhaustive enumeration would produce {total:,} pairs (limit "
@@ -670,8 +722,8 @@ def _exhaustive(
         )
     frames = []
     for k, s in enumerate(sets):
-        index = np.indices([size] * (1 + len(s))).reshape(1 + len(s), -1)
-        base = {name: grid[name][index[0]] for name in model.inputs}
+        index = np.indices([len(kept)] + [size] * len(s)).reshape(1 + len(s), -1)
+        base = {name: grid[name][kept[index[0]]] for name in model.inputs}
         sources = {v: dict(base) for v in targets}
         for j, v in enumerate(s):
             sources[v] = {name: grid[name][index[1 + j]] for name in model.inputs}

@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 
 from abstraction.alignment.das import TrainingConfig, reproducible
@@ -36,8 +37,14 @@ from abstraction.alignment.result import library_versions
 from abstraction.alignment.sweep import SweepResult, sweep
 from abstraction.baselines import BASELINES
 from abstraction.causal_model import CausalModel
-from abstraction.counterfactuals import counterfactual_dataset, relabel, split_by_base
-from abstraction.errors import AbstractionError, DeclarationError, nearest
+from abstraction.counterfactuals import (
+    counterfactual_dataset,
+    exhaustive_size,
+    relabel,
+    samples_whole_domain,
+    split_by_base,
+)
+from abstraction.errors import AbstractionError, DeclarationError, DomainError, nearest
 from abstraction.locations import Location, resolve, split_position
 from abstraction.network import Network
 from abstraction.results import (
@@ -55,7 +62,10 @@ from abstraction.statistics import iia
 from abstraction.task import Task
 from abstraction.verdict import Thresholds, Verification, compare, verify
 
-__all__ = ["Experiment", "Search", "load_network", "run"]
+__all__ = ["EXHAUSTIVE_TEST_LIMIT", "Experiment", "Search", "load_network", "run"]
+
+EXHAUSTIVE_TEST_LIMIT = 250_000
+"""The most pairs ``test_pairs="auto"`` enumerates (every held-out base x every source)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,13 @@ class Experiment:
         interventions: intervention sets (default: each variable, and all together).
         pairs: counterfactual pairs generated (split by base into train/val/test).
         split: fractions of bases in train, validation and test.
+        test_pairs: ``"auto"`` (default): when the samplers draw from the inputs' whole
+            domains (the built-in ones do) and the inputs are few enough that every
+            held-out base with every source makes at most ``EXHAUSTIVE_TEST_LIMIT``
+            pairs, the test split is all of those pairs (every input not used as a
+            train or validation base, whether sampled or not, with every source);
+            otherwise the sampled test pairs. ``"sampled"`` or ``"exhaustive"`` force
+            one (``"exhaustive"`` fails when the inputs cannot be enumerated).
         sampler: how bases are drawn (see :func:`counterfactual_dataset`).
         source_sampler: how sources are drawn.
         training: the alignment's training configuration.
@@ -132,6 +149,7 @@ class Experiment:
     interventions: Sequence[Sequence[str]] | None = None
     pairs: int = 100_000
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    test_pairs: Literal["auto", "sampled", "exhaustive"] = "auto"
     sampler: Any = "output"
     source_sampler: Any = "value"
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -144,6 +162,11 @@ class Experiment:
     description: str = ""
 
     def __post_init__(self) -> None:
+        if self.test_pairs not in ("auto", "sampled", "exhaustive"):
+            raise DeclarationError(
+                f"experiment {self.name!r}: test_pairs={self.test_pairs!r} is not a choice",
+                "give test_pairs='auto', 'sampled' or 'exhaustive'",
+            )
         if (self.location is None) == (self.search is None):
             raise DeclarationError(
                 f"experiment {self.name!r} needs exactly one of location= or search=",
@@ -310,6 +333,8 @@ def run(
         seed=seed,
     )
     train, validation, test = split_by_base(data, exp.split, seed=seed)
+    every = _every_heldout_pair(exp, sets, train, validation)
+    test = every if every is not None else test
     timings["data"] = time.perf_counter() - start
     training = replace(exp.training, seed=seed)
 
@@ -404,7 +429,12 @@ def run(
                 if verification.multi_site
                 else None
             ),
-            pairs=PairCounts(train=len(train), validation=len(validation), test=len(test)),
+            pairs=PairCounts(
+                train=len(train),
+                validation=len(validation),
+                test=len(test),
+                test_exhaustive=bool(test.attrs.get("exhaustive", False)),
+            ),
             training=training.to_dict(),
             baselines=list(exp.baselines),
         ),
@@ -479,6 +509,33 @@ def _locate(
         return _Located(result.best.location, result.best.rank, sweep=result)
     assert exp.location is not None
     return _Located(exp.location, exp.rank)
+
+
+def _every_heldout_pair(
+    exp: Experiment, sets: list[list[str]], train: pd.DataFrame, validation: pd.DataFrame
+) -> pd.DataFrame | None:
+    """Every held-out base with every source, when the experiment asks for it or the
+    inputs are few enough (a sampled test split of a small input space holds a handful
+    of distinct bases, each many times, and its CI is narrower than the truth)."""
+    if exp.test_pairs == "sampled":
+        return None
+    sources = exp.source_sampler if exp.source_sampler is not None else exp.sampler
+    if exp.test_pairs == "auto" and not (
+        samples_whole_domain(exp.sampler) and samples_whole_domain(sources)
+    ):
+        return None  # the sampler draws from part of the domain: enumerating would leave it
+    used = np.union1d(train["base_id"].to_numpy(), validation["base_id"].to_numpy())
+    try:
+        size = exhaustive_size(exp.model, sets, exclude_bases=used)
+    except DomainError:
+        if exp.test_pairs == "exhaustive":
+            raise
+        return None
+    if exp.test_pairs == "auto" and size > EXHAUSTIVE_TEST_LIMIT:
+        return None
+    return counterfactual_dataset(
+        exp.model, interventions=sets, exhaustive=True, exclude_bases=used
+    )
 
 
 def _locations(location: Location | Mapping[str, Location]) -> list[Location]:

@@ -471,6 +471,9 @@ class PairCounts(_Record):
     train: int
     validation: int
     test: int
+    test_exhaustive: bool = Field(default=False, exclude_if=lambda value: not value)
+    """Whether the test pairs are every held-out base with every source (small input
+    spaces) rather than sampled."""
 
 
 class ConfigRecord(_Record):

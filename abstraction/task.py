@@ -275,6 +275,10 @@ class TokenTask(Task):
         pad_to: pad every sequence to this length (default: the template's length).
         labels_map: output value -> token (default ``str(value)``).
         named: extra named positions: name -> index in the template.
+
+    The prediction is read over the output values' tokens only (class ``k`` is the
+    ``k``-th output value), never over the whole vocabulary: a network that puts its
+    mass elsewhere (an untrained null) is still scored on which answer it prefers.
     """
 
     name: str
@@ -317,7 +321,16 @@ class TokenTask(Task):
                     f"output value {value!r} maps to token {token!r}, which is not in the vocab",
                     "add the token to vocab or pass labels_map",
                 )
-        self._labels = {v: self._token_id[t] for v, t in table.items()}
+        tokens = {value: self._token_id[token] for value, token in table.items()}
+        shared = sorted({t for t in table.values() if list(table.values()).count(t) > 1})
+        if shared:
+            raise DeclarationError(
+                f"several output values map to token(s) {shared}, so the readout cannot tell "
+                "them apart",
+                "give each output value its own token in labels_map",
+            )
+        self._labels = {value: k for k, value in enumerate(tokens)}
+        self._answer_ids = torch.tensor(list(tokens.values()), dtype=torch.long)
         self._value_tokens: dict[str, dict[Any, int]] = {}
         for v in self.model.inputs:
             domain = self.model.domain(v) or ()
@@ -331,7 +344,12 @@ class TokenTask(Task):
 
     @property
     def n_classes(self) -> int:
-        return len(self.vocab)
+        return len(self._labels)
+
+    @property
+    def answer_ids(self) -> torch.Tensor:
+        """The token id of each class (each output value), in class order."""
+        return self._answer_ids
 
     @property
     def positions(self) -> tuple[str, ...]:
@@ -376,6 +394,7 @@ class TokenTask(Task):
             {"input_ids": ids, "attention_mask": mask},
             positions,
             readout=positions[self.readout].clone(),
+            candidates=self._answer_ids,
         )
 
     def label_ids(

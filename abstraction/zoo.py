@@ -241,6 +241,7 @@ def _train_gpt2(
     cfg = entry.config
     assert entry.task is not None
     task = entry.task()
+    assert isinstance(task, TokenTask)
     torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=len(vocab),
@@ -257,7 +258,8 @@ def _train_gpt2(
     )
     module = GPT2LMHeadModel(config)
     batch = task.batch(train)
-    y = task.labels(train, task.model.output)
+    # trained over the whole vocabulary, on each answer's token id
+    y = task.answer_ids[task.labels(train, task.model.output)]
     ids, mask, readout = batch.inputs["input_ids"], batch.inputs["attention_mask"], batch.readout
     assert readout is not None
 
@@ -272,7 +274,8 @@ def _train_gpt2(
         out = module(**test_batch.inputs, use_cache=False).logits
         assert test_batch.readout is not None
         pred = out[torch.arange(len(test)), test_batch.readout].argmax(-1)
-    accuracy = float((pred == task.labels(test, task.model.output)).float().mean())
+    answers = task.answer_ids[task.labels(test, task.model.output)]
+    accuracy = float((pred == answers).float().mean())
     return Trained(module, {"test_accuracy": accuracy, "test_examples": len(test)})
 
 

@@ -183,6 +183,41 @@ def test_a_random_subspace_of_a_one_wide_site_does_not_decide() -> None:
     assert any("not informative" in reason for reason in big.reasons)
 
 
+def test_a_small_input_space_is_tested_on_every_held_out_base_and_source() -> None:
+    def bottleneck_experiment(test_pairs: str) -> Experiment:
+        return Experiment(
+            name="bottleneck",
+            model=threshold,
+            task=ScalarTask(),
+            network=lambda: Network(Bottleneck(), family="generic", name="bottleneck"),
+            variables=["big"],
+            location=Location.module("squeeze"),
+            rank=1,
+            pairs=3000,
+            training=CONFIG,
+            baselines=(),
+            test_pairs=test_pairs,  # type: ignore[arg-type]
+        )
+
+    result = run(bottleneck_experiment("auto"), seed=0)
+    assert result.config.pairs.test_exhaustive
+    test = result.verification.test
+    # the same split run() made: every input not used as a train/validation base is a test base
+    data = counterfactual_dataset(
+        threshold, 3000, [["big"]], sampler="output", source_sampler="value", seed=0
+    )
+    train, validation, _ = split_by_base(data, (0.7, 0.15, 0.15), seed=0)
+    used = set(train["base_id"]) | set(validation["base_id"])
+    n_inputs = 20 * 20 * 2
+    assert set(test["base_id"]) == set(range(n_inputs)) - used
+    assert len(test) == len(set(test["base_id"])) * n_inputs  # each with every source
+    assert result.variables["big"].iia == 1.0
+
+    sampled = run(bottleneck_experiment("sampled"), seed=0)
+    assert not sampled.config.pairs.test_exhaustive
+    assert sampled.verification.test["base_id"].nunique() < test["base_id"].nunique()
+
+
 # -- re-initialising a network whose computation sits in buffers ------------------------
 
 

@@ -12,6 +12,7 @@ from abstraction import (
     balanced,
     causal_model,
     counterfactual_dataset,
+    exhaustive_size,
     factual_dataset,
     from_function,
 )
@@ -122,6 +123,27 @@ def test_exhaustive_enumeration() -> None:
     assert frame[["base_id", "source.s.a", "source.s.b"]].drop_duplicates().shape[0] == 36
     facts = factual_dataset(small, exhaustive=True)
     assert len(facts) == 6 and facts["input_id"].nunique() == 6
+
+
+def test_exhaustive_enumeration_of_held_out_bases() -> None:
+    @causal_model(inputs={"a": range(3), "b": range(2)})
+    def two(a, b):  # type: ignore[no-untyped-def]
+        s = a + b
+        d = a - b
+        return s > d
+
+    frame = counterfactual_dataset(two, interventions=["s"], exhaustive=True)
+    used = frame["base_id"].unique()[:2]
+    held_out = counterfactual_dataset(
+        two, interventions=["s", "d"], exhaustive=True, exclude_bases=used
+    )
+    assert exhaustive_size(two, ["s", "d"], exclude_bases=used) == len(held_out) == 2 * 4 * 6
+    assert set(held_out["base_id"]) == set(frame["base_id"]) - set(used)
+    for label, rows in held_out.groupby("intervened", observed=True):
+        sources = rows[[f"source.{label}.a", f"source.{label}.b"]].drop_duplicates()
+        assert len(sources) == 6
+    with pytest.raises(ValueError, match="exhaustive"):
+        counterfactual_dataset(two, 10, ["s"], exclude_bases=used)
 
 
 def test_user_sampler_is_validated() -> None:
