@@ -20,6 +20,7 @@ Modules, in the order data flows (each imports only modules above it):
 ``prompts``          :class:`PromptTask`: tokenizer + templates + candidate answers
 ``zoo``              small reference networks, trained here and cached
 ``planted``          hand-built networks whose answer is known (planted, nulls, illusion)
+``featurizers``      identity, rotation, PCA and SAE maps to features (load_sae, train_sae)
 ``interventions``    intervention types; ``interchange`` is the subspace arithmetic
 ``runtime``          the hook runtime every intervention runs through; ``intervene``
 ``pyvene_interop``   ``to_pyvene`` / ``from_pyvene``

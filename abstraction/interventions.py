@@ -12,6 +12,8 @@ Each intervention is a frozen dataclass (printable, serialisable) with a pure
                     (low-rank DAS)
 :class:`BoundlessPatch` swap rotated coordinates weighted by a learned sigmoid mask
                     (boundless DAS)
+:class:`FeaturePatch`   swap selected features of a featurizer (PCA, SAE, neurons),
+                    the base's reconstruction error carried through (DBM, PCA, SAE)
 :class:`MeanAblation`  replace (a subspace of) the activation by a mean activation
 :class:`ZeroAblation`  replace (a subspace of) the activation by zeros
 ================== =================================================================
@@ -31,10 +33,12 @@ from dataclasses import dataclass, field
 import torch
 
 from abstraction.errors import AbstractionError
+from abstraction.featurizers import Featurizer, FeaturizerError
 from abstraction.locations import Location
 
 __all__ = [
     "BoundlessPatch",
+    "FeaturePatch",
     "Intervention",
     "InterventionError",
     "LowRankPatch",
@@ -217,6 +221,50 @@ class BoundlessPatch(Intervention):
         rotation = _like(self.rotation, base)
         weights = _like(self.mask(), base)
         return interchange(base, _like(self._source(source), base), rotation, weights)
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class FeaturePatch(Intervention):
+    """Swap the features ``mask`` selects, in a featurizer's feature space.
+
+    ``apply(base, source) = decode(fb + mask * (fs - fb)) + (base - decode(fb))`` with
+    ``fb = encode(base)``, ``fs = encode(source)``: the base's reconstruction error is
+    carried through, so a zero mask (or ``source`` equal to ``base``) gives ``base``
+    back up to float rounding. ``mask`` is ``(features,)`` in [0, 1]: hard (0/1) once
+    trained, soft while a differentiable binary mask (DBM) learns it.
+    """
+
+    featurizer: Featurizer | None = None
+    mask: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+
+    def check(self, width: int | None) -> None:
+        if self.featurizer is None:
+            raise InterventionError("a FeaturePatch needs a featurizer")
+        try:
+            self.featurizer.check(width)
+        except FeaturizerError as exc:
+            raise InterventionError(str(exc)) from None
+        if tuple(self.mask.shape) != (self.featurizer.features,):
+            raise InterventionError(
+                f"mask has shape {tuple(self.mask.shape)} but the featurizer has "
+                f"{self.featurizer.features} features; give one weight per feature"
+            )
+
+    @property
+    def selected(self) -> torch.Tensor:
+        """The indices of the features the (hardened) mask takes from the source."""
+        return (self.mask > 0.5).nonzero().flatten()
+
+    def apply(self, base: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
+        assert self.featurizer is not None
+        source = _like(self._source(source), base)
+        if source is base:
+            return base
+        encoded = self.featurizer.encode(base)
+        decoded = self.featurizer.decode(encoded)
+        mask = _like(self.mask, encoded)
+        swapped = encoded + mask * (self.featurizer.encode(source) - encoded)
+        return self.featurizer.decode(swapped) + (base - decoded)
 
 
 @dataclass(frozen=True, repr=False, eq=False)

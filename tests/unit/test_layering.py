@@ -21,6 +21,7 @@ ORDER = [
     "prompts",
     "zoo",
     "planted",
+    "featurizers",
     "interventions",
     "runtime",
     "pyvene_interop",
