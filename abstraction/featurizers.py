@@ -470,8 +470,8 @@ def train_sae(
 
     TopK (default; ``k`` defaults to ``max(1, features // 8)``) or ReLU with an L1
     penalty on feature activations weighted by decoder norms. The decoder's rows are
-    kept at unit norm, the decoder bias starts at the activations' median-free mean,
-    and the encoder starts as the decoder's transpose (as in Gao et al. 2024).
+    kept at unit norm, the decoder bias starts at the activations' mean, and the
+    encoder starts as the decoder's transpose (as in Gao et al. 2024).
     Deterministic for a seed on one thread count.
     """
     if activations.dim() != 2 or activations.shape[0] < 2:

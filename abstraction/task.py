@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -322,7 +323,7 @@ class TokenTask(Task):
                     "add the token to vocab or pass labels_map",
                 )
         tokens = {value: self._token_id[token] for value, token in table.items()}
-        shared = sorted({t for t in table.values() if list(table.values()).count(t) > 1})
+        shared = sorted(t for t, n in Counter(table.values()).items() if n > 1)
         if shared:
             raise DeclarationError(
                 f"several output values map to token(s) {shared}, so the readout cannot tell "
