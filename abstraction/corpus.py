@@ -8,14 +8,18 @@ prompt templates with named slots and as causal models whose inputs fill the slo
   the intermediate variables are the subject's position among the two names
   (``s_position``, 1 or 2) and the indirect object's identity (``io``);
 * **binding lookup** (:data:`binding`, :data:`BINDING_TEMPLATES`):
-  ``"The budax contains the sipim. The kubet contains the tifen. The kubet contains
-  the"`` -> ``" tifen"``; the intermediate variable is which of the two pairs the query
-  names (``index``).
+  ``"budax sipim kubet tifen kubet"`` -> ``" tifen"`` (two container-object pairs, then
+  a query container); the intermediate variable is which of the two pairs the query
+  names (``index``). Sentences such as ``"The budax contains the sipim. ..."`` were
+  tried first: a 3-layer model trained for minutes stays at chance on them (the object
+  sits several tokens after its container and the prompt ends on a filler word, which
+  plain induction does not resolve), while it learns this pair-list form.
 
 Names and entities are invented from syllables (:data:`NAME_ONSETS` and
 :data:`NAME_CODAS` make ``"Kiran"``; containers and objects are lower case, and their
 first syllables differ in the vowel: ``"budax"``, ``"sipim"``), so a byte-level BPE
-tokenizer splits them into several tokens, and every list is split into a ``"train"``
+tokenizer splits them into several tokens (the zoo's splits them into their two
+syllables), and every list is split into a ``"train"``
 part and a ``"heldout"`` part: held-out words are unseen combinations of seen syllables,
 and never appear in the text a tokenizer or a model is trained on
 (:func:`training_text`). Two words of the same role in one prompt never share their
@@ -38,6 +42,7 @@ import numpy as np
 from abstraction.causal_model import CausalModel, causal_model
 
 __all__ = [
+    "BINDING_FOLLOW",
     "BINDING_TEMPLATES",
     "CONTAINERS",
     "HELDOUT_CONTAINERS",
@@ -135,12 +140,13 @@ IOI_TEMPLATES = (
 )
 """IOI prompts: the subject ``s`` is one of ``a``, ``b``; the answer is the other, with a space."""
 
-BINDING_TEMPLATES = (
-    "The {c1} contains the {o1}. The {c2} contains the {o2}. The {q} contains the",
-    "The {o1} is in the {c1}, and the {o2} is in the {c2}. The {q} contains the",
-    "In the {c1} there is a {o1}. In the {c2} there is a {o2}. The {q} contains the",
-)
-"""Binding prompts: the query ``q`` is one of the containers; the answer is its object."""
+BINDING_TEMPLATES = ("{c1} {o1} {c2} {o2} {q}",)
+"""Binding prompts: each container followed by its object, then the query ``q`` (one of
+the containers); the answer is the query's object."""
+
+BINDING_FOLLOW = " {c} {o}"
+"""One more question in a training document (:func:`training_examples`): a container of
+the prompt and its object."""
 
 
 @causal_model(inputs={"a": NAMES, "b": NAMES, "s": NAMES, "place": PLACES})
@@ -286,8 +292,8 @@ def training_examples(n: int, *, seed: int = 0, queries: int = 1) -> list[Exampl
     """``n`` training documents, half IOI and half binding, shuffled; only ``"train"`` words.
 
     A binding document asks ``queries`` questions about its containers: the prompt's,
-    then ``queries - 1`` more sentences ``" The {q} contains the {o}."`` in ``follow``
-    (each container drawn again), which gives a model more lookups to learn from per
+    then ``queries - 1`` more in ``follow`` (:data:`BINDING_FOLLOW`: a container, drawn
+    again, and its object), which gives a model more lookups to learn from per
     document. This is what the zoo language model learns from (:func:`training_text` is
     its text).
     """
@@ -298,10 +304,10 @@ def training_examples(n: int, *, seed: int = 0, queries: int = 1) -> list[Exampl
     followed = []
     for doc, picks in zip(binding_docs, more, strict=True):
         sentences = [
-            f". The {doc.inputs[f'c{k + 1}']} contains the {doc.inputs[f'o{k + 1}']}"
+            BINDING_FOLLOW.format(c=doc.inputs[f"c{k + 1}"], o=doc.inputs[f"o{k + 1}"])
             for k in picks.tolist()
         ]
-        followed.append(replace(doc, follow="".join(sentences) + "." if sentences else ""))
+        followed.append(replace(doc, follow="".join(sentences)))
     mixed = [
         *examples("ioi", n_ioi, split="train", seed=int(rng.integers(2**31))),
         *followed,
@@ -329,6 +335,7 @@ def fingerprint() -> str:
         "places": PLACES,
         "ioi": IOI_TEMPLATES,
         "binding": BINDING_TEMPLATES,
+        "binding_follow": BINDING_FOLLOW,
         "ioi_model": ioi.source_hash,
         "binding_model": binding.source_hash,
     }

@@ -310,15 +310,36 @@ PAD = "<pad>"
 def _train_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> Any:
     """A byte-level BPE tokenizer (GPT-2's scheme) trained on ``texts``.
 
-    Returned as a transformers ``GPT2Tokenizer`` (the fast, tokenizers-backed one) with
-    EOS and PAD tokens, so that ``save_pretrained`` writes the files
-    ``AutoTokenizer.from_pretrained`` reads.
+    Before GPT-2's byte-level split, a word ending in one of the corpus's second
+    syllables (:data:`corpus.NAME_CODAS`, :data:`corpus.ENTITY_CODAS`) after at least two
+    letters is cut there, so that every invented word becomes its two syllables
+    (``" budax"`` -> ``"Ġbu"``, ``"dax"``): a held-out word is then two tokens seen in
+    training, and no merge spans a syllable boundary. Returned as a transformers
+    ``PreTrainedTokenizerFast`` with EOS and PAD tokens, so that ``save_pretrained``
+    writes the files ``AutoTokenizer.from_pretrained`` reads; the syllable split is part
+    of ``tokenizer.json``, which that class loads whole (``GPT2Tokenizer`` would rebuild
+    the byte-level pre-tokenizer and drop the split on loading).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import GPT2Tokenizer
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
 
+    codas = sorted(set(corpus.NAME_CODAS) | set(corpus.ENTITY_CODAS))
+    syllables = Regex(r"(?<=[A-Za-z]{2})(?:" + "|".join(codas) + r")\b")
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(syllables, behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     bpe.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
@@ -328,7 +349,7 @@ def _train_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> Any:
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
-    return GPT2Tokenizer(
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=bpe,
         eos_token=EOS,
         bos_token=EOS,
@@ -513,7 +534,8 @@ def _optimize(
     """Minimise ``loss_of(idx)`` over shuffled minibatches of ``range(n)`` with AdamW.
 
     ``cfg`` gives ``epochs``, ``batch_size``, ``lr`` and optionally ``weight_decay``,
-    ``schedule`` (``"cosine"``: linear warmup then cosine decay), ``warmup`` and ``clip``.
+    ``schedule`` (``"cosine"``: linear warmup then cosine decay; ``"constant"``: linear
+    warmup then the full rate to the end), ``warmup`` and ``clip``.
     """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(
@@ -531,6 +553,14 @@ def _optimize(
             optimizer,
             num_warmup_steps=max(1, int(steps * cfg.get("warmup", 0.05))),
             num_training_steps=steps,
+        )
+    elif cfg.get("schedule") == "constant":
+        # a model that must leave a long loss plateau (tiny_lm's binding) leaves it at the
+        # full rate; a decaying rate can stall it there
+        from transformers import get_constant_schedule_with_warmup
+
+        scheduler = get_constant_schedule_with_warmup(
+            optimizer, num_warmup_steps=max(1, int(steps * cfg.get("warmup", 0.05)))
         )
     step = 0
     for _ in range(cfg["epochs"]):
@@ -626,13 +656,13 @@ _ENTRIES: dict[str, ZooEntry] = {
     ),
     "tiny_lm": ZooEntry(
         "tiny_lm",
-        "a 3-layer GPT-2 (d_model 64) with its own byte-level BPE tokenizer, both trained on "
-        "the corpus's IOI and binding prompts (abstraction.corpus); solves IOI on names it "
-        "never saw, not yet binding (chance)",
+        "a 3-layer GPT-2 (d_model 64) with its own byte-level BPE tokenizer (words split "
+        "into syllables), both trained on the corpus's IOI and binding prompts "
+        "(abstraction.corpus); solves both on names, containers and objects it never saw",
         None,
         {
             # bump when _train_language_model changes (VERSION would retrain every network)
-            "recipe": 1,
+            "recipe": 3,
             "corpus": corpus.fingerprint(),
             "vocab": 520,
             "tokenizer_examples": 20_000,
@@ -643,11 +673,11 @@ _ENTRIES: dict[str, ZooEntry] = {
             "heads": 4,
             "positions": 64,
             "position_jitter": 16,
-            "epochs": 2,
-            "batch_size": 64,
+            "epochs": 10,
+            "batch_size": 32,
             "lr": 2e-3,
             "weight_decay": 0.01,
-            "schedule": "cosine",
+            "schedule": "constant",
             "clip": 1.0,
             "answer_weight": 1.0,
             "eval_examples": 2000,

@@ -81,14 +81,7 @@ def _accuracy(model: Any, tokenizer: Any, examples: list[corpus.Example], side: 
     return right / len(examples)
 
 
-BINDING_NOT_LEARNED = pytest.mark.xfail(
-    strict=True,
-    reason="the tiny_lm recipe does not learn binding yet (held-out accuracy at chance): "
-    "remove this mark when it does",
-)
-
-
-@pytest.mark.parametrize("task", ["ioi", pytest.param("binding", marks=BINDING_NOT_LEARNED)])
+@pytest.mark.parametrize("task", ["ioi", "binding"])
 def test_solves_its_tasks_on_heldout_words(lm: tuple[Any, Any], task: str) -> None:
     model, tokenizer = lm
     examples = corpus.examples(task, 600, split="heldout", seed=2024)  # type: ignore[arg-type]
