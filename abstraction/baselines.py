@@ -167,7 +167,8 @@ def run_baselines(
         elif name == "control":
             for v in variables:
                 note(f"control task for {v}")
-                control = control_model(task.model, v, seed=7)
+                bases = {i: train[f"base.{i}"].to_numpy() for i in task.model.inputs}
+                control = control_model(task.model, v, seed=7, distribution=bases)
                 splits = (
                     relabel(train, control),
                     relabel(validation, control),

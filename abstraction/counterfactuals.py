@@ -807,7 +807,13 @@ def relabel(frame: pd.DataFrame, model: CausalModel) -> pd.DataFrame:
     return out
 
 
-def control_model(model: CausalModel, variable: str, seed: int = 0) -> CausalModel:
+def control_model(
+    model: CausalModel,
+    variable: str,
+    seed: int = 0,
+    *,
+    distribution: Mapping[str, np.ndarray] | None = None,
+) -> CausalModel:
     """A control hypothesis: ``variable``'s values shuffled consistently across inputs.
 
     Every input combination keeps one fixed value of ``variable``, but which value is a
@@ -815,6 +821,15 @@ def control_model(model: CausalModel, variable: str, seed: int = 0) -> CausalMod
     its relation to the inputs is destroyed). Downstream mechanisms are unchanged.
     Aligning this control measures what DAS can fit regardless of the hypothesis;
     selectivity is the real IIA minus the control's.
+
+    Inputs with more than ``GRID_LIMIT`` combinations (a prompt task over hundreds of
+    names) are not enumerated: each combination's value is drawn, by a seeded hash of
+    the combination, from ``variable``'s values on ``distribution`` (input columns,
+    e.g. the experiment's training bases; by default :data:`CONTROL_SAMPLE` uniformly
+    drawn inputs). That is still a fixed value per input with, up to sampling error,
+    the distribution the experiment sees, and costs nothing per combination never
+    seen. Pass ``distribution`` when the experiment's sampler is not uniform: under
+    uniform IOI inputs the subject is almost never one of the two names.
     """
     model._check_variable(variable, role="controlled")
     if variable in model.inputs:
@@ -822,17 +837,51 @@ def control_model(model: CausalModel, variable: str, seed: int = 0) -> CausalMod
             f"{variable!r} is an input; a control task shuffles an intermediate variable",
             "name an intermediate variable",
         )
-    grid = model.input_grid()
-    values = model.run_batch(grid, validate=False)[variable]
-    table = np.empty(len(values), dtype=values.dtype)
-    table[combination_ids(model, grid)] = values[
-        np.random.default_rng(seed).permutation(len(values))
-    ]
     inputs = model.inputs
+    sizes = [model.domain(v) for v in inputs]
+    if any(d is None for d in sizes):
+        raise DomainError(
+            f"the control task for {variable!r} needs every input to have a finite domain",
+            "declare each input's domain, or leave 'control' out of the baselines",
+        )
+    combinations = float(np.prod([float(len(d)) for d in sizes if d is not None]))
+    if combinations <= GRID_LIMIT:
+        grid = model.input_grid()
+        values = model.run_batch(grid, validate=False)[variable]
+        table = np.empty(len(values), dtype=values.dtype)
+        table[combination_ids(model, grid)] = values[
+            np.random.default_rng(seed).permutation(len(values))
+        ]
+
+        def assigned(ids: np.ndarray) -> np.ndarray:
+            result: np.ndarray = table[ids]
+            return result
+
+    elif combinations < 2**62:
+        sample = (
+            model._uniform_sample(CONTROL_SAMPLE, seed=seed)
+            if distribution is None
+            else {v: np.asarray(distribution[v]) for v in inputs}
+        )
+        drawn = model.run_batch(sample, validate=False)[variable]
+        if len(drawn) == 0:
+            raise DomainError("the control task's distribution has no rows", "pass some inputs")
+        salt = np.uint64(np.random.default_rng(seed).integers(2**63))
+
+        def assigned(ids: np.ndarray) -> np.ndarray:
+            unit = (_splitmix64(ids.astype(np.uint64) ^ salt) >> np.uint64(11)) / 2.0**53
+            result: np.ndarray = drawn[(unit * len(drawn)).astype(np.int64)]
+            return result
+
+    else:
+        raise DomainError(
+            f"the inputs of {model.name!r} have {combinations:.3g} combinations, too many "
+            f"to give each a fixed control value of {variable!r}",
+            "leave 'control' out of the baselines",
+        )
 
     def lookup_columns(*columns: np.ndarray) -> np.ndarray:
-        result: np.ndarray = table[combination_ids(model, dict(zip(inputs, columns, strict=True)))]
-        return result
+        return assigned(combination_ids(model, dict(zip(inputs, columns, strict=True))))
 
     def lookup(*values: Any) -> Any:
         single = [as_column([v]) if not isinstance(v, tuple) else _object_column(v) for v in values]
@@ -855,6 +904,20 @@ def control_model(model: CausalModel, variable: str, seed: int = 0) -> CausalMod
     mechanisms.sort(key=lambda m: order[m.name])
     domains = {v: model.domain(v) for v in inputs}
     return CausalModel(f"{model.name}_control_{variable}", domains, mechanisms, model.outputs)
+
+
+CONTROL_SAMPLE = 200_000
+"""Inputs drawn to estimate a control variable's distribution when the grid is too large."""
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A bijective 64-bit mix (SplitMix64's finaliser): nearby ids give unrelated hashes."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        mixed: np.ndarray = x ^ (x >> np.uint64(31))
+        return mixed
 
 
 def _object_column(value: Any) -> np.ndarray:

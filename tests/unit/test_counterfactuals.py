@@ -198,3 +198,67 @@ def test_combination_ids_identify_input_combinations() -> None:
     facts = factual_dataset(HE, 50, seed=0)
     inputs = {v: facts[v].to_numpy() for v in HE.inputs}
     assert np.array_equal(facts["input_id"].to_numpy(), combination_ids(HE, inputs))
+
+
+# -- control tasks ---------------------------------------------------------------------------
+
+
+def _pick_model():  # type: ignore[no-untyped-def]
+    from abstraction import causal_model
+
+    @causal_model(inputs={"a": range(30), "b": range(30), "q": range(30)})
+    def pick(a, b, q):  # type: ignore[no-untyped-def]
+        first = q == a
+        return first
+
+    return pick
+
+
+def test_control_on_an_enumerable_grid_permutes_the_true_values() -> None:
+    from abstraction import control_model
+
+    model = _pick_model()
+    control = control_model(model, "first", seed=3)
+    grid = model.input_grid()
+    true = model.run_batch(grid)["first"]
+    shuffled = control.run_batch(grid)["first"]
+    assert sorted(true.tolist()) == sorted(shuffled.tolist())  # same distribution exactly
+    assert not np.array_equal(true, shuffled)
+
+
+def test_control_on_a_large_grid_is_consistent_and_follows_the_given_distribution(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from abstraction import control_model
+    from abstraction import counterfactuals as cf
+
+    model = _pick_model()
+    monkeypatch.setattr(cf, "GRID_LIMIT", 100)  # 27,000 combinations: the hashed road
+    rng = np.random.default_rng(0)
+    n = 20_000
+    a, b = rng.integers(30, size=n), rng.integers(30, size=n)
+    inputs = {"a": a, "b": b, "q": np.where(rng.random(n) < 0.5, a, b)}  # q is a or b
+    control = control_model(model, "first", seed=3, distribution=inputs)
+    values = control.run_batch(inputs)["first"]
+    assert np.array_equal(values, control.run_batch(inputs)["first"])
+    one = [control.run({k: int(v[i]) for k, v in inputs.items()})["first"] for i in range(40)]
+    assert one == values[:40].tolist()  # row by row and vectorised agree
+    true = model.run_batch(inputs)["first"]
+    assert abs(values.mean() - true.mean()) < 0.03  # about half, as in `inputs`
+    assert abs((values == true).mean() - 0.5) < 0.03  # and unrelated to the true value
+    uniform = control_model(model, "first", seed=3).run_batch(inputs)["first"]
+    assert uniform.mean() < 0.1  # under uniform inputs q is rarely a: why `distribution` exists
+    other_seed = control_model(model, "first", seed=4, distribution=inputs)
+    assert not np.array_equal(values, other_seed.run_batch(inputs)["first"])
+
+
+def test_control_needs_finite_domains() -> None:
+    from abstraction import DomainError, causal_model, control_model
+
+    @causal_model(inputs={"a": None, "b": range(3)})
+    def open_ended(a, b):  # type: ignore[no-untyped-def]
+        c = a + b
+        return c
+
+    with pytest.raises(DomainError, match="finite domain"):
+        control_model(open_ended, "c")
