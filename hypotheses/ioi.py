@@ -67,14 +67,9 @@ experiment = Experiment(
         positions=["s.last", "last", "b.last"],
         components=["residual", "attention_output", "head"],
     ),
-    # string-valued inputs: above 4,096 rows the causal model falls back to per-row
-    # evaluation (a known limitation), so the example stays below it
     pairs=4_000,
     sampler=heldout,
     source_sampler=heldout,
-    # no control task: it shuffles s_position consistently over every input, and these
-    # inputs have 4.5e8 combinations, too many to enumerate
-    baselines=("random_subspace", "untrained", "patch", "mean_ablation"),
     rivals=[first_name],
     shifts={"unseen template": task.with_templates(IOI_TEMPLATES[3:])},
     training=TrainingConfig(epochs=6, batch_size=128, lr=1e-2),

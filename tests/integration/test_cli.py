@@ -109,6 +109,28 @@ def test_json_output(tmp_path: Path) -> None:
     assert on_disk == payload  # --json prints exactly the report's results.json
 
 
+@pytest.mark.parametrize("name", ["ioi", "binding"])
+def test_language_model_examples_quick_json(name: str, tmp_path: Path) -> None:
+    """README's language-model examples run as a user would: `--quick --json`, exit 0,
+    a schema-valid results.json that says the zoo LM solves the task on held-out words."""
+    code, output = _run(
+        "run",
+        str(ROOT / "hypotheses" / f"{name}.py"),
+        "--quick",
+        "--json",
+        "--out",
+        str(tmp_path),
+        "--alignments",
+        str(tmp_path / "alignments"),
+    )
+    assert code == 0, output
+    payload = json.loads(output[output.index("{") :])
+    validate(payload)
+    assert payload == json.loads((tmp_path / name / "results.json").read_text())
+    assert payload["behavior"]["accuracy"] >= 0.95  # the zoo LM solves it on unseen words
+    assert payload["network"]["name"] == "tiny_lm"
+
+
 def test_sweep_example_quick(tmp_path: Path) -> None:
     code, output = _run(
         "sweep",
