@@ -294,3 +294,38 @@ def test_a_das_configuration_serialises_as_before() -> None:
         "temperature",
     }
     assert TrainingConfig(sparsity=0.2).to_dict()["sparsity"] == 0.2
+
+
+def test_an_experiment_compares_methods_beside_their_untrained_nulls(tmp_path: Path) -> None:
+    import runpy
+
+    from abstraction import run
+    from abstraction.report import write
+    from abstraction.results import ExperimentResult
+
+    experiment = runpy.run_path("hypotheses/feature_methods.py")["experiment"]
+    result = run(experiment)
+    methods = result.methods
+    assert methods is not None
+    assert methods.verdict == "faithful" and methods.best in ("das", "sae")
+    for v in VARIABLES:
+        rows = {row.method: row for row in methods.variables[v]}
+        assert list(rows) == ["patch", "das", "dbm", "pca", "sae"]
+        assert rows["sae"].iia >= 0.95 and rows["sae"].of == 32
+        assert rows["das"].units == 1 and rows["patch"].units == 16
+        # the SAE row is the experiment's own verification
+        assert rows["sae"].iia == result.variables[v].iia
+        for row in rows.values():
+            assert row.untrained_iia is not None and row.untrained_iia < 0.7
+    assert result.alignment.units is not None and result.alignment.featurizer is not None
+    frame = result.to_frame("methods")
+    assert len(frame) == 10 and set(frame["method"]) == {"patch", "das", "dbm", "pca", "sae"}
+    index = write(result, tmp_path / "report")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    sae_units = methods.variables["wx"][-1].units
+    assert "## Methods" in markdown
+    assert f"| sae | {sae_units} of 32 |" in markdown.replace(" (best)", "")
+    assert (tmp_path / "report" / "figures" / "methods.png").is_file()
+    assert "untrained network" in index.read_text()
+    again = ExperimentResult.read(tmp_path / "report" / "results.json")
+    assert again.methods == methods
