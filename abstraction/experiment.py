@@ -85,6 +85,10 @@ class Search:
         modules: submodule-path patterns with ``{layer}`` (``"blocks.{layer}.mlp"``,
             ``":input"`` for a module's input), for networks of any family; set
             ``components=()`` to search only these.
+        methods: alignment methods tried at every cell (default: the experiment's
+            ``method``); the method and cell with the best validation IIA are verified.
+            Feature methods (``dbm``, ``pca``, ``sae``) learn their own size, so they
+            are tried once per location, not once per rank.
     """
 
     layers: Sequence[int] | None = None
@@ -93,6 +97,7 @@ class Search:
     ranks: Sequence[int] = (1,)
     heads: Sequence[int] | None = None
     modules: Sequence[str] = ()
+    methods: Sequence[str] | None = None
 
 
 @dataclass
@@ -213,6 +218,21 @@ class Experiment:
                 f"experiment {self.name!r} compares boundless DAS, which aligns one variable",
                 "leave 'boundless' out of compare_methods, or align one variable",
             )
+        searches = self.search.values() if isinstance(self.search, Mapping) else [self.search]
+        for each in searches:
+            for method in (each.methods or ()) if each is not None else ():
+                if method not in METHODS:
+                    raise DeclarationError(
+                        f"experiment {self.name!r}: Search(methods=...) names unknown method "
+                        f"{method!r}",
+                        f"use one of {', '.join(METHODS)}; " + nearest(method, METHODS),
+                    )
+            if isinstance(self.search, Mapping) and each is not None and each.methods:
+                raise DeclarationError(
+                    f"experiment {self.name!r} searches each variable's site on its own and "
+                    "gives Search(methods=...)",
+                    "give methods= with one search for all variables, or method= here",
+                )
         if self.featurizer is not None and self.search is not None:
             raise DeclarationError(
                 f"experiment {self.name!r} gives a featurizer and a search",
@@ -379,7 +399,7 @@ def run(
     if exp.search is not None:
         timings["sweep"] = time.perf_counter() - start
     sweep_result, sweeps = found.sweep, found.sweeps
-    location, rank = found.location, found.rank
+    location, rank, method = found.location, found.rank, found.method
 
     start = phase("verifying the hypothesis")
     verification = verify(
@@ -390,7 +410,7 @@ def run(
         test,
         location,
         list(exp.variables),
-        method=exp.method,
+        method=method,
         rank=rank,
         subspaces=exp.subspaces,
         config=training,
@@ -399,7 +419,7 @@ def run(
         progress=progress,
         alignment=sweep_result.alignment if sweep_result is not None else None,
         alignment_seeds=exp.seeds,
-        featurizer=exp.featurizer if exp.method in ("dbm", "sae") else None,
+        featurizer=exp.featurizer if method in ("dbm", "sae") else None,
     )
     timings["verify"] = time.perf_counter() - start
     methods = None
@@ -436,7 +456,7 @@ def run(
             *rival_splits,
             rival_found.location,
             list(exp.variables),
-            method=exp.method,
+            method=rival_found.method,
             rank=rival_found.rank,
             subspaces=exp.subspaces,
             config=training,
@@ -461,7 +481,7 @@ def run(
         config=ConfigRecord(
             seed=seed,
             quick=quick,
-            method=exp.method,
+            method=method,
             variables=list(exp.variables),
             location=LocationRecord.of(verification.alignment.location),
             locations=(
@@ -592,6 +612,7 @@ class _Located:
 
     location: Location | Mapping[str, Location]
     rank: int | Mapping[str, int] | None
+    method: str
     sweep: SweepResult | None = None
     sweeps: Mapping[str, SweepResult] = field(default_factory=dict)
 
@@ -606,7 +627,9 @@ def _locate(
 ) -> _Located:
     """The experiment's location, or the one its search chooses on validation for ``task``."""
 
-    def run_sweep(search: Search, variables: list[str], *pairs: pd.DataFrame) -> SweepResult:
+    def run_sweep(
+        search: Search, variables: list[str], *pairs: pd.DataFrame, method: str = exp.method
+    ) -> SweepResult:
         return sweep(
             network,
             task,
@@ -618,8 +641,8 @@ def _locate(
             components=search.components,
             heads=search.heads,
             modules=search.modules,
-            ranks=search.ranks,
-            method=exp.method,
+            ranks=search.ranks[:1] if method in FEATURE_METHODS else search.ranks,
+            method=method,
             test=pairs[2],
             config=training,
             directory=directory,
@@ -638,13 +661,22 @@ def _locate(
         return _Located(
             {v: result.best.location for v, result in sweeps.items()},
             {v: result.best.rank for v, result in sweeps.items()},
+            exp.method,
             sweeps=sweeps,
         )
     if exp.search is not None:
-        result = run_sweep(exp.search, list(exp.variables), *splits)
-        return _Located(result.best.location, result.best.rank, sweep=result)
+        methods = list(exp.search.methods or [exp.method])
+        results = {
+            m: run_sweep(exp.search, list(exp.variables), *splits, method=m) for m in methods
+        }
+        # the best validation IIA over methods; ties go to the method listed first
+        chosen = max(
+            methods, key=lambda m: (float(results[m].cells["val_iia"].max()), -methods.index(m))
+        )
+        result = results[chosen]
+        return _Located(result.best.location, result.best.rank, chosen, sweep=result)
     assert exp.location is not None
-    return _Located(exp.location, exp.rank)
+    return _Located(exp.location, exp.rank, exp.method)
 
 
 def _every_heldout_pair(

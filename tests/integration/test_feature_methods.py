@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from abstraction import Location, TrainingConfig, counterfactual_dataset, planted, split_by_base
 from abstraction.alignment import Alignment, AlignmentError, PreparedInterchanges, align, evaluate
-from abstraction.errors import DamagedFileError
+from abstraction.errors import DamagedFileError, DeclarationError
 from abstraction.featurizers import Rotation
 from abstraction.interventions import FeaturePatch
 from abstraction.verdict import verify
@@ -329,3 +329,31 @@ def test_an_experiment_compares_methods_beside_their_untrained_nulls(tmp_path: P
     assert "untrained network" in index.read_text()
     again = ExperimentResult.read(tmp_path / "report" / "results.json")
     assert again.methods == methods
+
+
+def test_a_search_over_methods_verifies_the_best_on_validation() -> None:
+    import runpy
+    from dataclasses import replace
+
+    from abstraction import Search, run
+
+    he = runpy.run_path("hypotheses/hierarchical_equality_uniform.py")["experiment"]
+    experiment = replace(
+        he,
+        name="methods_search",
+        location=None,
+        subspaces=None,
+        rivals=(),
+        shifts={},
+        search=Search(layers=[0, 1], methods=("patch", "dbm")),
+        pairs=8000,
+        training=TrainingConfig(epochs=3, batch_size=512, lr=1e-2),
+        baselines=("random_subspace",),
+    )
+    result = run(experiment)
+    # the full patch moves both variables at once; DBM keeps each variable's neurons
+    assert result.config.method == "dbm"
+    assert result.alignment.method == "dbm" and result.alignment.units is not None
+    assert result.sweep is not None and {c.rank for c in result.sweep.cells} == {1}
+    with pytest.raises(DeclarationError, match="unknown method"):
+        replace(experiment, search=Search(layers=[0], methods=("dbn",)))
