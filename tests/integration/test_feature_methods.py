@@ -296,10 +296,13 @@ def test_a_das_configuration_serialises_as_before() -> None:
     assert TrainingConfig(sparsity=0.2).to_dict()["sparsity"] == 0.2
 
 
-def test_an_experiment_compares_methods_beside_their_untrained_nulls(tmp_path: Path) -> None:
+def test_an_experiment_compares_methods_beside_their_untrained_nulls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import runpy
 
     from abstraction import run
+    from abstraction.cli import _summary
     from abstraction.report import write
     from abstraction.results import ExperimentResult
 
@@ -329,6 +332,10 @@ def test_an_experiment_compares_methods_beside_their_untrained_nulls(tmp_path: P
     assert "untrained network" in index.read_text()
     again = ExperimentResult.read(tmp_path / "report" / "results.json")
     assert again.methods == methods
+    _summary(result, index, 1.0)  # what `abstraction run` prints at the end
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"best method on validation: {methods.best}, verdict faithful" in printed
+    assert "methods, wx: patch" in printed
 
 
 def test_a_search_over_methods_verifies_the_best_on_validation() -> None:
