@@ -364,3 +364,52 @@ def test_a_search_over_methods_verifies_the_best_on_validation() -> None:
     assert result.sweep is not None and {c.rank for c in result.sweep.cells} == {1}
     with pytest.raises(DeclarationError, match="unknown method"):
         replace(experiment, search=Search(layers=[0], methods=("dbn",)))
+
+
+def test_feature_methods_train_variables_at_several_sites_together(tmp_path: Path) -> None:
+    from abstraction import zoo
+    from abstraction.alignment import align_sites
+
+    network = zoo.load("hierarchical_equality_uniform_mlp")
+    task = zoo.task("hierarchical_equality_uniform_mlp")
+    data = counterfactual_dataset(
+        task.model, 6000, [["wx"], ["yz"], ["wx", "yz"]], sampler="output", seed=0
+    )
+    train, val, _ = split_by_base(data, (0.7, 0.15, 0.15), seed=0)
+    sites = {"wx": Location(layer=0), "yz": Location(layer=1)}
+    for method in ("dbm", "pca"):
+        alignments = align_sites(
+            network, task, train, sites, VARIABLES, method=method, validation=val, config=CONFIG
+        )
+        assert [a.location for a in alignments] == [sites["wx"], sites["yz"]]
+        for a, v in zip(alignments, VARIABLES, strict=True):
+            assert a.variables == (v,) and a.featurizer is not None
+            assert a.featurizer.width == 16 and 1 <= a.units[v] <= 16
+            loaded = Alignment.load(a.save(tmp_path / f"{method}-{v}"))
+            assert torch.equal(loaded.masks[v], a.masks[v])
+        # both sites' PCAs were fitted on their own activations
+        if method == "pca":
+            first, second = (a.featurizer for a in alignments)
+            assert first is not None and second is not None
+            assert not torch.equal(first.tensors()["mean"], second.tensors()["mean"])
+
+
+def test_several_alignment_seeds_of_a_feature_method() -> None:
+    network = planted.feature_network("neurons", 0)
+    train, val, test = _splits(0)
+    result = verify(
+        network,
+        planted.OneHotTask(),
+        train,
+        val,
+        test,
+        SITE,
+        VARIABLES,
+        method="dbm",
+        config=CONFIG,
+        baselines=("random_subspace",),
+        alignment_seeds=2,
+    )
+    for v in VARIABLES:
+        assert len(result.variables[v].per_seed) == 2
+        assert min(result.variables[v].per_seed) >= 0.95
