@@ -413,3 +413,44 @@ def test_several_alignment_seeds_of_a_feature_method() -> None:
     for v in VARIABLES:
         assert len(result.variables[v].per_seed) == 2
         assert min(result.variables[v].per_seed) >= 0.95
+
+
+def test_a_resumed_sweep_loads_feature_alignments_from_its_cells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from abstraction import zoo
+    from abstraction.alignment import sweep as sweep_module
+
+    network = zoo.load("hierarchical_equality_uniform_mlp")
+    task = zoo.task("hierarchical_equality_uniform_mlp")
+    data = counterfactual_dataset(
+        task.model, 6000, [["wx"], ["yz"], ["wx", "yz"]], sampler="output", seed=0
+    )
+    train, val, _ = split_by_base(data, (0.7, 0.15, 0.15), seed=0)
+
+    def run() -> sweep_module.SweepResult:
+        return sweep_module.sweep(
+            network,
+            task,
+            train,
+            val,
+            VARIABLES,
+            layers=[0, 1],
+            method="pca",
+            config=CONFIG,
+            directory=tmp_path,
+        )
+
+    first = run()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(sweep_module, "fit", refuse)
+    second = run()  # every cell read back from its saved alignment
+    a, b = first.alignment, second.alignment
+    assert b.method == "pca" and a.featurizer is not None and b.featurizer is not None
+    assert torch.equal(b.featurizer.tensors()["components"], a.featurizer.tensors()["components"])
+    for v in VARIABLES:
+        assert torch.equal(b.masks[v], a.masks[v])
+    assert first.cells["val_iia"].tolist() == second.cells["val_iia"].tolist()
