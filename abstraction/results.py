@@ -283,7 +283,8 @@ class AlignmentRecord(_Record):
     featurizer: dict[str, JsonValue] | None = Field(
         default=None, exclude_if=lambda value: value is None
     )
-    """Feature methods: the featurizer's description and its number of features."""
+    """Feature methods: the featurizer's description, its number of features, and the
+    seconds spent fitting it on the site's training activations (PCA, an SAE trained here)."""
 
     @classmethod
     def of(cls, alignment: Alignment) -> AlignmentRecord:
@@ -296,7 +297,11 @@ class AlignmentRecord(_Record):
             curve=[dict(entry) for entry in alignment.curve],
             units=dict(alignment.units) if alignment.masks else None,
             featurizer=(
-                {**featurizer.describe(), "features": featurizer.features}
+                {
+                    **featurizer.describe(),
+                    "features": featurizer.features,
+                    "seconds": alignment.config.get("featurizer_seconds"),
+                }
                 if featurizer is not None
                 else None
             ),

@@ -173,13 +173,14 @@ def fit_masks(
     for v in variables:
         groups.setdefault(prepared.sites[v].location, []).append(v)
     started = time.perf_counter()
-    featurizers = {
-        location: site_featurizer(
+    featurizers: dict[Location, Featurizer] = {}
+    fit_seconds: dict[Location, float] = {}
+    for location, members in groups.items():
+        begun = time.perf_counter()
+        featurizers[location] = site_featurizer(
             method, prepared, location, prepared.width_of(members[0]), config, featurizer
         )
-        for location, members in groups.items()
-    }
-    fit_seconds = time.perf_counter() - started
+        fit_seconds[location] = time.perf_counter() - begun
     generator = torch.Generator().manual_seed(config.seed)
     logits = {
         v: nn.Parameter(
@@ -275,7 +276,8 @@ def fit_masks(
                     "method": method,
                     "units": {v: int(masks[v].sum()) for v in members},
                     "features": featurized.features,
-                    "featurizer_seconds": fit_seconds,
+                    # fitting PCA / training the SAE on this site's training activations
+                    "featurizer_seconds": fit_seconds[location],
                     **config.to_dict(),
                 },
                 featurizer=featurized,

@@ -321,12 +321,15 @@ def test_an_experiment_compares_methods_beside_their_untrained_nulls(
         for row in rows.values():
             assert row.untrained_iia is not None and row.untrained_iia < 0.7
     assert result.alignment.units is not None and result.alignment.featurizer is not None
+    fitted = result.alignment.featurizer["seconds"]  # the SAE's training time on this site
+    assert isinstance(fitted, float) and fitted > 0
     frame = result.to_frame("methods")
     assert len(frame) == 10 and set(frame["method"]) == {"patch", "das", "dbm", "pca", "sae"}
     index = write(result, tmp_path / "report")
     markdown = (tmp_path / "report" / "report.md").read_text()
     sae_units = methods.variables["wx"][-1].units
     assert "## Methods" in markdown
+    assert "Method: sae over 32 sae features (kept: wx " in markdown
     assert f"| sae | {sae_units} of 32 |" in markdown.replace(" (best)", "")
     assert (tmp_path / "report" / "figures" / "methods.png").is_file()
     assert "untrained network" in index.read_text()
@@ -336,6 +339,7 @@ def test_an_experiment_compares_methods_beside_their_untrained_nulls(
     printed = " ".join(capsys.readouterr().out.split())
     assert f"best method on validation: {methods.best}, verdict faithful" in printed
     assert "methods, wx: patch" in printed
+    assert "featurizer: sae, 32 features, fitted in" in printed
 
 
 def test_a_search_over_methods_verifies_the_best_on_validation() -> None:
