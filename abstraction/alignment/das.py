@@ -150,6 +150,29 @@ class TrainingConfig:
             )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise AlignmentError(f"lr must be a positive finite number, got {self.lr}")
+        for name in ("mask_lr", "sae_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise AlignmentError(f"{name} must be a positive finite number, got {value}")
+        if not (self.sparsity >= 0 and self.sae_l1 >= 0):
+            raise AlignmentError(
+                f"sparsity and sae_l1 must be at least 0, got {self.sparsity} and {self.sae_l1}"
+            )
+        start, end = self.mask_temperature
+        if not 0 < end <= start:
+            raise AlignmentError(
+                f"mask_temperature must go down from a positive start, e.g. (1.0, 0.01); got "
+                f"{self.mask_temperature}"
+            )
+        if self.sae_activation not in ("topk", "relu"):
+            raise AlignmentError(
+                f"sae_activation must be 'topk' or 'relu', not {self.sae_activation!r}"
+            )
+        if (self.sae_features is not None and self.sae_features < 1) or self.sae_steps < 1:
+            raise AlignmentError(
+                f"sae_features and sae_steps must be at least 1, got {self.sae_features} and "
+                f"{self.sae_steps}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy.

@@ -282,6 +282,21 @@ def test_arguments_that_do_not_fit_a_method_are_refused() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("mask_lr", 0.0, "mask_lr must be a positive"),
+        ("sparsity", -1.0, "sparsity and sae_l1"),
+        ("mask_temperature", (0.01, 1.0), "must go down"),
+        ("sae_activation", "gelu", "'topk' or 'relu'"),
+        ("sae_features", 0, "at least 1"),
+    ],
+)
+def test_bad_mask_and_sae_settings_are_refused(field: str, value: object, message: str) -> None:
+    with pytest.raises(AlignmentError, match=message):
+        TrainingConfig(**{field: value})  # type: ignore[arg-type]
+
+
 def test_a_das_configuration_serialises_as_before() -> None:
     # sweep run keys hash this dictionary: the feature-method fields must not change it
     assert set(TrainingConfig().to_dict()) == {
