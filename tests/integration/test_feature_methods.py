@@ -473,3 +473,39 @@ def test_a_resumed_sweep_loads_feature_alignments_from_its_cells(
     for v in VARIABLES:
         assert torch.equal(b.masks[v], a.masks[v])
     assert first.cells["val_iia"].tolist() == second.cells["val_iia"].tolist()
+
+
+def test_a_loaded_sae_is_used_as_given(tmp_path: Path) -> None:
+    from abstraction.alignment.masks import site_activations
+    from abstraction.featurizers import load_sae, train_sae
+
+    network = planted.feature_network("sparse", 0)
+    task = planted.OneHotTask()
+    train, val, test = _splits(0)
+    # an SAE trained elsewhere on this layer, shared in SAELens's layout
+    prepared = PreparedInterchanges(network, task, train, SITE, VARIABLES)
+    sae = train_sae(
+        site_activations(prepared, SITE), 32, activation="relu", l1=0.03, steps=3000, lr=3e-3
+    )
+    directory = tmp_path / "sae"
+    directory.mkdir()
+    weights = {k: v.contiguous() for k, v in sae.tensors().items()}
+    save_file(weights, str(directory / "sae_weights.safetensors"))
+    (directory / "cfg.json").write_text(
+        json.dumps({"d_in": 16, "d_sae": 32, "architecture": "standard"})
+    )
+    loaded = load_sae(directory)
+    alignment = align(
+        network,
+        task,
+        train,
+        SITE,
+        VARIABLES,
+        method="sae",
+        validation=val,
+        config=CONFIG,
+        featurizer=loaded,
+    )
+    assert alignment.featurizer is loaded  # not retrained
+    scored = PreparedInterchanges(network, task, test, SITE, VARIABLES)
+    assert float(evaluate(alignment, scored).float().mean()) >= 0.95
