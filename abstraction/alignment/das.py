@@ -132,7 +132,7 @@ class TrainingConfig:
     boundary_coef: float = 0.1
     temperature: tuple[float, float] = (50.0, 0.1)
     mask_lr: float = 0.05
-    sparsity: float = 0.05
+    sparsity: float = 0.3
     mask_temperature: tuple[float, float] = (1.0, 0.01)
     mask_init: float = 1.0
     sae_features: int | None = None
