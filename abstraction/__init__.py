@@ -19,14 +19,16 @@ Modules, in the order data flows (each imports only modules above it):
 ``task``             causal-model values -> network inputs and labels
 ``prompts``          :class:`PromptTask`: tokenizer + templates + candidate answers
 ``zoo``              small reference networks, trained here and cached
-``planted``          hand-built networks whose answer is known (planted, nulls, illusion)
+``planted``          hand-built networks whose answer is known (planted, nulls, illusion,
+                     featurizer ground truths)
 ``featurizers``      identity, rotation, PCA and SAE maps to features (load_sae, train_sae)
 ``interventions``    intervention types; ``interchange`` is the subspace arithmetic
 ``runtime``          the hook runtime every intervention runs through; ``intervene``
 ``pyvene_interop``   ``to_pyvene`` / ``from_pyvene``
 ``statistics``       clustered bootstrap, permutation tests, corrections (arrays only)
 ``alignment/``       ``prefix_cache`` -> ``prepared`` (data ready at one site) ->
-                     ``result`` (:class:`Alignment`, saved) -> ``das`` (training) -> ``sweep``
+                     ``result`` (:class:`Alignment`, saved) -> ``masks`` (DBM over
+                     neurons, PCA, SAE features) -> ``das`` (training) -> ``sweep``
 ``baselines``        the nulls, built as interventions on the same prepared data
 ``diagnostics``      illusion diagnostics (dormant, disconnected, subspace vs full patch)
 ``verdict``          ``verify`` gathers evidence, ``decide`` gives the verdict; ``compare``

@@ -6,7 +6,10 @@ paired) with the same data, training budget, rank and location:
 * ``random_subspace``: random orthonormal subspaces of the same ranks, untrained,
   over several seeds;
 * ``untrained``: DAS trained on the same architecture with random weights (DAS can
-  reach high IIA on random networks, so this null is essential); when re-initialising
+  reach high IIA on random networks, so this null is essential); for the feature
+  methods the same method, its featurizer fitted again on the random network (PCA
+  refitted, an SAE trained on its activations; DBM over neurons stays over neurons);
+  when re-initialising
   leaves the network's outputs unchanged (a computation in buffers or fixed functions),
   the result carries a note saying so and does not decide the verdict;
 * ``control``: DAS trained on a control task where the variable's values are
@@ -21,16 +24,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
 import torch
 
 from abstraction.alignment.das import TrainingConfig, evaluate, fit_sites
+from abstraction.alignment.masks import Featurizers
 from abstraction.alignment.prepared import PreparedInterchanges
-from abstraction.alignment.result import Alignment
+from abstraction.alignment.result import FEATURE_METHODS, Alignment
 from abstraction.counterfactuals import control_model, relabel
+from abstraction.featurizers import Identity, SparseAutoencoder
 from abstraction.interventions import Intervention, MeanAblation, Patch, random_subspace_patches
 from abstraction.network import Network, restore_default_linear_init
 from abstraction.task import Task
@@ -145,8 +150,16 @@ def run_baselines(
         elif name == "untrained":
             note("DAS on a randomly initialised network")
             fresh = random_weights(network, seed=1)
+            featurizer, null_config = _null_featurizers(alignments, config)
             correct, accuracy, unchanged = _retrained(
-                fresh, task, (train, validation, test), alignments, method, config, prepared_test
+                fresh,
+                task,
+                (train, validation, test),
+                alignments,
+                method,
+                null_config,
+                prepared_test,
+                featurizer=featurizer,
             )
             results.append(
                 BaselineResult(
@@ -175,7 +188,13 @@ def run_baselines(
                     relabel(test, control),
                 )
                 correct, _, _ = _retrained(
-                    network, task.with_model(control), splits, alignments, method, config
+                    network,
+                    task.with_model(control),
+                    splits,
+                    alignments,
+                    method,
+                    config,
+                    featurizer=_same_featurizers(alignments),
                 )
                 results.append(BaselineResult(name, v, correct.unsqueeze(0)))
         elif name == "patch":
@@ -199,6 +218,7 @@ def _retrained(
     method: str,
     config: TrainingConfig,
     reference: PreparedInterchanges | None = None,
+    featurizer: Featurizers = None,
 ) -> tuple[torch.Tensor, float, bool]:
     """DAS retrained under a null (other weights or labels) with the alignments' ranks.
 
@@ -212,7 +232,14 @@ def _retrained(
     prepared = [PreparedInterchanges(network, task, d, locations, variables) for d in splits]
     try:
         trained = fit_sites(
-            prepared[0], prepared[1], task, variables, method=method, rank=ranks, config=config
+            prepared[0],
+            prepared[1],
+            task,
+            variables,
+            method=method,
+            rank=None if method in FEATURE_METHODS else ranks,
+            config=config,
+            featurizer=featurizer,
         )
         correct = evaluate(trained, prepared[2])
         accuracy = float(prepared[2].predict(None).eq(prepared[2].base_labels).float().mean())
@@ -221,6 +248,44 @@ def _retrained(
         for p in prepared:
             p.close()
     return correct, accuracy, unchanged
+
+
+def _same_featurizers(alignments: Sequence[Alignment]) -> Featurizers:
+    """The alignments' own featurizers, for a null on the same network (the control task):
+    PCA is fitted again (on the same activations it is the same), the rest reused."""
+    if alignments[0].method not in ("dbm", "sae"):
+        return None
+    return {a.location: a.featurizer for a in alignments if a.featurizer is not None}
+
+
+def _null_featurizers(
+    alignments: Sequence[Alignment], config: TrainingConfig
+) -> tuple[Featurizers, TrainingConfig]:
+    """The featurizers for the untrained-network null: fitted again on that network.
+
+    PCA is refitted and an SAE trained on the random network's activations (with the
+    aligned SAE's width and k); DBM over neurons stays over neurons. DBM over a
+    featurizer given by the user is run over that same featurizer (it cannot be refitted).
+    """
+    method = alignments[0].method
+    if method == "sae":
+        sae = alignments[0].featurizer
+        if isinstance(sae, SparseAutoencoder):
+            config = replace(
+                config,
+                sae_features=sae.features,
+                sae_k=sae.k,
+                sae_activation="topk" if sae.activation == "topk" else "relu",
+            )
+        return None, config
+    if method == "dbm":
+        given = {
+            a.location: a.featurizer
+            for a in alignments
+            if a.featurizer is not None and not isinstance(a.featurizer, Identity)
+        }
+        return (given or None), config
+    return None, config
 
 
 @torch.no_grad()

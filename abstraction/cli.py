@@ -233,6 +233,30 @@ def _summary(results: ExperimentResult, index: Path, seconds: float) -> None:
             f"(p = {rival.comparison.p_value:.3g})",
             highlight=False,
         )
+    featurizer = results.alignment.featurizer
+    if featurizer is not None:
+        fitted = featurizer.get("seconds")
+        console.print(
+            f"  featurizer: {featurizer.get('kind')}, {featurizer.get('features')} features"
+            + (f", fitted in {fitted:.1f} s" if isinstance(fitted, (int, float)) else "")
+            + "; kept per variable: "
+            + ", ".join(f"{v} {n}" for v, n in (results.alignment.units or {}).items()),
+            highlight=False,
+        )
+    if results.methods is not None:
+        for name, rows in results.methods.variables.items():
+            cells = ", ".join(
+                f"{row.method} {row.iia:.3f} ({row.units}/{row.of}; untrained "
+                + ("-" if row.untrained_iia is None else f"{row.untrained_iia:.3f}")
+                + ")"
+                for row in rows
+            )
+            console.print(f"  methods, {name}: {cells}", highlight=False)
+        console.print(
+            f"  best method on validation: {results.methods.best}, verdict "
+            f"{results.methods.verdict}",
+            highlight=False,
+        )
     console.print(f"report: {index} ({seconds:.0f} s)")
 
 

@@ -33,9 +33,9 @@ import pandas as pd
 
 from abstraction.alignment.das import TrainingConfig, reproducible
 from abstraction.alignment.prepared import PreparedInterchanges
-from abstraction.alignment.result import library_versions
+from abstraction.alignment.result import FEATURE_METHODS, METHODS, library_versions
 from abstraction.alignment.sweep import SweepResult, sweep
-from abstraction.baselines import BASELINES
+from abstraction.baselines import BASELINES, random_weights
 from abstraction.causal_model import CausalModel
 from abstraction.counterfactuals import (
     counterfactual_dataset,
@@ -45,6 +45,8 @@ from abstraction.counterfactuals import (
     split_by_base,
 )
 from abstraction.errors import AbstractionError, DeclarationError, DomainError, nearest
+from abstraction.featurizers import Featurizer
+from abstraction.interventions import Patch
 from abstraction.locations import Location, resolve, split_position
 from abstraction.network import Network
 from abstraction.results import (
@@ -52,6 +54,8 @@ from abstraction.results import (
     ConfigRecord,
     ExperimentResult,
     LocationRecord,
+    MethodComparison,
+    MethodRow,
     NetworkRecord,
     PairCounts,
     RivalRecord,
@@ -60,7 +64,7 @@ from abstraction.results import (
 )
 from abstraction.statistics import iia
 from abstraction.task import Task
-from abstraction.verdict import Thresholds, Verification, compare, verify
+from abstraction.verdict import Thresholds, Verification, _rows_for, compare, verify
 
 __all__ = ["EXHAUSTIVE_TEST_LIMIT", "Experiment", "Search", "load_network", "run"]
 
@@ -81,6 +85,10 @@ class Search:
         modules: submodule-path patterns with ``{layer}`` (``"blocks.{layer}.mlp"``,
             ``":input"`` for a module's input), for networks of any family; set
             ``components=()`` to search only these.
+        methods: alignment methods tried at every cell (default: the experiment's
+            ``method``); the method and cell with the best validation IIA are verified.
+            Feature methods (``dbm``, ``pca``, ``sae``) learn their own size, so they
+            are tried once per location, not once per rank.
     """
 
     layers: Sequence[int] | None = None
@@ -89,6 +97,7 @@ class Search:
     ranks: Sequence[int] = (1,)
     heads: Sequence[int] | None = None
     modules: Sequence[str] = ()
+    methods: Sequence[str] | None = None
 
 
 @dataclass
@@ -109,7 +118,17 @@ class Experiment:
             variable (``{"s": Search(...), "io": Search(...)}``), each run on the pairs
             that intervene on that variable alone, after which the variables are
             trained together at their chosen sites.
-        method: ``"das"``, ``"low_rank"``, ``"boundless"`` or ``"patch"``.
+        method: ``"das"``, ``"low_rank"``, ``"boundless"``, ``"patch"``, or a learned
+            binary mask over features: ``"dbm"`` (neurons, or ``featurizer``'s
+            features), ``"pca"`` (principal components of the training activations),
+            ``"sae"`` (``featurizer``, or an SAE trained on the training activations).
+        featurizer: for ``"dbm"`` and ``"sae"``: the featurizer whose features the mask
+            selects (e.g. :func:`~abstraction.featurizers.load_sae`).
+        compare_methods: methods run beside ``method`` at the same site(s), each with its
+            untrained-network null (the same method on random weights): a table per
+            variable in ``results.json`` (``methods``) and the report, and the verdict of
+            the method with the best validation IIA. ``method``'s own verdict is the
+            experiment's.
         rank: dimensions per variable (when ``subspaces`` is not given).
         subspaces: explicit column ranges per variable, e.g. ``{"wx": (0, 8)}``.
         interventions: intervention sets (default: each variable, and all together).
@@ -144,6 +163,8 @@ class Experiment:
     location: Location | Mapping[str, Location] | None = None
     search: Search | Mapping[str, Search] | None = None
     method: str = "das"
+    featurizer: Featurizer | None = None
+    compare_methods: Sequence[str] = ()
     rank: int | Mapping[str, int] | None = None
     subspaces: Mapping[str, tuple[int, int]] | None = None
     interventions: Sequence[Sequence[str]] | None = None
@@ -186,6 +207,37 @@ class Experiment:
                     f"aligns {list(self.variables)}",
                     f"give {option}={{variable: ...}} with exactly one entry per aligned variable",
                 )
+        for method in (self.method, *self.compare_methods):
+            if method not in METHODS:
+                raise DeclarationError(
+                    f"experiment {self.name!r}: unknown method {method!r}",
+                    f"use one of {', '.join(METHODS)}; " + nearest(method, METHODS),
+                )
+        if "boundless" in self.compare_methods and len(self.variables) > 1:
+            raise DeclarationError(
+                f"experiment {self.name!r} compares boundless DAS, which aligns one variable",
+                "leave 'boundless' out of compare_methods, or align one variable",
+            )
+        searches = self.search.values() if isinstance(self.search, Mapping) else [self.search]
+        for each in searches:
+            for method in (each.methods or ()) if each is not None else ():
+                if method not in METHODS:
+                    raise DeclarationError(
+                        f"experiment {self.name!r}: Search(methods=...) names unknown method "
+                        f"{method!r}",
+                        f"use one of {', '.join(METHODS)}; " + nearest(method, METHODS),
+                    )
+            if isinstance(self.search, Mapping) and each is not None and each.methods:
+                raise DeclarationError(
+                    f"experiment {self.name!r} searches each variable's site on its own and "
+                    "gives Search(methods=...)",
+                    "give methods= with one search for all variables, or method= here",
+                )
+        if self.featurizer is not None and self.search is not None:
+            raise DeclarationError(
+                f"experiment {self.name!r} gives a featurizer and a search",
+                "a featurizer reads one site: give location= with featurizer=",
+            )
         if (
             isinstance(self.location, Mapping)
             and self.method == "boundless"
@@ -347,7 +399,7 @@ def run(
     if exp.search is not None:
         timings["sweep"] = time.perf_counter() - start
     sweep_result, sweeps = found.sweep, found.sweeps
-    location, rank = found.location, found.rank
+    location, rank, method = found.location, found.rank, found.method
 
     start = phase("verifying the hypothesis")
     verification = verify(
@@ -358,7 +410,7 @@ def run(
         test,
         location,
         list(exp.variables),
-        method=exp.method,
+        method=method,
         rank=rank,
         subspaces=exp.subspaces,
         config=training,
@@ -367,8 +419,16 @@ def run(
         progress=progress,
         alignment=sweep_result.alignment if sweep_result is not None else None,
         alignment_seeds=exp.seeds,
+        featurizer=exp.featurizer if method in ("dbm", "sae") else None,
     )
     timings["verify"] = time.perf_counter() - start
+    methods = None
+    if exp.compare_methods:
+        start = phase(f"comparing methods {', '.join(exp.compare_methods)}")
+        methods = _compare_methods(
+            network, exp, (train, validation, test), verification, rank, training, progress
+        )
+        timings["methods"] = time.perf_counter() - start
     if alignment_path is not None:
         _save_alignments(verification, Path(alignment_path))
 
@@ -396,7 +456,7 @@ def run(
             *rival_splits,
             rival_found.location,
             list(exp.variables),
-            method=exp.method,
+            method=rival_found.method,
             rank=rival_found.rank,
             subspaces=exp.subspaces,
             config=training,
@@ -421,7 +481,7 @@ def run(
         config=ConfigRecord(
             seed=seed,
             quick=quick,
-            method=exp.method,
+            method=method,
             variables=list(exp.variables),
             location=LocationRecord.of(verification.alignment.location),
             locations=(
@@ -447,6 +507,102 @@ def run(
         sweeps=sweeps,
         rivals=rivals,
         shifts=shifts,
+        methods=methods,
+    )
+
+
+def _compare_methods(
+    network: Network,
+    exp: Experiment,
+    splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    main: Verification,
+    rank: int | Mapping[str, int] | None,
+    training: TrainingConfig,
+    progress: Callable[[str], None] | None,
+) -> MethodComparison:
+    """Every method of ``exp.compare_methods`` at the verified site(s), with its nulls.
+
+    Each method is verified on the same pairs with the random-subspace, untrained and
+    mean-ablation nulls (those of ``exp.baselines``; the untrained one always), so each
+    has its own verdict; the best on validation IIA gives the comparison's verdict. The
+    untrained null of the full patch is the patch of the random network.
+    """
+    train, validation, test = splits
+    variables = list(exp.variables)
+    locations = main.locations
+    where: Location | Mapping[str, Location] = (
+        dict(locations) if main.multi_site else main.alignment.location
+    )
+    nulls = tuple(b for b in exp.baselines if b in ("random_subspace", "mean_ablation"))
+    results: dict[str, Verification] = {}
+    for method in exp.compare_methods:
+        if method == exp.method and "untrained" in exp.baselines:
+            results[method] = main
+            continue
+        if progress is not None:
+            progress(f"method {method}")
+        results[method] = verify(
+            network,
+            exp.task,
+            train,
+            validation,
+            test,
+            where,
+            variables,
+            method=method,
+            rank=None if method in FEATURE_METHODS else rank,
+            subspaces=exp.subspaces if method in ("das", "low_rank") else None,
+            config=training,
+            thresholds=exp.thresholds,
+            # the patch's untrained null is the random network patched (below); verify's
+            # own would train DAS there
+            baselines=() if method == "patch" else (*nulls, "untrained"),
+            featurizer=exp.featurizer if method in ("dbm", "sae") else None,
+        )
+    untrained_patch: dict[str, float] = {}
+    if "patch" in results:
+        fresh = random_weights(network, seed=1)
+        engine = PreparedInterchanges(fresh, exp.task, test, locations, variables)
+        try:
+            correct = engine.correct({v: Patch(locations[v]) for v in variables}).numpy()
+        finally:
+            engine.close()
+        for v in variables:
+            rows = _rows_for(test, v)  # the rows verify scores the variable on
+            untrained_patch[v] = float(correct[rows].mean())
+    rows_by_variable: dict[str, list[MethodRow]] = {v: [] for v in variables}
+    validation_iia: dict[str, float] = {}
+    for method, verified in results.items():
+        curve = verified.alignment.curve
+        validation_iia[method] = max((float(c["val_iia"]) for c in curve), default=float("nan"))
+        for v in variables:
+            alignment = next(a for a in verified.alignments if v in a.variables)
+            result = verified.variables[v]
+            width = int(alignment.basis.shape[0]) if alignment.basis is not None else 0
+            featurizer = alignment.featurizer
+            units = alignment.units[v]
+            rows_by_variable[v].append(
+                MethodRow(
+                    method=method,
+                    units=units,
+                    of=featurizer.features if featurizer is not None else (width or units),
+                    iia=result.iia.value,
+                    ci=(result.iia.low, result.iia.high),
+                    untrained_iia=(
+                        untrained_patch[v]
+                        if method == "patch"
+                        else result.baselines.get("untrained")
+                    ),
+                    validation_iia=validation_iia[method],
+                    passed=result.passed,
+                )
+            )
+    best = max(results, key=lambda m: (validation_iia[m], -list(results).index(m)))
+    return MethodComparison(
+        locations={v: LocationRecord.of(loc) for v, loc in locations.items()},
+        variables=rows_by_variable,
+        best=best,
+        verdict=results[best].verdict,
     )
 
 
@@ -456,6 +612,7 @@ class _Located:
 
     location: Location | Mapping[str, Location]
     rank: int | Mapping[str, int] | None
+    method: str
     sweep: SweepResult | None = None
     sweeps: Mapping[str, SweepResult] = field(default_factory=dict)
 
@@ -470,7 +627,9 @@ def _locate(
 ) -> _Located:
     """The experiment's location, or the one its search chooses on validation for ``task``."""
 
-    def run_sweep(search: Search, variables: list[str], *pairs: pd.DataFrame) -> SweepResult:
+    def run_sweep(
+        search: Search, variables: list[str], *pairs: pd.DataFrame, method: str = exp.method
+    ) -> SweepResult:
         return sweep(
             network,
             task,
@@ -482,8 +641,8 @@ def _locate(
             components=search.components,
             heads=search.heads,
             modules=search.modules,
-            ranks=search.ranks,
-            method=exp.method,
+            ranks=search.ranks[:1] if method in FEATURE_METHODS else search.ranks,
+            method=method,
             test=pairs[2],
             config=training,
             directory=directory,
@@ -502,13 +661,22 @@ def _locate(
         return _Located(
             {v: result.best.location for v, result in sweeps.items()},
             {v: result.best.rank for v, result in sweeps.items()},
+            exp.method,
             sweeps=sweeps,
         )
     if exp.search is not None:
-        result = run_sweep(exp.search, list(exp.variables), *splits)
-        return _Located(result.best.location, result.best.rank, sweep=result)
+        methods = list(exp.search.methods or [exp.method])
+        results = {
+            m: run_sweep(exp.search, list(exp.variables), *splits, method=m) for m in methods
+        }
+        # the best validation IIA over methods; ties go to the method listed first
+        chosen = max(
+            methods, key=lambda m: (float(results[m].cells["val_iia"].max()), -methods.index(m))
+        )
+        result = results[chosen]
+        return _Located(result.best.location, result.best.rank, chosen, sweep=result)
     assert exp.location is not None
-    return _Located(exp.location, exp.rank)
+    return _Located(exp.location, exp.rank, exp.method)
 
 
 def _every_heldout_pair(

@@ -44,6 +44,7 @@ __all__ = [
     "SparseAutoencoder",
     "featurizer_from",
     "load_sae",
+    "selected_span",
     "train_sae",
 ]
 
@@ -343,6 +344,26 @@ def featurizer_from(
             apply_b_dec_to_input=bool(description.get("apply_b_dec_to_input", True)),
         )
     raise FeaturizerError(f"unknown featurizer kind {kind!r}; the file may be from a newer version")
+
+
+def selected_span(featurizer: Featurizer, mask: torch.Tensor) -> torch.Tensor:
+    """``(width, r)`` orthonormal columns spanning the decoder directions of the features
+    ``mask`` selects (``mask > 0.5``): the linear view of a feature swap.
+
+    For neurons and principal components this is exactly the swapped subspace; for an
+    SAE, whose encoder is not linear, it is the span the swap writes into. Directions
+    that are linearly dependent count once (``r`` is their rank).
+    """
+    directions = featurizer.directions().detach().double()[:, mask.detach().cpu() > 0.5]
+    if directions.shape[1] == 0:
+        raise FeaturizerError("the mask selects no feature; select at least one")
+    if featurizer.kind in ("identity", "pca"):
+        # orthonormal already: keep the features' own directions, in their order
+        return directions.float().contiguous()
+    u, singular, _ = torch.linalg.svd(directions, full_matrices=False)
+    rank = max(1, int((singular > singular[0] * 1e-6).sum()))
+    span: torch.Tensor = u[:, :rank].float().contiguous()
+    return span
 
 
 # -- loading SAEs from the layouts people share them in ----------------------------------

@@ -313,9 +313,19 @@ def random_subspace_patches(
     """Interchanges of random orthonormal subspaces, one per variable of ``subspaces``.
 
     Same ranks as ``subspaces``, mutually orthogonal: the null against which a trained
-    alignment is compared (same location, same dimensions, no training).
+    alignment is compared (same location, same dimensions, no training). When the ranks
+    add up to more than ``width`` (feature masks of several variables may overlap), each
+    variable's subspace is drawn on its own, still of its own rank.
     """
     total = sum(stop - start for start, stop in subspaces.values())
+    if total > width:
+        return {
+            v: LowRankPatch(
+                location,
+                torch.linalg.qr(torch.randn(width, stop - start, generator=generator))[0],
+            )
+            for v, (start, stop) in subspaces.items()
+        }
     q, _ = torch.linalg.qr(torch.randn(width, max(total, 1), generator=generator))
     patches, offset = {}, 0
     for v, (start, stop) in subspaces.items():

@@ -19,6 +19,14 @@ dimensions (random features of the input). The ``kind`` says what that layer hol
   planted honestly (but DAS may tilt its direction into the dormant one as well). A
   sound verdict flags ``wx`` as an illusion and never calls the network ``faithful``.
 
+Three more, for the featurizer methods (:func:`feature_network`), hold ``wx`` and ``yz``
+in a form one method finds: ``"neurons"`` on a few neurons (two each, each carrying
+half the value; DBM over neurons must keep both), ``"principal"`` along the two
+directions of largest variance (``wx`` the top one; PCA finds them), ``"sparse"`` as two
+features of a sparse code of 12 planted features in 16 dimensions (``wx``, ``yz`` and a
+one-hot of ``w`` with a magnitude set by ``z``: 1 to 3 active per input; an SAE trained on
+the layer should recover them).
+
 They serve :mod:`benchmarks/calibration.py` (how often each verdict is reached when the
 truth is known) and the tests of the verdict and its diagnostics.
 """
@@ -36,7 +44,20 @@ from abstraction.causal_model import CausalModel, causal_model
 from abstraction.network import Batch, Network
 from abstraction.task import Task
 
-__all__ = ["ENTITIES", "KINDS", "WIDTH", "HandBuilt", "Kind", "OneHotTask", "equality", "network"]
+__all__ = [
+    "ENTITIES",
+    "FEATURE_KINDS",
+    "KINDS",
+    "WIDTH",
+    "FeatureGroundTruth",
+    "FeatureKind",
+    "HandBuilt",
+    "Kind",
+    "OneHotTask",
+    "equality",
+    "feature_network",
+    "network",
+]
 
 N_ENTITIES = 10
 ENTITIES = range(N_ENTITIES)
@@ -46,6 +67,8 @@ WIDTH = 16
 
 Kind = Literal["planted", "output_only", "lookup", "illusion"]
 KINDS: tuple[Kind, ...] = ("planted", "output_only", "lookup", "illusion")
+FeatureKind = Literal["neurons", "principal", "sparse"]
+FEATURE_KINDS: tuple[FeatureKind, ...] = ("neurons", "principal", "sparse")
 
 
 @causal_model(inputs={"w": ENTITIES, "x": ENTITIES, "y": ENTITIES, "z": ENTITIES})
@@ -143,3 +166,85 @@ def network(kind: Kind, seed: int = 0) -> Network:
     """A hand-built network of ``kind`` (see the module docstring); ``seed`` sets its
     rotation and distractors."""
     return Network(HandBuilt(kind, seed), family="generic", name=f"hand-built {kind} #{seed}")
+
+
+class FeatureGroundTruth(nn.Module):
+    """``wx`` and ``yz`` planted where one featurizer finds them (see the module docstring).
+
+    ``represent`` is the probed 16-wide layer; the readout computes
+    ``(a == b)`` from ``a``, ``b``, the two variables read back from the layer
+    (``same = relu(1 - a - b) + relu(a + b - 1)``), and reads nothing else there.
+
+    Attributes (buffers, fixed by the seed):
+        neurons: ``"neurons"``: ``(2, 2)`` the neuron indices of ``wx`` (row 0) and ``yz``.
+        directions: ``"principal"``: ``(16, 2)`` the planted directions of ``wx`` and
+            ``yz`` (orthonormal); ``"sparse"``: ``(12, 16)`` the planted features' unit
+            directions (rows ``wx``, ``yz``, then ``w``'s one-hot, orthogonal to the first two).
+    """
+
+    def __init__(self, kind: FeatureKind, seed: int) -> None:
+        super().__init__()
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"unknown kind {kind!r}; use one of {FEATURE_KINDS}")
+        self.kind = kind
+        gen = torch.Generator().manual_seed(seed)
+        self.helper = HandBuilt("planted", seed)  # its detectors and distractors
+        self.neurons: torch.Tensor
+        self.directions: torch.Tensor
+        self.reader: torch.Tensor
+        self.register_buffer("neurons", torch.randperm(WIDTH, generator=gen)[:4].reshape(2, 2))
+        if kind == "sparse":
+            # wx and yz along two random unit directions; w's ten one-hot features along
+            # random unit directions of the complement of those two
+            pair = torch.randn(2, WIDTH, generator=gen)
+            pair = pair / pair.norm(dim=1, keepdim=True)
+            q, _ = torch.linalg.qr(
+                torch.cat([pair.T, torch.randn(WIDTH, WIDTH - 2, generator=gen)], 1)
+            )
+            entities = torch.randn(N_ENTITIES, WIDTH - 2, generator=gen) @ q[:, 2:].T
+            entities = entities / entities.norm(dim=1, keepdim=True)
+            self.register_buffer("directions", torch.cat([pair, entities]))
+            self.register_buffer("reader", torch.linalg.pinv(pair))  # (16, 2): h -> (wx, yz)
+        else:
+            self.register_buffer("directions", self.helper.rotation[:, :2].clone())
+            self.register_buffer("reader", torch.empty(0))
+        self.represent = nn.Identity()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``represent`` layer's input."""
+        wx, yz = self.helper._equalities(x)
+        noise = torch.tanh(x @ self.helper.distractor.T)
+        if self.kind == "neurons":
+            h = noise * 0.5
+            h[:, self.neurons[0]] = wx.unsqueeze(-1) * 0.5
+            h[:, self.neurons[1]] = yz.unsqueeze(-1) * 0.5
+            return h
+        if self.kind == "principal":
+            z = torch.cat([torch.stack([4 * wx, yz], -1), 0.25 * noise[:, 2:]], dim=-1)
+            return z @ self.helper.rotation.T
+        w = x[:, :N_ENTITIES]
+        magnitude = 1.0 + x[:, 3 * N_ENTITIES :].argmax(-1, keepdim=True) / 10  # z sets it
+        code = torch.cat([torch.stack([wx, yz], -1), w * magnitude], dim=-1)
+        return code @ self.directions
+
+    def read(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``wx`` and ``yz`` as the readout reads them from the layer."""
+        if self.kind == "neurons":
+            return hidden[:, self.neurons[0]].sum(-1), hidden[:, self.neurons[1]].sum(-1)
+        if self.kind == "principal":
+            z = hidden @ self.helper.rotation
+            return z[:, 0] / 4, z[:, 1]
+        code = hidden @ self.reader
+        return code[:, 0], code[:, 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.read(self.represent(self.features(x)))
+        same = torch.relu(1 - a - b) + torch.relu(a + b - 1)
+        return torch.stack([-8 * (same - 0.5), 8 * (same - 0.5)], dim=-1)
+
+
+def feature_network(kind: FeatureKind, seed: int = 0) -> Network:
+    """A hand-built network whose variables one featurizer finds (:class:`FeatureGroundTruth`)."""
+    return Network(
+        FeatureGroundTruth(kind, seed), family="generic", name=f"hand-built {kind} #{seed}"
+    )

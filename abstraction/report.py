@@ -8,12 +8,14 @@ A report directory holds:
   ``variables.<name>.iia``, ``.ci``, ``.changed_iia``, ``.baselines``, ``.p_values``,
   ``.selectivity``, ``behavior.accuracy``, ``baselines``, ``counterexamples``,
   ``alignment``, ``sweep``, ``rivals``, ``causal_model``, ``network``,
-  ``network_hash``, ``config``, ``versions``, ``timings``, ``shifts``);
+  ``network_hash``, ``config``, ``versions``, ``timings``, ``shifts``, and ``methods``
+  when methods were compared);
 * ``index.html`` - self-contained (figures inlined), readable without a server;
 * ``report.md`` - the same in Markdown;
 * ``figures/*.png`` - causal graph coloured by verdict, IIA per variable against
   each baseline, sweep heatmap and IIA against rank (when there is a sweep),
-  training curve.
+  training curve, IIA by method beside the untrained network (when methods were
+  compared).
 
 Rendering only reads results; it never recomputes them (and never imports the
 alignment code). Writes are atomic: the new report replaces the old one in one rename.
@@ -201,6 +203,9 @@ def _figures(results: ExperimentResult, directory: Path) -> dict[str, Path]:
         fig.savefig(figures["iia"], dpi=110)
         plt.close(fig)
 
+    if results.methods is not None:
+        figures["methods"] = _methods_figure(results, directory / "methods.png")
+
     curve = results.alignment.curve
     if len(curve) > 1:
 
@@ -250,6 +255,55 @@ def _figures(results: ExperimentResult, directory: Path) -> dict[str, Path]:
             fig.savefig(figures["rank"], dpi=110)
             plt.close(fig)
     return figures
+
+
+def _methods_figure(results: ExperimentResult, path: Path) -> Path:
+    """IIA by method with 95 % CIs, beside the same method on the untrained network."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert results.methods is not None
+    table = results.methods.variables
+    fig, axes = plt.subplots(
+        1, len(table), figsize=(1.5 + 2.6 * len(table), 3.6), squeeze=False, sharey=True
+    )
+    for ax, (variable, rows) in zip(axes[0], table.items(), strict=True):
+        xs = list(range(len(rows)))
+        iias = [row.iia for row in rows]
+        errors = [
+            [row.iia - row.ci[0] for row in rows],
+            [row.ci[1] - row.iia for row in rows],
+        ]
+        ax.bar(
+            [x - 0.2 for x in xs],
+            iias,
+            width=0.4,
+            color="#1565c0",
+            yerr=errors,
+            capsize=4,
+            label="IIA (95% CI)",
+        )
+        untrained = [row.untrained_iia if row.untrained_iia is not None else 0.0 for row in rows]
+        ax.bar(
+            [x + 0.2 for x in xs], untrained, width=0.4, color="#9e9e9e", label="untrained network"
+        )
+        ax.axhline(results.thresholds.iia, color="#c62828", linestyle="--", linewidth=1)
+        ax.set_xticks(xs, [f"{row.method}\n{row.units}/{row.of}" for row in rows], fontsize=8)
+        ax.set_title(variable, fontsize=9)
+        ax.set_ylim(0, 1.05)
+    axes[0][0].set_ylabel("interchange intervention accuracy")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(
+        f"IIA by method (features used / available); best on validation: {results.methods.best}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _file_safe(name: str) -> str:
@@ -320,6 +374,7 @@ def render(results: ExperimentResult, figures: Mapping[str, Path]) -> tuple[str,
         "figures": {k: p.name for k, p in figures.items()},
         "image_order": [
             "iia",
+            "methods",
             "curve",
             "sweep",
             *(k for k in figures if k.startswith("sweep ")),

@@ -60,6 +60,8 @@ __all__ = [
     "GraphNode",
     "GraphRecord",
     "LocationRecord",
+    "MethodComparison",
+    "MethodRow",
     "NetworkRecord",
     "OverallRecord",
     "PairCounts",
@@ -276,16 +278,72 @@ class AlignmentRecord(_Record):
     """Each variable's columns of the rotation."""
     curve: list[dict[str, float | None]]
     """The training curve: one entry per evaluation (epoch, step, loss, val_iia, ...)."""
+    units: dict[str, int] | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Feature methods (``dbm``, ``pca``, ``sae``): how many features each variable keeps."""
+    featurizer: dict[str, JsonValue] | None = Field(
+        default=None, exclude_if=lambda value: value is None
+    )
+    """Feature methods: the featurizer's description, its number of features, and the
+    seconds spent fitting it on the site's training activations (PCA, an SAE trained here)."""
 
     @classmethod
     def of(cls, alignment: Alignment) -> AlignmentRecord:
         """The record of an alignment."""
+        featurizer = alignment.featurizer
         return cls(
             method=alignment.method,
             location=LocationRecord.of(alignment.location),
             subspaces={k: (int(v[0]), int(v[1])) for k, v in alignment.subspaces.items()},
             curve=[dict(entry) for entry in alignment.curve],
+            units=dict(alignment.units) if alignment.masks else None,
+            featurizer=(
+                {
+                    **featurizer.describe(),
+                    "features": featurizer.features,
+                    "seconds": alignment.config.get("featurizer_seconds"),
+                }
+                if featurizer is not None
+                else None
+            ),
         )
+
+
+class MethodRow(_Record):
+    """One method's result for one variable, in the method comparison."""
+
+    method: str
+    """``patch``, ``das``, ``low_rank``, ``boundless``, ``dbm``, ``pca`` or ``sae``."""
+    units: int
+    """Features the variable uses: neurons, components or SAE features kept by the mask,
+    the subspace's dimensions for DAS, the site's width for the full patch."""
+    of: int
+    """How many the method chose from (the featurizer's features, or the site's width)."""
+    iia: float = Field(ge=0, le=1)
+    """Test IIA on the pairs that intervene on the variable."""
+    ci: Interval
+    """Its 95 % CI (bootstrap clustered by base input)."""
+    untrained_iia: float | None
+    """The same method on the same architecture with random weights (PCA refitted, an
+    SAE trained on it), on the same test pairs."""
+    validation_iia: float
+    """The alignment's validation IIA (all variables jointly), on which the best method is
+    chosen."""
+    passed: bool
+    """Whether the variable passes with this method (its own nulls and diagnostics)."""
+
+
+class MethodComparison(_Record):
+    """Every compared method at the experiment's site(s), per variable; the best method is
+    chosen on validation IIA, and its verdict reported."""
+
+    locations: dict[str, LocationRecord]
+    """Each variable's site (the experiment's location, or the one its search chose)."""
+    variables: dict[str, list[MethodRow]]
+    """Per variable, one row per method."""
+    best: str
+    """The method with the highest validation IIA (ties: the earlier in the list)."""
+    verdict: Verdict
+    """The verdict with the best method (its own nulls, diagnostics and thresholds)."""
 
 
 class SweepCellRecord(_Record):
@@ -563,6 +621,8 @@ class ExperimentResult(_Record):
     """Seconds per phase."""
     shifts: dict[str, ShiftRecord]
     """Distribution-shifted test sets, reported separately from the verdict."""
+    methods: MethodComparison | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The method comparison (``Experiment(compare_methods=[...])``; absent otherwise)."""
 
     _verification: Verification | None = PrivateAttr(default=None)
     _rivals: dict[str, Verification] = PrivateAttr(default_factory=dict)
@@ -586,6 +646,7 @@ class ExperimentResult(_Record):
         sweeps: Mapping[str, SweepResult] | None = None,
         rivals: dict[str, tuple[RivalRecord, Verification]] | None = None,
         shifts: dict[str, ShiftRecord] | None = None,
+        methods: MethodComparison | None = None,
     ) -> ExperimentResult:
         """The result of a verification and the experiment around it (used by ``run``)."""
         rivals = rivals or {}
@@ -613,6 +674,7 @@ class ExperimentResult(_Record):
             versions=versions,
             timings=timings,
             shifts=shifts or {},
+            methods=methods,
         )
         result._verification = verification
         result._rivals = {name: v for name, (_, v) in rivals.items()}
@@ -718,7 +780,7 @@ class ExperimentResult(_Record):
     # -- tables -----------------------------------------------------------------------
 
     def to_frame(
-        self, kind: Literal["variables", "pairs", "baselines", "sweep"] = "variables"
+        self, kind: Literal["variables", "pairs", "baselines", "sweep", "methods"] = "variables"
     ) -> pd.DataFrame:
         """The results as a pandas table.
 
@@ -727,7 +789,8 @@ class ExperimentResult(_Record):
                 best null, passed, then ``baseline.<name>`` IIAs and ``p.<name>``
                 Holm p-values); ``"pairs"`` - the test pairs with a boolean ``correct``
                 column (only on results from ``run``); ``"baselines"`` - one row per
-                baseline run; ``"sweep"`` - one row per sweep cell.
+                baseline run; ``"sweep"`` - one row per sweep cell; ``"methods"`` - the
+                method comparison, one row per variable and method.
         """
         if kind == "variables":
             rows = []
@@ -760,7 +823,22 @@ class ExperimentResult(_Record):
             if self.sweep is None:
                 raise ResultsError(f"{self.experiment!r} ran at a given location, without a sweep")
             return self.sweep.frame()
-        raise ValueError(f"kind must be 'variables', 'pairs', 'baselines' or 'sweep', not {kind!r}")
+        if kind == "methods":
+            if self.methods is None:
+                raise ResultsError(
+                    f"{self.experiment!r} compared no methods; give "
+                    "Experiment(compare_methods=[...])"
+                )
+            return pd.DataFrame(
+                [
+                    {"variable": v, **row.model_dump()}
+                    for v, rows in self.methods.variables.items()
+                    for row in rows
+                ]
+            )
+        raise ValueError(
+            f"kind must be 'variables', 'pairs', 'baselines', 'sweep' or 'methods', not {kind!r}"
+        )
 
     # -- display ------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 
 from abstraction.alignment.das import TrainingConfig, align_sites, evaluate, reproducible
+from abstraction.alignment.masks import Featurizers
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment
 from abstraction.baselines import BASELINES, BaselineResult, run_baselines
@@ -571,6 +572,7 @@ def verify(
     diagnostics: bool = True,
     counterexamples: int = 5,
     progress: Callable[[str], None] | None = None,
+    featurizer: Featurizers = None,
 ) -> Verification:
     """Align (unless ``alignment`` is given), score on ``test``, run baselines, give a verdict.
 
@@ -600,6 +602,8 @@ def verify(
         diagnostics: run the illusion diagnostics.
         counterexamples: how many failure groups to list.
         progress: called with a short message before each phase.
+        featurizer: for methods ``"dbm"`` and ``"sae"``: the featurizer whose features
+            the mask selects (see :func:`~abstraction.alignment.das.align`).
     """
     thresholds = thresholds or Thresholds()
     config = config or TrainingConfig()
@@ -629,6 +633,7 @@ def verify(
             subspaces=subspaces,
             validation=validation,
             config=replace(config, seed=seed),
+            featurizer=featurizer,
         )
 
     if alignment is None:

@@ -4,10 +4,13 @@ Modules, in the order data flows: :mod:`~abstraction.alignment.prefix_cache` (bl
 outputs computed once), :mod:`~abstraction.alignment.prepared` (a counterfactual
 dataset made ready at one site), :mod:`~abstraction.alignment.das` (training),
 :mod:`~abstraction.alignment.result` (the trained :class:`Alignment`, saved and
-loaded) and :mod:`~abstraction.alignment.sweep` (many sites, chosen on validation).
+loaded), :mod:`~abstraction.alignment.masks` (DBM: learned binary masks over neurons,
+PCA components or SAE features) and :mod:`~abstraction.alignment.sweep` (many sites,
+chosen on validation).
 """
 
 from abstraction.alignment.das import (
+    FEATURE_METHODS,
     METHODS,
     TrainingConfig,
     align,
@@ -21,6 +24,7 @@ from abstraction.alignment.prepared import Interventions, PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError, library_versions
 
 __all__ = [
+    "FEATURE_METHODS",
     "METHODS",
     "Alignment",
     "AlignmentError",

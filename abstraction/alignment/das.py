@@ -18,15 +18,16 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import pandas as pd
 import torch
 from torch import nn
 
+from abstraction.alignment.masks import Featurizers, fit_masks
 from abstraction.alignment.prefix_cache import DEFAULT_MEMORY_BUDGET
 from abstraction.alignment.prepared import PreparedInterchanges
-from abstraction.alignment.result import METHODS, Alignment, AlignmentError
+from abstraction.alignment.result import FEATURE_METHODS, METHODS, Alignment, AlignmentError
 from abstraction.errors import UnknownNameError, nearest
 from abstraction.interventions import BoundlessPatch, Intervention, LowRankPatch, boundary_mask
 from abstraction.locations import Location
@@ -34,6 +35,7 @@ from abstraction.network import Network
 from abstraction.task import Task
 
 __all__ = [
+    "FEATURE_METHODS",
     "METHODS",
     "THREADS_VARIABLE",
     "TrainingConfig",
@@ -110,6 +112,16 @@ class TrainingConfig:
         seed: seeds the initial rotation and the order of pairs.
         boundary_coef: boundless DAS's penalty on the subspace size.
         temperature: boundless DAS's temperature schedule (start, end), linear in steps.
+        mask_lr: Adam's learning rate for DBM's mask logits (methods dbm, pca, sae).
+        sparsity: DBM's penalty on the mean mask (lambda).
+        mask_temperature: DBM's temperature schedule (start, end), geometric in steps.
+        mask_init: DBM's initial logit for every feature.
+        sae_features: features of an SAE trained for method="sae" (default 4 x width).
+        sae_activation: its activation, ``"topk"`` or ``"relu"`` (with an L1 penalty).
+        sae_k: its TopK k (default features // 8).
+        sae_l1: its L1 coefficient when ReLU.
+        sae_steps: its training steps.
+        sae_lr: its learning rate.
     """
 
     epochs: int = 10
@@ -119,6 +131,16 @@ class TrainingConfig:
     seed: int = 0
     boundary_coef: float = 0.1
     temperature: tuple[float, float] = (50.0, 0.1)
+    mask_lr: float = 0.05
+    sparsity: float = 0.3
+    mask_temperature: tuple[float, float] = (1.0, 0.01)
+    mask_init: float = 1.0
+    sae_features: int | None = None
+    sae_activation: Literal["topk", "relu"] = "topk"
+    sae_k: int | None = None
+    sae_l1: float = 1e-3
+    sae_steps: int = 2000
+    sae_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -128,10 +150,43 @@ class TrainingConfig:
             )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise AlignmentError(f"lr must be a positive finite number, got {self.lr}")
+        for name in ("mask_lr", "sae_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise AlignmentError(f"{name} must be a positive finite number, got {value}")
+        if not (self.sparsity >= 0 and self.sae_l1 >= 0):
+            raise AlignmentError(
+                f"sparsity and sae_l1 must be at least 0, got {self.sparsity} and {self.sae_l1}"
+            )
+        start, end = self.mask_temperature
+        if not 0 < end <= start:
+            raise AlignmentError(
+                f"mask_temperature must go down from a positive start, e.g. (1.0, 0.01); got "
+                f"{self.mask_temperature}"
+            )
+        if self.sae_activation not in ("topk", "relu"):
+            raise AlignmentError(
+                f"sae_activation must be 'topk' or 'relu', not {self.sae_activation!r}"
+            )
+        if (self.sae_features is not None and self.sae_features < 1) or self.sae_steps < 1:
+            raise AlignmentError(
+                f"sae_features and sae_steps must be at least 1, got {self.sae_features} and "
+                f"{self.sae_steps}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy."""
-        return {
+        """A JSON-ready copy.
+
+        The DBM and SAE fields appear only where they differ from their defaults, so the
+        dictionary (and the sweep run keys hashed from it) of a DAS configuration is what
+        it was before those fields existed.
+        """
+        extra: dict[str, Any] = {}
+        for name in _FEATURE_FIELDS:
+            value = getattr(self, name)
+            if value != getattr(_DEFAULTS, name):
+                extra[name] = list(value) if isinstance(value, tuple) else value
+        return extra | {
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "lr": self.lr,
@@ -140,6 +195,21 @@ class TrainingConfig:
             "boundary_coef": self.boundary_coef,
             "temperature": list(self.temperature),
         }
+
+
+_FEATURE_FIELDS = (
+    "mask_lr",
+    "sparsity",
+    "mask_temperature",
+    "mask_init",
+    "sae_features",
+    "sae_activation",
+    "sae_k",
+    "sae_l1",
+    "sae_steps",
+    "sae_lr",
+)
+_DEFAULTS = TrainingConfig()
 
 
 class _Rotation(nn.Module):
@@ -246,6 +316,7 @@ def align(
     config: TrainingConfig | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: Callable[[dict[str, float]], None] | None = None,
+    featurizer: Featurizers = None,
 ) -> Alignment:
     """Train an alignment of ``variables`` with subspaces at ``location``.
 
@@ -258,7 +329,12 @@ def align(
         location: where to look for the variables (or one location per variable).
         variables: causal variables, aligned with disjoint subspaces of one rotation.
         method: ``"das"`` (full rotation), ``"low_rank"``, ``"boundless"`` (one
-            variable, learned subspace size) or ``"patch"`` (no training).
+            variable, learned subspace size), ``"patch"`` (no training), or a learned
+            binary mask (DBM, :mod:`abstraction.alignment.masks`) over features:
+            ``"dbm"`` (neurons, or ``featurizer``'s features), ``"pca"`` (principal
+            components of the training activations at the site), ``"sae"`` (the SAE
+            ``featurizer``, or one trained here on those activations). ``rank`` does
+            not apply to these: the mask decides how many features a variable keeps.
         rank: dimensions per variable (an int for all, or per variable); default: an
             equal share of the width for DAS, 1 for low-rank.
         subspaces: explicit column ranges per variable, e.g. ``{"wx": (0, 8)}``.
@@ -266,6 +342,8 @@ def align(
         config: epochs, batch size, learning rate, patience, seed.
         memory_budget: bytes of cached activations held in RAM.
         progress: called after every epoch with the training curve's newest entry.
+        featurizer: for ``"dbm"`` and ``"sae"``: the featurizer (or one per site) whose
+            features the mask selects.
     """
     sites = (
         {location[v] for v in variables if v in location}
@@ -290,6 +368,7 @@ def align(
         config=config,
         memory_budget=memory_budget,
         progress=progress,
+        featurizer=featurizer,
     )[0]
 
 
@@ -308,6 +387,7 @@ def align_sites(
     config: TrainingConfig | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: Callable[[dict[str, float]], None] | None = None,
+    featurizer: Featurizers = None,
 ) -> list[Alignment]:
     """:func:`align` for variables that may live at several sites: one alignment per site.
 
@@ -349,6 +429,7 @@ def align_sites(
             subspaces=subspaces,
             config=config,
             progress=progress,
+            featurizer=featurizer,
         )
     finally:
         prepared.close()
@@ -368,6 +449,7 @@ def fit(
     subspaces: Mapping[str, tuple[int, int]] | None = None,
     config: TrainingConfig | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
+    featurizer: Featurizers = None,
 ) -> Alignment:
     """:func:`align` on prepared interchanges (reuse them across seeds, ranks and baselines).
 
@@ -391,6 +473,7 @@ def fit(
         subspaces=subspaces,
         config=config,
         progress=progress,
+        featurizer=featurizer,
     )[0]
 
 
@@ -405,6 +488,7 @@ def fit_sites(
     subspaces: Mapping[str, tuple[int, int]] | None = None,
     config: TrainingConfig | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
+    featurizer: Featurizers = None,
 ) -> list[Alignment]:
     """Train variables that live at several sites together: one alignment per site.
 
@@ -412,9 +496,31 @@ def fit_sites(
     trained at once on the dataset's single- and multi-variable interchanges, so a
     row intervening on variables at two sites edits both with their own sources, and
     early stopping keeps the epoch whose joint validation IIA is best. With one site
-    this is :func:`fit`.
+    this is :func:`fit`. Methods ``"dbm"``, ``"pca"`` and ``"sae"`` train one binary
+    mask per variable over its site's featurizer instead
+    (:func:`abstraction.alignment.masks.fit_masks`).
     """
     config = config or TrainingConfig()
+    if method in FEATURE_METHODS:
+        if subspaces is not None:
+            raise AlignmentError(
+                f"method={method!r} learns which features each variable keeps, so subspaces= "
+                "does not apply; leave it out (or use method='das')"
+            )
+        return fit_masks(
+            prepared,
+            validation,
+            task,
+            variables,
+            method=method,
+            config=config,
+            featurizer=featurizer,
+            progress=progress,
+        )
+    if featurizer is not None:
+        raise AlignmentError(
+            f"featurizer= is for methods 'dbm' and 'sae'; method {method!r} does not use it"
+        )
     network = prepared.network
     network_hash, model_hash = network.hash, task.model.source_hash
     groups: dict[Location, list[str]] = {}

@@ -21,18 +21,24 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from abstraction.errors import AbstractionError, DamagedFileError, UnknownNameError, nearest
+from abstraction.featurizers import Featurizer, FeaturizerError, featurizer_from
 from abstraction.files import atomic_write, atomic_write_json, read_json, sha256_file
-from abstraction.interventions import Intervention, LowRankPatch, Patch
+from abstraction.interventions import FeaturePatch, Intervention, LowRankPatch, Patch
 from abstraction.locations import Location
 from abstraction.network import Network
 
-__all__ = ["FORMAT_VERSION", "Alignment", "AlignmentError", "library_versions"]
+__all__ = ["FEATURE_METHODS", "FORMAT_VERSION", "Alignment", "AlignmentError", "library_versions"]
 
 FORMAT_VERSION = 2
 """2: the JSON records the tensor file's SHA-256 and shapes (version 1 files still load,
 checked for structure only)."""
 
-METHODS = ("das", "low_rank", "boundless", "patch")
+METHODS = ("das", "low_rank", "boundless", "patch", "dbm", "pca", "sae")
+
+FEATURE_METHODS = ("dbm", "pca", "sae")
+"""Methods that select features of a featurizer with a learned binary mask (DBM): over
+the neurons (or a given featurizer's features), over principal components, over an
+SAE's features."""
 
 
 class AlignmentError(AbstractionError, ValueError):
@@ -70,6 +76,13 @@ class Alignment:
         curve: the training curve, one dict per evaluation (step, loss, val IIA).
         config: the training configuration.
         versions: library versions.
+        featurizer: for ``"dbm"``, ``"pca"`` and ``"sae"``: the featurizer whose
+            features are swapped (neurons, principal components, an SAE).
+        masks: for those methods, each variable's hard (0/1) mask over the
+            featurizer's features. ``basis`` then holds, per variable, the orthonormalised
+            decoder directions of its selected features (``subspaces`` gives the columns),
+            the linear view that diagnostics, mean ablation and the random-subspace null
+            use; the intervention itself is the :class:`FeaturePatch`.
     """
 
     method: str
@@ -83,11 +96,21 @@ class Alignment:
     curve: list[dict[str, float]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=library_versions)
+    featurizer: Featurizer | None = None
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def variables(self) -> tuple[str, ...]:
         """The aligned causal variables."""
         return tuple(self.subspaces)
+
+    @property
+    def units(self) -> dict[str, int]:
+        """How many features (or neurons) each variable keeps: the mask's size for
+        feature methods, the subspace's dimension otherwise."""
+        if self.masks:
+            return {v: int((m > 0.5).sum()) for v, m in self.masks.items()}
+        return {v: b - a for v, (a, b) in self.subspaces.items()}
 
     def variable_basis(self, variable: str) -> torch.Tensor:
         """The ``(width, k)`` orthonormal columns spanning ``variable``'s subspace."""
@@ -107,6 +130,8 @@ class Alignment:
         learned mask keeps (mask above one half), so every trained method is applied
         as a low-rank subspace interchange.
         """
+        if self.featurizer is not None and variable in self.masks:
+            return FeaturePatch(self.location, self.featurizer, self.masks[variable])
         if self.method == "patch" or self.basis is None:
             return Patch(self.location)
         return LowRankPatch(self.location, basis=self.variable_basis(variable))
@@ -130,6 +155,11 @@ class Alignment:
             base = base.with_suffix("")
         base.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"basis": self.basis.contiguous()} if self.basis is not None else {}
+        tensors.update({f"mask.{v}": m.float().contiguous() for v, m in self.masks.items()})
+        if self.featurizer is not None:
+            tensors.update(
+                {f"featurizer.{k}": t.contiguous() for k, t in self.featurizer.tensors().items()}
+            )
         tensor_file = base.with_suffix(".safetensors")
         json_file = base.with_suffix(".json")
         atomic_write(tensor_file, lambda tmp: save_file(tensors, str(tmp)))
@@ -145,6 +175,7 @@ class Alignment:
             "curve": self.curve,
             "config": self.config,
             "versions": self.versions,
+            "featurizer": None if self.featurizer is None else self.featurizer.describe(),
             "tensors": {
                 "file": tensor_file.name,
                 "sha256": sha256_file(tensor_file),
@@ -202,7 +233,8 @@ class Alignment:
                 "allow_hash_mismatch=True to load it anyway"
             )
         tensors = _checked_tensors(tensor_file, meta, fields, redo)
-        return cls(basis=tensors.get("basis"), **fields)
+        featurizer, masks = _checked_features(tensor_file, meta, fields, tensors, redo)
+        return cls(basis=tensors.get("basis"), featurizer=featurizer, masks=masks, **fields)
 
     def to_pyvene(self, network: Network, variable: str) -> tuple[dict[str, Any], Any]:
         """pyvene representation fields and intervention object for one variable."""
@@ -300,9 +332,15 @@ def _checked_tensors(
         raise DamagedFileError(
             file, f"not a readable safetensors file ({type(exc).__name__}: {exc})", fix
         ) from None
-    unexpected = sorted(set(tensors) - {"basis"})
+    featurized = fields["method"] in FEATURE_METHODS
+    unexpected = sorted(
+        k
+        for k in tensors
+        if k != "basis" and not (featurized and k.startswith(("mask.", "featurizer.")))
+    )
     if unexpected:
-        raise DamagedFileError(file, f"unexpected tensors {unexpected}; only 'basis' belongs", fix)
+        belongs = "'basis', 'mask.<variable>' and 'featurizer.<name>'" if featurized else "'basis'"
+        raise DamagedFileError(file, f"unexpected tensors {unexpected}; only {belongs} belong", fix)
     if isinstance(recorded, dict) and "shapes" in recorded:
         shapes = {k: list(v.shape) for k, v in tensors.items()}
         if shapes != recorded["shapes"]:
@@ -329,3 +367,58 @@ def _checked_tensors(
         if not bool(torch.isfinite(basis).all()):
             raise DamagedFileError(file, "the basis holds NaN or infinite values", fix)
     return tensors
+
+
+def _checked_features(
+    file: Path,
+    meta: dict[str, Any],
+    fields: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    fix: str,
+) -> tuple[Featurizer | None, dict[str, torch.Tensor]]:
+    """A feature method's featurizer and masks, checked against each other and the basis."""
+    if fields["method"] not in FEATURE_METHODS:
+        return None, {}
+    description = meta.get("featurizer")
+    if not isinstance(description, dict):
+        raise DamagedFileError(
+            file.with_suffix(".json"),
+            f"a {fields['method']!r} alignment needs its featurizer's description, but "
+            f"'featurizer' is {description!r}",
+            fix,
+        )
+    own = {
+        k.removeprefix("featurizer."): t for k, t in tensors.items() if k.startswith("featurizer.")
+    }
+    try:
+        featurizer = featurizer_from(description, own)
+    except (FeaturizerError, KeyError, TypeError, ValueError) as exc:
+        raise DamagedFileError(
+            file, f"its featurizer cannot be rebuilt ({type(exc).__name__}: {exc})", fix
+        ) from None
+    masks: dict[str, torch.Tensor] = {}
+    for v in fields["subspaces"]:
+        mask = tensors.get(f"mask.{v}")
+        if mask is None:
+            raise DamagedFileError(file, f"the mask of {v!r} is missing", fix)
+        if tuple(mask.shape) != (featurizer.features,) or not bool(
+            ((mask == 0) | (mask == 1)).all()
+        ):
+            raise DamagedFileError(
+                file,
+                f"the mask of {v!r} has shape {tuple(mask.shape)} or values other than 0/1; it "
+                f"must be a 0/1 vector over the featurizer's {featurizer.features} features",
+                fix,
+            )
+        if not bool(mask.any()):
+            raise DamagedFileError(file, f"the mask of {v!r} selects no feature", fix)
+        masks[v] = mask
+    basis = tensors["basis"]
+    if basis.shape[0] != featurizer.width:
+        raise DamagedFileError(
+            file,
+            f"the basis has {basis.shape[0]} rows but the featurizer reads width "
+            f"{featurizer.width}",
+            fix,
+        )
+    return featurizer, masks

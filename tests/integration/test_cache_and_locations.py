@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from abstraction.alignment.prefix_cache import PrefixCache, cut_layer, run_suffix
-from abstraction.interventions import InterventionError, LowRankPatch, Patch
+from abstraction.featurizers import SparseAutoencoder
+from abstraction.interventions import FeaturePatch, InterventionError, LowRankPatch, Patch
 from abstraction.locations import Location, LocationError, resolve
 from abstraction.network import Batch, Network
 from abstraction.runtime import Applied, collect, intervene, select, site_edit
@@ -28,14 +29,33 @@ def _padded_batches(left: bool) -> tuple[Batch, Batch]:
     )
 
 
+def _sae(width: int = 32, features: int = 64) -> SparseAutoencoder:
+    gen = torch.Generator().manual_seed(2)
+    return SparseAutoencoder(
+        torch.randn(width, features, generator=gen) / width**0.5,
+        torch.zeros(features),
+        torch.randn(features, width, generator=gen) / width**0.5,
+        torch.randn(width, generator=gen) * 0.1,
+    )
+
+
+@pytest.mark.parametrize("kind", ["low_rank", "sae_features"])
 @pytest.mark.parametrize("left", [True, False])
 @pytest.mark.parametrize("component", ["residual", "mlp_output"])
-def test_cached_suffix_equals_uncached(small_gpt2: Network, left: bool, component: str) -> None:
+def test_cached_suffix_equals_uncached(
+    small_gpt2: Network, left: bool, component: str, kind: str
+) -> None:
+    """DAS's subspace swap and DBM's feature swap (an SAE's, with the error carried)."""
     base, source = _padded_batches(left)
     basis = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(1)))[0]
+    sae, mask = _sae(), (torch.arange(64) < 10).float()
     for layer in range(small_gpt2.n_layers):
         loc = Location(layer=layer, component=component, position="last")
-        iv = LowRankPatch(loc, basis=basis[:, :5])
+        iv = (
+            LowRankPatch(loc, basis=basis[:, :5])
+            if kind == "low_rank"
+            else FeaturePatch(loc, sae, mask)
+        )
         reference = intervene(small_gpt2, base, [iv], source)
         site = resolve(small_gpt2, loc)
         cut = cut_layer(site)
@@ -55,6 +75,7 @@ def test_cached_suffix_equals_uncached(small_gpt2: Network, left: bool, componen
                 small_gpt2, base, cut, hidden, [(site, edit)], tuple_len=cache.tuple_len
             )
         assert torch.equal(out, reference), (layer, component)
+        assert not torch.equal(reference, intervene(small_gpt2, base, [], source))  # it acts
         cache.close()
 
 

@@ -229,3 +229,18 @@ def _recovers_planted_features() -> None:
     assert float(error) < 0.1
     again = train_sae(data, 32, k=2, steps=3000, lr=3e-3, seed=0)
     assert torch.equal(again.W_dec, sae.W_dec)  # deterministic
+
+
+def test_random_subspaces_keep_each_rank_when_feature_masks_overlap() -> None:
+    from abstraction.interventions import random_subspace_patches
+
+    generator = torch.Generator().manual_seed(0)
+    # two variables whose selected features span 9 and 10 of 16 dimensions (19 > 16)
+    patches = random_subspace_patches(SITE, {"a": (0, 9), "b": (9, 19)}, 16, generator)
+    for name, rank in (("a", 9), ("b", 10)):
+        basis = patches[name].basis
+        assert basis.shape == (16, rank)
+        assert torch.allclose(basis.T @ basis, torch.eye(rank), atol=1e-5)
+    # disjoint ranks that fit stay mutually orthogonal, as before
+    fits = random_subspace_patches(SITE, {"a": (0, 3), "b": (3, 7)}, 16, generator)
+    assert torch.allclose(fits["a"].basis.T @ fits["b"].basis, torch.zeros(3, 4), atol=1e-5)

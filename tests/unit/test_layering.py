@@ -29,6 +29,7 @@ ORDER = [
     "alignment.prefix_cache",
     "alignment.prepared",
     "alignment.result",
+    "alignment.masks",
     "alignment.das",
     "alignment.sweep",
     "baselines",
