@@ -55,3 +55,22 @@ def test_each_example_gives_its_documented_verdict(name: str, verdict: str) -> N
     results = run(_experiment(name), seed=0)
     validate(results)
     assert results.verdict == verdict, results.reasons
+
+
+def test_method_comparison_on_the_uniform_mlp_ranks_as_documented() -> None:
+    """README's "what ranks where": on the uniformly trained MLP's layer 0, a mask over a
+    few neurons and DAS both align wx and yz (>= 0.95), the full patch and PCA do not, and
+    no method's untrained-network null comes near its IIA."""
+    results = run(_experiment("hierarchical_equality_methods"), seed=0)
+    validate(results)
+    methods = results.methods
+    assert methods is not None and methods.verdict == "faithful"
+    assert methods.best in ("das", "dbm")
+    for v in ("wx", "yz"):
+        rows = {row.method: row for row in methods.variables[v]}
+        assert set(rows) == {"patch", "das", "dbm", "pca", "sae"}
+        assert rows["dbm"].iia >= 0.95 and rows["dbm"].units < 16
+        assert rows["das"].iia >= 0.95
+        assert rows["patch"].iia < 0.9 and rows["pca"].iia < 0.9
+        for row in rows.values():
+            assert row.untrained_iia is not None and row.untrained_iia < 0.6
