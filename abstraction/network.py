@@ -19,7 +19,7 @@ import inspect
 import io
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -437,6 +437,25 @@ class Network:
     def call(self, inputs: Mapping[str, torch.Tensor]) -> Any:
         """Call the module on keyword inputs (without a KV cache, for modules that keep one)."""
         return self.module(**inputs, **self._call_options)
+
+    def call_reaching(self, inputs: Mapping[str, torch.Tensor], paths: Sequence[str]) -> Any:
+        """Call the module far enough to reach the submodules at ``paths``.
+
+        When every path lies inside a Hugging Face model's base model (the blocks, not
+        the language-model head), only the base model runs: collecting activations of
+        a GPT-2 then skips the unembedding, whose logits over the whole vocabulary at
+        every position are the largest tensor of the forward pass.
+        """
+        prefix = getattr(self.module, "base_model_prefix", "")
+        base = getattr(self.module, prefix, None) if isinstance(prefix, str) and prefix else None
+        if (
+            isinstance(base, nn.Module)
+            and base is not self.module
+            and paths
+            and all(p.startswith(prefix + ".") for p in paths)
+        ):
+            return base(**inputs, **_call_options(base))
+        return self.call(inputs)
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """Run the module on ``batch`` and return the readout logits ``(batch, classes)``."""
