@@ -257,6 +257,10 @@ def _past_cache(
     return cache
 
 
+Array = torch.Tensor | np.ndarray
+"""Cached values: a tensor in RAM or a memory-mapped numpy array on disk."""
+
+
 class PrefixCache:
     """Block ``cut``'s output for every row of a dataset, computed once in chunks.
 
@@ -271,6 +275,8 @@ class PrefixCache:
         start: keep block ``cut``'s output only from this position on, and the keys
             and values of every later block before it (needs
             :func:`supports_kv_reuse`); 0 keeps the whole sequence and no keys/values.
+
+    :meth:`shared` fills the caches of several cuts (a sweep's layers) from one pass.
     """
 
     def __init__(
@@ -284,80 +290,45 @@ class PrefixCache:
         directory: str | Path | None = None,
         start: int = 0,
     ) -> None:
-        blocks = network.blocks
-        if blocks is None or not 0 <= cut < len(blocks):
-            raise AbstractionError(f"cannot cache block {cut} of {network.name}")
-        if start < 0:
-            raise AbstractionError(f"start must be a position >= 0, got {start}")
-        if start > 0 and not supports_kv_reuse(network):
-            raise AbstractionError(
-                f"{network.name} ({network.family}) cannot reuse keys and values; "
-                f"supported families: {', '.join(KV_FAMILIES)}. Use start=0"
-            )
+        filled = _Filled(network, batch, [cut], memory_budget, batch_size, directory, start)
+        self._adopt(filled, cut)
+
+    @classmethod
+    def shared(
+        cls,
+        network: Network,
+        batch: Batch,
+        cuts: Sequence[int],
+        *,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        batch_size: int = 2048,
+        directory: str | Path | None = None,
+        start: int = 0,
+    ) -> list[PrefixCache]:
+        """One cache per cut, filled by one pass over the data and sharing their storage.
+
+        The keys and values of a block are stored once and read by every cut before
+        it; ``memory_budget`` bounds all the caches together. Closing any of them
+        releases the shared files once all are closed.
+        """
+        filled = _Filled(network, batch, list(cuts), memory_budget, batch_size, directory, start)
+        caches = []
+        for cut in cuts:
+            cache = cls.__new__(cls)
+            cache._adopt(filled, cut)
+            caches.append(cache)
+        return caches
+
+    def _adopt(self, filled: _Filled, cut: int) -> None:
         self.cut = cut
-        self.start = start
-        self.rows = len(batch)
-        self.tuple_len = 0
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._data: torch.Tensor | np.ndarray | None = None
-        self._kv: torch.Tensor | np.ndarray | None = None
-        self._budget = memory_budget
-        self._directory = directory
-        captured: dict[str, Any] = {}
-
-        def capture(module: nn.Module, args: Any, output: Any) -> None:
-            captured["hidden"] = output[0] if isinstance(output, tuple) else output
-            captured["tuple_len"] = len(output) if isinstance(output, tuple) else 0
-
-        later = range(cut + 1, len(blocks))
-        handle = blocks[cut].register_forward_hook(capture)
-        try:
-            with torch.no_grad():
-                for first in range(0, self.rows, batch_size):
-                    chunk = batch.select(slice(first, first + batch_size)).to(network.device)
-                    kv = None
-                    if start == 0:
-                        network.call_reaching(chunk.inputs, [f"{network.blocks_path}.{cut}"])
-                    else:
-                        kv = _keys_values(network, chunk, later, start)
-                    hidden = captured["hidden"].detach()[:, start:].to("cpu")
-                    self._store(first, hidden, kv)
-        finally:
-            handle.remove()
-        self.tuple_len = int(captured.get("tuple_len", 0))
-
-    def _store(self, first: int, hidden: torch.Tensor, kv: torch.Tensor | None) -> None:
-        if self._data is None:
-            shapes = {"hidden": (self.rows, *hidden.shape[1:])}
-            if kv is not None:
-                shapes["kv"] = (self.rows, *kv.shape[1:])
-            nbytes = sum(int(np.prod(shape)) * hidden.element_size() for shape in shapes.values())
-            arrays = {
-                name: self._allocate(name, shape, hidden.dtype, nbytes)
-                for name, shape in shapes.items()
-            }
-            self._data = arrays["hidden"]
-            self._kv = arrays.get("kv")
-        for target, values in ((self._data, hidden), (self._kv, kv)):
-            if target is None or values is None:
-                continue
-            if isinstance(target, torch.Tensor):
-                target[first : first + len(values)] = values
-            else:
-                target[first : first + len(values)] = values.numpy()
-
-    def _allocate(
-        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, nbytes: int
-    ) -> torch.Tensor | np.ndarray:
-        if nbytes <= self._budget:
-            return torch.empty(shape, dtype=dtype)
-        directory = self._directory
-        if directory is None:
-            if self._tmp is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="abstraction-cache-")
-            directory = self._tmp.name
-        path = Path(directory) / f"prefix-block{self.cut}-{name}.npy"
-        return np.lib.format.open_memmap(path, mode="w+", dtype=_numpy_dtype(dtype), shape=shape)
+        self.start = filled.start
+        self.rows = filled.rows
+        self.tuple_len = filled.tuple_len
+        self._filled: _Filled | None = filled
+        self._data: Array | None = filled.hidden[cut]
+        self._kv: list[Array] = [filled.kv[j] for j in sorted(filled.kv) if j > cut]
+        self._order: torch.Tensor | None = None
+        filled.users += 1
 
     @property
     def storage(self) -> str:
@@ -366,9 +337,9 @@ class PrefixCache:
 
     @property
     def nbytes(self) -> int:
-        """Size of the cached activations (and keys and values) in bytes."""
+        """Size of this cut's activations (and keys and values) in bytes."""
         assert self._data is not None
-        return int(self._data.nbytes) + (int(self._kv.nbytes) if self._kv is not None else 0)
+        return int(self._data.nbytes) + sum(int(kv.nbytes) for kv in self._kv)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -376,34 +347,53 @@ class PrefixCache:
         assert self._data is not None
         return tuple(self._data.shape)
 
+    def _index(self, rows: torch.Tensor | slice) -> torch.Tensor | slice:
+        if self._order is None:
+            return rows
+        return self._order[rows]
+
     def get(self, rows: torch.Tensor | slice) -> torch.Tensor:
         """The cached activations of some rows (positions ``start..``)."""
-        assert self._data is not None
-        return _rows(self._data, rows)
+        assert self._data is not None, "the cache is closed"
+        return _rows(self._data, self._index(rows))
 
     def past(self, rows: torch.Tensor | slice) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each later block's ``(keys, values)`` at positions ``..start-1`` for some rows."""
-        if self._kv is None:
-            return []
-        kv = _rows(self._kv, rows)  # (rows, blocks, 2, heads, start, dim)
-        return [(kv[:, i, 0], kv[:, i, 1]) for i in range(kv.shape[1])]
+        index = self._index(rows)
+        out = []
+        for kv in self._kv:
+            both = _rows(kv, index)  # (rows, 2, heads, start, dim)
+            out.append((both[:, 0], both[:, 1]))
+        return out
 
     def reordered(self, order: torch.Tensor) -> PrefixCache:
-        """An in-memory copy with rows permuted by ``order`` (for shuffled training)."""
-        assert isinstance(self._data, torch.Tensor), "only in-memory caches are reordered"
+        """This cache with rows permuted by ``order`` (for shuffled training).
+
+        A small in-memory cache is copied in the new order (contiguous reads per step);
+        a cache on disk, or one whose copy would not fit the memory budget, keeps its
+        storage and reads its rows through the permutation.
+        """
+        assert self._data is not None, "the cache is closed"
         view = copy.copy(self)
-        view._data = self._data[order]
-        view._kv = self._kv[order] if isinstance(self._kv, torch.Tensor) else None
-        view._tmp = None
+        view._filled = None  # a view: closing it leaves the shared storage alone
+        order = order if self._order is None else self._order[order]
+        budget = self._filled.budget if self._filled is not None else 0
+        if self.storage == "memory" and 2 * self.nbytes <= budget:
+            assert isinstance(self._data, torch.Tensor)
+            view._data = self._data[order]
+            view._kv = [kv[order] for kv in self._kv]
+            view._order = None
+        else:
+            view._order = order
         return view
 
     def close(self) -> None:
-        """Release the cache (and delete its files, when it made some)."""
+        """Release the cache (and delete its files once every cache sharing them is closed)."""
         self._data = None
-        self._kv = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        self._kv = []
+        if self._filled is not None:
+            self._filled.release()
+            self._filled = None
 
     def __repr__(self) -> str:
         size = f"{self.nbytes / 2**20:.1f} MiB" if self._data is not None else "closed"
@@ -411,26 +401,127 @@ class PrefixCache:
         return f"PrefixCache(block={self.cut}, rows={self.rows}{kv}, {size} in {self.storage})"
 
 
-def _keys_values(network: Network, chunk: Batch, later: range, start: int) -> torch.Tensor | None:
-    """Blocks ``later``'s keys and values at positions ``..start-1``, rows first:
-    ``(rows, blocks, 2, heads, start, dim)`` (``None`` when no block follows the cut)."""
+class _Filled:
+    """The arrays behind one or more :class:`PrefixCache` objects, filled by one pass."""
+
+    def __init__(
+        self,
+        network: Network,
+        batch: Batch,
+        cuts: list[int],
+        budget: int,
+        batch_size: int,
+        directory: str | Path | None,
+        start: int,
+    ) -> None:
+        blocks = network.blocks
+        if blocks is None or not cuts or not all(0 <= c < len(blocks) for c in cuts):
+            raise AbstractionError(f"cannot cache block(s) {cuts} of {network.name}")
+        if start < 0:
+            raise AbstractionError(f"start must be a position >= 0, got {start}")
+        if start > 0 and not supports_kv_reuse(network):
+            raise AbstractionError(
+                f"{network.name} ({network.family}) cannot reuse keys and values; "
+                f"supported families: {', '.join(KV_FAMILIES)}. Use start=0"
+            )
+        self.rows = len(batch)
+        self.start = start
+        self.budget = budget
+        self.directory = directory
+        self.users = 0
+        self.tuple_len = 0
+        self.hidden: dict[int, Array] = {}
+        self.kv: dict[int, Array] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        later = list(range(min(cuts) + 1, len(blocks))) if start > 0 else []
+        captured: dict[int, torch.Tensor] = {}
+
+        def capture(cut: int) -> Any:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                captured[cut] = output[0] if isinstance(output, tuple) else output
+                self.tuple_len = len(output) if isinstance(output, tuple) else 0
+
+            return hook
+
+        handles = [blocks[c].register_forward_hook(capture(c)) for c in set(cuts)]
+        try:
+            with torch.no_grad():
+                for first in range(0, self.rows, batch_size):
+                    chunk = batch.select(slice(first, first + batch_size)).to(network.device)
+                    kv: dict[int, torch.Tensor] = {}
+                    if start == 0:
+                        paths = [f"{network.blocks_path}.{c}" for c in cuts]
+                        network.call_reaching(chunk.inputs, paths)
+                    else:
+                        kv = _keys_values(network, chunk, later, start)
+                    hidden = {c: captured[c].detach()[:, start:].to("cpu") for c in cuts}
+                    self._store(first, hidden, kv)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _store(
+        self, first: int, hidden: dict[int, torch.Tensor], kv: dict[int, torch.Tensor]
+    ) -> None:
+        if not self.hidden:
+            shapes = {("hidden", c): (self.rows, *h.shape[1:]) for c, h in hidden.items()}
+            shapes.update({("kv", j): (self.rows, *t.shape[1:]) for j, t in kv.items()})
+            dtype = next(iter(hidden.values())).dtype
+            size = torch.empty(0, dtype=dtype).element_size()
+            nbytes = sum(int(np.prod(shape)) * size for shape in shapes.values())
+            for (kind, index), shape in shapes.items():
+                array = self._allocate(f"{kind}{index}", shape, dtype, nbytes)
+                (self.hidden if kind == "hidden" else self.kv)[index] = array
+        for store, values in ((self.hidden, hidden), (self.kv, kv)):
+            for index, chunk in values.items():
+                target = store[index]
+                if isinstance(target, torch.Tensor):
+                    target[first : first + len(chunk)] = chunk
+                else:
+                    target[first : first + len(chunk)] = chunk.numpy()
+
+    def _allocate(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, nbytes: int
+    ) -> Array:
+        if nbytes <= self.budget:
+            return torch.empty(shape, dtype=dtype)
+        directory = self.directory
+        if directory is None:
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="abstraction-cache-")
+            directory = self._tmp.name
+        path = Path(directory) / f"prefix-{name}.npy"
+        return np.lib.format.open_memmap(path, mode="w+", dtype=_numpy_dtype(dtype), shape=shape)
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            self.hidden, self.kv = {}, {}
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+
+
+def _keys_values(
+    network: Network, chunk: Batch, later: Sequence[int], start: int
+) -> dict[int, torch.Tensor]:
+    """Blocks ``later``'s keys and values at positions ``..start-1``, each
+    ``(rows, 2, heads, start, dim)`` on the CPU."""
     base = _base_model(network)
     assert base is not None
     output = base(**chunk.inputs, use_cache=True)
     if not later:
-        return None
+        return {}
     cache = getattr(output, "cache", None) or output.past_key_values
-    kv = torch.stack(
-        [
-            torch.stack([cache.layers[i].keys[:, :, :start], cache.layers[i].values[:, :, :start]])
-            for i in later
-        ],
-        dim=2,
-    )  # (2, rows, blocks, heads, start, dim)
-    return kv.permute(1, 2, 0, 3, 4, 5).to("cpu")
+    return {
+        i: torch.stack(
+            [cache.layers[i].keys[:, :, :start], cache.layers[i].values[:, :, :start]], dim=1
+        ).to("cpu")
+        for i in later
+    }
 
 
-def _rows(data: torch.Tensor | np.ndarray, rows: torch.Tensor | slice) -> torch.Tensor:
+def _rows(data: Array, rows: torch.Tensor | slice) -> torch.Tensor:
     if isinstance(data, torch.Tensor):
         return data[rows]
     if isinstance(rows, torch.Tensor):

@@ -41,6 +41,30 @@ that variable's source activation, on the rows that intervene on it), a sequence
 source-free interventions applied to every row (ablations), or ``None`` (no edit)."""
 
 
+_Encoded = tuple[Batch, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+
+
+def _encode(task: Task, data: pd.DataFrame, variables: Sequence[str]) -> _Encoded:
+    """The base batch, labels, base labels, ``changed`` and ``do.<var>`` masks of ``data``."""
+    if len(data) == 0:
+        raise AbstractionError("the counterfactual dataset is empty; generate some pairs first")
+    do = {}
+    for v in variables:
+        if f"do.{v}" not in data:
+            raise AbstractionError(
+                f"the dataset never intervenes on {v!r}; generate it with "
+                f"interventions=[[{v!r}], ...]"
+            )
+        do[v] = torch.tensor(data[f"do.{v}"].to_numpy(dtype=bool))
+    return (
+        task.batch(data, "base."),
+        task.labels(data, "label"),
+        task.labels(data, "base_label"),
+        torch.tensor(data["changed"].to_numpy(dtype=bool)),
+        do,
+    )
+
+
 class PreparedInterchanges:
     """A counterfactual dataset prepared for interchange interventions.
 
@@ -74,8 +98,98 @@ class PreparedInterchanges:
         batch_size: int = 16384,
         reuse_keys_values: bool = True,
     ) -> None:
-        if len(data) == 0:
-            raise AbstractionError("the counterfactual dataset is empty; generate some pairs first")
+        self._setup(network, task, data, location, variables, _encode(task, data, variables))
+        batch_size = min(batch_size, self._rows_per_pass())
+        self.sources: dict[str, torch.Tensor] = {
+            v: self._collect(task.batch(data, f"source.{v}."), self.sites[v], batch_size)
+            for v in self.variables
+        }
+        self.start = self._first_position() if reuse_keys_values else 0
+        self.cache = (
+            PrefixCache(
+                network,
+                self.base,
+                self.cut,
+                memory_budget=memory_budget,
+                batch_size=batch_size,
+                start=self.start,
+            )
+            if self.cut is not None
+            else None
+        )
+
+    @classmethod
+    def for_locations(
+        cls,
+        network: Network,
+        task: Task,
+        data: pd.DataFrame,
+        locations: Sequence[Location],
+        variables: Sequence[str],
+        *,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        batch_size: int = 16384,
+        reuse_keys_values: bool = True,
+    ) -> list[PreparedInterchanges]:
+        """The same dataset prepared at several locations (a sweep's cells) in one pass.
+
+        Each variable's sources run through the network once for all locations, and
+        so do the bases: one shared prefix cache (:meth:`PrefixCache.shared`) holds
+        every location's cut, with keys and values stored once, within
+        ``memory_budget`` for all of them. The suffix starts at the earliest position
+        any location needs. Equal to preparing each location on its own; only faster.
+        """
+        encoded = _encode(task, data, variables)
+        prepared = []
+        for location in locations:
+            item = cls.__new__(cls)
+            item._setup(network, task, data, location, variables, encoded)
+            prepared.append(item)
+        if not prepared:
+            return []
+        first = prepared[0]
+        batch_size = min(batch_size, first._rows_per_pass())
+        for v in first.variables:
+            source = task.batch(data, f"source.{v}.")
+            sites = [item.sites[v] for item in prepared]
+            parts: list[list[torch.Tensor]] = [[] for _ in sites]
+            with torch.no_grad():
+                for s in range(0, len(source), batch_size):
+                    chunk = source.select(slice(s, s + batch_size))
+                    found = collect(network, chunk, [site.location for site in sites])
+                    for part, act in zip(parts, found, strict=True):
+                        part.append(act.cpu())
+            for item, part in zip(prepared, parts, strict=True):
+                item.sources[v] = torch.cat(part)
+        cuts = [item.cut for item in prepared]
+        start = min(item._first_position() for item in prepared) if reuse_keys_values else 0
+        if None in cuts:
+            for item in prepared:
+                item.start = 0
+                item.cache = None
+            return prepared
+        caches = PrefixCache.shared(
+            network,
+            first.base,
+            [c for c in cuts if c is not None],
+            memory_budget=memory_budget,
+            batch_size=batch_size,
+            start=start,
+        )
+        for item, cache in zip(prepared, caches, strict=True):
+            item.start = start
+            item.cache = cache
+        return prepared
+
+    def _setup(
+        self,
+        network: Network,
+        task: Task,
+        data: pd.DataFrame,
+        location: Location | Mapping[str, Location],
+        variables: Sequence[str],
+        encoded: _Encoded,
+    ) -> None:
         self.network = network
         self.rows = len(data)
         self.variables = tuple(variables)
@@ -98,40 +212,12 @@ class PreparedInterchanges:
             self.sites = dict.fromkeys(self.variables, self.site)
         by_location = {site.location: site for site in (self.site, *self.sites.values())}
         self._distinct = tuple(by_location.values())
-        self.base = task.batch(data, "base.")
-        batch_size = min(batch_size, self._rows_per_pass())
-        self.labels = task.labels(data, "label")
-        self.base_labels = task.labels(data, "base_label")
-        self.changed = torch.tensor(data["changed"].to_numpy(dtype=bool))
-        self.do = {}
-        for v in self.variables:
-            if f"do.{v}" not in data:
-                raise AbstractionError(
-                    f"the dataset never intervenes on {v!r}; generate it with "
-                    f"interventions=[[{v!r}], ...]"
-                )
-            self.do[v] = torch.tensor(data[f"do.{v}"].to_numpy(dtype=bool))
-        self.sources = {
-            v: self._collect(task.batch(data, f"source.{v}."), self.sites[v], batch_size)
-            for v in self.variables
-        }
+        self.base, self.labels, self.base_labels, self.changed, self.do = encoded
+        self.sources = {}
         cuts = [cut_layer(site) for site in self._distinct]
         self.cut = (
             min(c for c in cuts if c is not None)
             if network.blocks is not None and None not in cuts
-            else None
-        )
-        self.start = self._first_position() if reuse_keys_values else 0
-        self.cache = (
-            PrefixCache(
-                network,
-                self.base,
-                self.cut,
-                memory_budget=memory_budget,
-                batch_size=batch_size,
-                start=self.start,
-            )
-            if self.cut is not None
             else None
         )
 
@@ -310,7 +396,8 @@ class PreparedInterchanges:
 
         Training takes contiguous slices of a shuffled copy instead of gathering
         random rows at every step, which is several times faster for small networks.
-        A disk-backed prefix cache stays on disk (rows are then gathered per step).
+        A prefix cache on disk (or too large to copy) stays where it is and is read
+        through the permutation (see :meth:`PrefixCache.reordered`).
         """
         view = copy.copy(self)
         view.base = self.base.select(order)
@@ -319,7 +406,7 @@ class PreparedInterchanges:
         view.changed = self.changed[order]
         view.do = {v: m[order] for v, m in self.do.items()}
         view.sources = {v: t[order] for v, t in self.sources.items()}
-        if self.cache is not None and self.cache.storage == "memory":
+        if self.cache is not None:
             view.cache = self.cache.reordered(order)
         return view
 

@@ -131,8 +131,8 @@ def test_disk_spilled_kv_cache_equals_the_in_memory_one(
     disk = PrefixCache(network, base, 1, start=5, memory_budget=0, directory=tmp_path)
     assert (memory.storage, disk.storage) == ("memory", "disk")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "prefix-block1-hidden.npy",
-        "prefix-block1-kv.npy",
+        "prefix-hidden1.npy",
+        *(f"prefix-kv{j}.npy" for j in range(2, LAYERS)),
     ]
     rows = torch.tensor([7, 3, 50, 0])
     torch.testing.assert_close(memory.get(rows), disk.get(rows), rtol=0, atol=0)
@@ -181,3 +181,51 @@ def test_other_families_fall_back_to_the_whole_suffix() -> None:
 
     with pytest.raises(AbstractionError, match="cannot reuse keys and values"):
         PrefixCache(llama, Batch({"input_ids": batch_ids}), 0, start=2)
+
+
+@pytest.mark.parametrize("position", [0, "last"], ids=["first", "last"])
+def test_locations_prepared_together_equal_each_prepared_alone(
+    network: Network, bpe_tokenizer: Any, position: int | str
+) -> None:
+    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="right")
+    data = _data()
+    locations = [Location(layer=layer, position=position) for layer in range(LAYERS)]
+    together = PreparedInterchanges.for_locations(network, task, data, locations, ["s"])
+    basis = torch.linalg.qr(torch.randn(32, 1, generator=torch.Generator().manual_seed(3)))[0]
+    rows = torch.tensor([4, 80, 2, 41])
+    for location, shared in zip(locations, together, strict=True):
+        alone = PreparedInterchanges(network, task, data, location, ["s"])
+        assert shared.start == alone.start or position == "last"  # shared: earliest of all
+        torch.testing.assert_close(shared.sources["s"], alone.sources["s"], rtol=0, atol=1e-6)
+        patch = {"s": LowRankPatch(location, basis)}
+        torch.testing.assert_close(
+            shared.logits(rows, patch), alone.logits(rows, patch), rtol=1e-5, atol=1e-5
+        )
+        alone.close()
+    for shared in together:
+        shared.close()
+
+
+def test_training_on_a_disk_spilled_cache_equals_training_in_memory(
+    network: Network, bpe_tokenizer: Any
+) -> None:
+    """Shuffled training reads a disk cache through the permutation: same rows, same result."""
+    from abstraction import TrainingConfig
+    from abstraction.alignment.das import fit, reproducible
+
+    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="left")
+    data = _data()
+    location = Location(layer=1, position="last")
+    config = TrainingConfig(epochs=2, batch_size=16, lr=1e-2, seed=0)
+    bases = []
+    for budget in (2**30, 0):
+        prepared = PreparedInterchanges(network, task, data, location, ["s"], memory_budget=budget)
+        assert prepared.cache is not None
+        assert prepared.cache.storage == ("memory" if budget else "disk")
+        alignment = reproducible(fit)(
+            prepared, None, task, ["s"], method="low_rank", rank=1, config=config
+        )
+        bases.append(alignment.basis)
+        prepared.close()
+    assert bases[0] is not None and bases[1] is not None
+    torch.testing.assert_close(bases[0], bases[1], rtol=1e-5, atol=1e-6)
