@@ -571,6 +571,7 @@ def verify(
     diagnostics: bool = True,
     counterexamples: int = 5,
     progress: Callable[[str], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> Verification:
     """Align (unless ``alignment`` is given), score on ``test``, run baselines, give a verdict.
 
@@ -600,9 +601,12 @@ def verify(
         diagnostics: run the illusion diagnostics.
         counterexamples: how many failure groups to list.
         progress: called with a short message before each phase.
+        device: move the network there first (default: where it is).
     """
     thresholds = thresholds or Thresholds()
     config = config or TrainingConfig()
+    if device is not None:
+        network.to(device)
     if alignment_seeds < 1:
         raise ValueError(f"alignment_seeds must be at least 1, not {alignment_seeds}")
 

@@ -246,6 +246,7 @@ def align(
     config: TrainingConfig | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: Callable[[dict[str, float]], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> Alignment:
     """Train an alignment of ``variables`` with subspaces at ``location``.
 
@@ -264,8 +265,11 @@ def align(
         subspaces: explicit column ranges per variable, e.g. ``{"wx": (0, 8)}``.
         validation: pairs for early stopping (never the test pairs).
         config: epochs, batch size, learning rate, patience, seed.
-        memory_budget: bytes of cached activations held in RAM.
+        memory_budget: bytes of cached activations held in RAM (above it, the prefix
+            cache is written to memory-mapped files).
         progress: called after every epoch with the training curve's newest entry.
+        device: move the network there first (``"cpu"``, ``"cuda"``, ...; default:
+            where it is). Caches stay in host memory; rows move per step.
     """
     sites = (
         {location[v] for v in variables if v in location}
@@ -290,6 +294,7 @@ def align(
         config=config,
         memory_budget=memory_budget,
         progress=progress,
+        device=device,
     )[0]
 
 
@@ -308,6 +313,7 @@ def align_sites(
     config: TrainingConfig | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: Callable[[dict[str, float]], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> list[Alignment]:
     """:func:`align` for variables that may live at several sites: one alignment per site.
 
@@ -316,6 +322,8 @@ def align_sites(
     arguments are :func:`align`'s.
     """
     config = config or TrainingConfig()
+    if device is not None:
+        network.to(device)
     if method not in METHODS:
         raise AlignmentError(f"unknown method {method!r}; {nearest(method, METHODS)}")
     if not variables:

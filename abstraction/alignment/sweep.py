@@ -210,6 +210,7 @@ def sweep(
     workers: int | None = None,
     address: str | None = None,
     progress: Callable[[Cell, float], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> SweepResult:
     """Align ``variables`` in every cell; choose on validation; score the choice on test.
 
@@ -234,8 +235,11 @@ def sweep(
         workers: run cells in parallel on a local Ray instance with this many workers.
         address: run cells on the Ray cluster at this address.
         progress: called after each finished cell with its validation IIA.
+        device: move the network there first (default: where it is).
     """
     config = config or TrainingConfig()
+    if device is not None:
+        network.to(device)
     layers = list(range(network.n_layers)) if layers is None else list(layers)
     searched = _search_locations(network, layers, components, positions, heads, modules)
     locations = [loc for _, loc in searched]
