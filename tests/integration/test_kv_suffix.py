@@ -229,3 +229,29 @@ def test_training_on_a_disk_spilled_cache_equals_training_in_memory(
         prepared.close()
     assert bases[0] is not None and bases[1] is not None
     torch.testing.assert_close(bases[0], bases[1], rtol=1e-5, atol=1e-6)
+
+
+def test_sweep_prepares_each_position_once_with_the_same_results(
+    network: Network, bpe_tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from abstraction import TrainingConfig, sweep
+    from abstraction.alignment import sweep as sweep_module
+
+    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="right")
+    data = _data()
+    config = TrainingConfig(epochs=1, batch_size=32)
+    calls: list[int] = []
+    together = sweep_module._prepare_together
+
+    def counting(*args: Any) -> Any:
+        calls.append(len(args[4]))
+        return together(*args)
+
+    monkeypatch.setattr(sweep_module, "_prepare_together", counting)
+    shared = sweep(network, task, data, data, ["s"], positions=["s.last", "last"], config=config)
+    assert calls == [LAYERS, LAYERS]  # one shared preparation per position
+    monkeypatch.setattr(sweep_module, "_prepare_together", lambda *args: None)
+    alone = sweep(network, task, data, data, ["s"], positions=["s.last", "last"], config=config)
+    assert shared.cells["val_iia"].tolist() == alone.cells["val_iia"].tolist()
+    assert shared.alignment.basis is not None and alone.alignment.basis is not None
+    torch.testing.assert_close(shared.alignment.basis, alone.alignment.basis, rtol=1e-5, atol=1e-6)
