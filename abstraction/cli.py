@@ -151,6 +151,7 @@ def _run(
     as_json: bool,
     debug: bool,
     require_search: bool,
+    device: str | None = None,
 ) -> None:
     from abstraction import experiment as runner
     from abstraction import report
@@ -187,6 +188,7 @@ def _run(
                 # beside the report, not inside it: the report directory is replaced whole
                 sweep_directory=out / f".{experiment.name}.sweep",
                 alignment_path=alignments / experiment.name,
+                device=device,
             )
             if "task" in current:
                 progress.update(current["task"], completed=1, total=1)
@@ -268,6 +270,10 @@ AlignmentsOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print results.json to stdout")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(help="where the network runs: cpu (default), cuda, cuda:N or mps"),
+]
 FileArgument = Annotated[Path, typer.Argument(help="a hypothesis file, e.g. hypotheses/x.py")]
 
 
@@ -280,9 +286,10 @@ def run(
     alignments: AlignmentsOption = Path("alignments"),
     as_json: JsonOption = False,
     debug: DebugOption = False,
+    device: DeviceOption = None,
 ) -> None:
     """Run the experiment declared in FILE and write its report."""
-    _run(file, seed, quick, out, alignments, as_json, debug, require_search=False)
+    _run(file, seed, quick, out, alignments, as_json, debug, require_search=False, device=device)
 
 
 @app.command()
@@ -294,9 +301,10 @@ def sweep(
     alignments: AlignmentsOption = Path("alignments"),
     as_json: JsonOption = False,
     debug: DebugOption = False,
+    device: DeviceOption = None,
 ) -> None:
     """Run FILE's location sweep (resumable), choose on validation, verify on test."""
-    _run(file, seed, quick, out, alignments, as_json, debug, require_search=True)
+    _run(file, seed, quick, out, alignments, as_json, debug, require_search=True, device=device)
 
 
 @app.command()

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 
 from abstraction.alignment.das import TrainingConfig, reproducible
 from abstraction.alignment.prepared import PreparedInterchanges
@@ -48,7 +49,7 @@ from abstraction.errors import AbstractionError, DeclarationError, DomainError, 
 from abstraction.featurizers import Featurizer
 from abstraction.interventions import Patch
 from abstraction.locations import Location, resolve, split_position
-from abstraction.network import Network
+from abstraction.network import Network, resolve_device
 from abstraction.results import (
     CausalModelRecord,
     ConfigRecord,
@@ -336,6 +337,7 @@ def run(
     progress: Callable[[str], None] | None = None,
     sweep_directory: str | Path | None = None,
     alignment_path: str | Path | None = None,
+    device: str | torch.device | None = None,
 ) -> ExperimentResult:
     """Run an experiment end to end and return its results.
 
@@ -352,6 +354,8 @@ def run(
         progress: called with a message at the start of each phase.
         sweep_directory: where sweep cells are persisted (resumable).
         alignment_path: where the verified alignment is saved (safetensors + JSON).
+        device: run the network there (``"cpu"``, ``"cuda"``, ...; default: where it
+            was loaded, the CPU for zoo names and checkpoints).
     """
     exp = experiment.quick_version() if quick else experiment
     timings: dict[str, float] = {}
@@ -362,7 +366,11 @@ def run(
         return time.perf_counter()
 
     start = phase("loading the network")
+    if device is not None:
+        resolve_device(device)  # a bad device fails before the network is loaded
     network = load_network(exp.network)
+    if device is not None:
+        network.to(device)
     exp.task.check_network(network)  # output width and inputs, before any data is made
     timings["network"] = time.perf_counter() - start
     sets = (

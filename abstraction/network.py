@@ -19,7 +19,7 @@ import inspect
 import io
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -31,7 +31,15 @@ from torch import nn
 from abstraction.errors import AbstractionError, DamagedFileError, UnknownNameError, nearest
 from abstraction.files import read_json
 
-__all__ = ["FAMILIES", "Batch", "Family", "Network", "NetworkError", "import_pyvene"]
+__all__ = [
+    "FAMILIES",
+    "Batch",
+    "Family",
+    "Network",
+    "NetworkError",
+    "import_pyvene",
+    "resolve_device",
+]
 
 
 class NetworkError(AbstractionError, ValueError):
@@ -344,8 +352,12 @@ class Network:
         return torch.float32
 
     def to(self, device: torch.device | str) -> Network:
-        """Move the module to ``device`` (CUDA when present; never required)."""
-        self.module.to(device)
+        """Move the module to ``device`` (CUDA when present; never required).
+
+        Caches and intervention weights follow the network: prefix caches stay in host
+        memory (or on disk) and each batch of rows is moved to the network's device.
+        """
+        self.module.to(resolve_device(device))
         return self
 
     # -- structure --------------------------------------------------------------------
@@ -438,6 +450,25 @@ class Network:
         """Call the module on keyword inputs (without a KV cache, for modules that keep one)."""
         return self.module(**inputs, **self._call_options)
 
+    def call_reaching(self, inputs: Mapping[str, torch.Tensor], paths: Sequence[str]) -> Any:
+        """Call the module far enough to reach the submodules at ``paths``.
+
+        When every path lies inside a Hugging Face model's base model (the blocks, not
+        the language-model head), only the base model runs: collecting activations of
+        a GPT-2 then skips the unembedding, whose logits over the whole vocabulary at
+        every position are the largest tensor of the forward pass.
+        """
+        prefix = getattr(self.module, "base_model_prefix", "")
+        base = getattr(self.module, prefix, None) if isinstance(prefix, str) and prefix else None
+        if (
+            isinstance(base, nn.Module)
+            and base is not self.module
+            and paths
+            and all(p.startswith(prefix + ".") for p in paths)
+        ):
+            return base(**inputs, **_call_options(base))
+        return self.call(inputs)
+
     def logits(self, batch: Batch) -> torch.Tensor:
         """Run the module on ``batch`` and return the readout logits ``(batch, classes)``."""
         batch = batch.to(self.device)
@@ -457,6 +488,38 @@ class Network:
             f"Network({self.name!r}, family={self.family!r}, layers={self.n_layers}, "
             f"width={self.width}, hash={self.hash})"
         )
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``device`` as a ``torch.device``, checked to exist on this machine.
+
+    Raises:
+        NetworkError: the name is not a device (``"gpu"``), or names one this machine
+            lacks (``"cuda"`` without a CUDA GPU, ``"cuda:3"`` with two GPUs).
+    """
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise NetworkError(
+            f"device {device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NetworkError(
+                f"device {device!r} needs a CUDA GPU, and torch sees none here "
+                f"(torch {torch.__version__}); use device='cpu'"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise NetworkError(
+                f"device {device!r} does not exist: this machine has {count} CUDA device(s) "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise NetworkError(f"device {device!r} (Apple MPS) is not available here; use 'cpu'")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise NetworkError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'mps'")
+    return resolved
 
 
 def _config_int(config: Any, name: str) -> int | None:

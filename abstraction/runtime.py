@@ -119,10 +119,20 @@ def _view(act: torch.Tensor, site: ResolvedLocation, *, writable: bool = False) 
     return view
 
 
-def _positions(site: ResolvedLocation, batch: Batch, act: torch.Tensor) -> torch.Tensor | None:
+def _positions(
+    site: ResolvedLocation, batch: Batch, act: torch.Tensor, offset: int = 0
+) -> torch.Tensor | None:
     if not site.sequence or act.dim() < 3:
         return None
-    return resolve_positions(site.location.position, batch, act.shape[1])
+    positions = resolve_positions(site.location.position, batch, act.shape[1] + offset)
+    if positions is None:
+        return None
+    if offset and bool((positions < offset).any()):
+        raise InterventionError(
+            f"at {site.location}: a row's position is before {offset}, the first position "
+            "this suffix runs on; prepare the data at this location"
+        )
+    return positions - offset
 
 
 def select(act: torch.Tensor, site: ResolvedLocation, batch: Batch) -> torch.Tensor:
@@ -135,11 +145,17 @@ def select(act: torch.Tensor, site: ResolvedLocation, batch: Batch) -> torch.Ten
     return view
 
 
-def site_edit(site: ResolvedLocation, batch: Batch, applied: Sequence[Applied]) -> Edit:
-    """An :data:`Edit` that applies ``applied`` to the part of the activation ``site`` selects."""
+def site_edit(
+    site: ResolvedLocation, batch: Batch, applied: Sequence[Applied], *, offset: int = 0
+) -> Edit:
+    """An :data:`Edit` that applies ``applied`` to the part of the activation ``site`` selects.
+
+    ``offset``: the activation holds positions ``offset..`` of ``batch``'s sequences
+    only (a suffix that reuses the keys and values before them).
+    """
 
     def edit(act: torch.Tensor) -> torch.Tensor:
-        positions = _positions(site, batch, act)
+        positions = _positions(site, batch, act, offset)
         view = _view(act, site)
         if positions is not None:
             rows = torch.arange(view.shape[0], device=view.device)
@@ -208,7 +224,7 @@ def collect(network: Network, batch: Batch, locations: Sequence[Location]) -> li
         return record
 
     with hooked(network, [(site, recorder(i, site)) for i, site in enumerate(sites)]):
-        network.call(batch.to(network.device).inputs)
+        network.call_reaching(batch.to(network.device).inputs, [s.module_path for s in sites])
     result = []
     for loc, act in zip(locations, found, strict=True):
         if act is None:

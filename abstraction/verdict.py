@@ -573,6 +573,7 @@ def verify(
     counterexamples: int = 5,
     progress: Callable[[str], None] | None = None,
     featurizer: Featurizers = None,
+    device: str | torch.device | None = None,
 ) -> Verification:
     """Align (unless ``alignment`` is given), score on ``test``, run baselines, give a verdict.
 
@@ -604,9 +605,12 @@ def verify(
         progress: called with a short message before each phase.
         featurizer: for methods ``"dbm"`` and ``"sae"``: the featurizer whose features
             the mask selects (see :func:`~abstraction.alignment.das.align`).
+        device: move the network there first (default: where it is).
     """
     thresholds = thresholds or Thresholds()
     config = config or TrainingConfig()
+    if device is not None:
+        network.to(device)
     if alignment_seeds < 1:
         raise ValueError(f"alignment_seeds must be at least 1, not {alignment_seeds}")
 

@@ -317,6 +317,7 @@ def align(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: Callable[[dict[str, float]], None] | None = None,
     featurizer: Featurizers = None,
+    device: str | torch.device | None = None,
 ) -> Alignment:
     """Train an alignment of ``variables`` with subspaces at ``location``.
 
@@ -340,10 +341,13 @@ def align(
         subspaces: explicit column ranges per variable, e.g. ``{"wx": (0, 8)}``.
         validation: pairs for early stopping (never the test pairs).
         config: epochs, batch size, learning rate, patience, seed.
-        memory_budget: bytes of cached activations held in RAM.
+        memory_budget: bytes of cached activations held in RAM (above it, the prefix
+            cache is written to memory-mapped files).
         progress: called after every epoch with the training curve's newest entry.
         featurizer: for ``"dbm"`` and ``"sae"``: the featurizer (or one per site) whose
             features the mask selects.
+        device: move the network there first (``"cpu"``, ``"cuda"``, ...; default:
+            where it is). Caches stay in host memory; rows move per step.
     """
     sites = (
         {location[v] for v in variables if v in location}
@@ -369,6 +373,7 @@ def align(
         memory_budget=memory_budget,
         progress=progress,
         featurizer=featurizer,
+        device=device,
     )[0]
 
 
@@ -388,6 +393,7 @@ def align_sites(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: Callable[[dict[str, float]], None] | None = None,
     featurizer: Featurizers = None,
+    device: str | torch.device | None = None,
 ) -> list[Alignment]:
     """:func:`align` for variables that may live at several sites: one alignment per site.
 
@@ -396,6 +402,8 @@ def align_sites(
     arguments are :func:`align`'s.
     """
     config = config or TrainingConfig()
+    if device is not None:
+        network.to(device)
     if method not in METHODS:
         raise AlignmentError(f"unknown method {method!r}; {nearest(method, METHODS)}")
     if not variables:

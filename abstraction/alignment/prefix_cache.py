@@ -8,15 +8,26 @@ runs through the model's own ``forward`` with the blocks before the cut replaced
 stand-ins that pass their input through (and the block at the cut by one that returns
 the cached, possibly edited, activation); the embeddings still run, which costs one lookup.
 
-The cache honours a memory budget: above it, activations are written to a
-memory-mapped file in chunks instead of held in RAM. :attr:`PrefixCache.nbytes` and
-:attr:`PrefixCache.storage` report what was used.
+**Key/value reuse** (GPT-2): under causal attention an edit at position ``p`` cannot
+change any later block's activations at positions before ``p``. A cache built with
+``start=p`` therefore keeps block ``cut``'s output only at positions ``p..`` and, for
+every block after the cut, the base run's attention keys and values at positions
+``..p-1``; the suffix then runs only on positions ``p..`` with those keys and values as
+its past (a ``transformers`` ``DynamicCache``), so an intervention at the last token
+runs the suffix on one position instead of all of them. For known causal language
+models the suffix also stops at the final hidden state and reads the logits at the
+readout position from the candidate answers' rows of the unembedding only.
+
+The cache honours a memory budget: above it, activations (and keys and values) are
+written to memory-mapped files in chunks instead of held in RAM.
+:attr:`PrefixCache.nbytes` and :attr:`PrefixCache.storage` report what was used.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,10 +42,57 @@ from abstraction.locations import ResolvedLocation
 from abstraction.network import Batch, Network, readout_logits
 from abstraction.runtime import Edit, hooked
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "PrefixCache", "cut_layer", "run_suffix", "stub_blocks"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "KV_FAMILIES",
+    "PrefixCache",
+    "cut_layer",
+    "run_suffix",
+    "stub_blocks",
+    "supports_kv_reuse",
+]
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """Bytes of activations held in RAM before the cache moves to a memory-mapped file."""
+
+
+KV_FAMILIES = ("gpt2",)
+"""Model families whose suffix can reuse the base run's keys and values (tested exact).
+Other families run the suffix on every position."""
+
+_READOUT_FAMILIES = ("gpt2", "gpt_neox", "llama")
+"""Causal language models whose logits are ``lm_head(base_model(...))`` exactly, so the
+suffix may stop at the final hidden state and unembed only the readout position."""
+
+
+def supports_kv_reuse(network: Network) -> bool:
+    """Whether :class:`PrefixCache` may keep keys and values for ``network`` (``start > 0``)."""
+    return network.family in KV_FAMILIES and _unembedding(network) is not None
+
+
+def _base_model(network: Network) -> nn.Module | None:
+    base = getattr(network.module, "base_model", None)
+    if not isinstance(base, nn.Module) or base is network.module:
+        return None
+    return base
+
+
+def _unembedding(network: Network) -> nn.Linear | None:
+    """The output embedding when the logits are exactly ``hidden @ W.T (+ b)``."""
+    if network.family not in _READOUT_FAMILIES or _base_model(network) is None:
+        return None
+    config = network.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    get = getattr(network.module, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, nn.Linear) else None
+
+
+def _cache_keyword(module: nn.Module) -> str:
+    """The name under which the base model's ``forward`` takes a KV cache."""
+    parameters = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def cut_layer(site: ResolvedLocation) -> int | None:
@@ -101,6 +159,8 @@ def run_suffix(
     edits: Sequence[tuple[ResolvedLocation, Edit]] = (),
     *,
     tuple_len: int = 0,
+    start: int = 0,
+    past: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """Readout logits when block ``cut`` outputs ``hidden``; earlier blocks do not run.
 
@@ -108,14 +168,97 @@ def run_suffix(
         network: the network.
         batch: the base batch (its inputs still drive embeddings, masks and readout).
         cut: the block whose output ``hidden`` replaces.
-        hidden: that block's output, ``(batch, ..., width)``, possibly edited.
-        edits: further edits at sites after the cut (applied by hooks).
+        hidden: that block's output at positions ``start..``, possibly edited.
+        edits: further edits at sites after the cut (applied by hooks); only with
+            ``start == 0``, since hooks address positions of the whole sequence.
         tuple_len: how many elements the real blocks return (0 for a bare tensor).
+        start: the first position the suffix runs on (see :class:`PrefixCache`).
+        past: for ``start > 0``, the base run's ``(keys, values)`` at positions
+            ``..start-1`` of every block after the cut, each ``(batch, heads, start, dim)``.
     """
     batch = batch.to(network.device)
+    head = _unembedding(network) if batch.readout is not None else None
+    if head is None:
+        if start:
+            raise AbstractionError("a suffix from position > 0 needs a known unembedding")
+        with stub_blocks(network, cut, hidden, tuple_len), hooked(network, edits):
+            output = network.call(batch.inputs)
+        return readout_logits(output, batch)
+    base = _base_model(network)
+    assert base is not None and batch.readout is not None
+    inputs: dict[str, Any] = dict(batch.inputs)
+    if start > 0:
+        if edits:
+            raise AbstractionError("hooks after the cut need the suffix to run on every position")
+        if past is None or network.blocks is None:
+            raise AbstractionError("a suffix from position > 0 needs the keys and values before it")
+        length = hidden.shape[1] + start
+        inputs = {
+            k: v[:, start:]
+            if k != "attention_mask" and v.dim() >= 2 and v.shape[1] == length
+            else v
+            for k, v in inputs.items()
+        }
+        inputs[_cache_keyword(base)] = _past_cache(past, cut, len(network.blocks), start, hidden)
     with stub_blocks(network, cut, hidden, tuple_len), hooked(network, edits):
-        output = network.call(batch.inputs)
-    return readout_logits(output, batch)
+        output = base(**inputs, use_cache=False)
+    final = getattr(output, "last_hidden_state", None)
+    if final is None:
+        final = output[0]
+    rows = torch.arange(final.shape[0], device=final.device)
+    return _unembed(final[rows, batch.readout - start], head, batch.candidates)
+
+
+def _unembed(
+    hidden: torch.Tensor, head: nn.Linear, candidates: torch.Tensor | None
+) -> torch.Tensor:
+    """``head(hidden)`` restricted to the candidate ids: only their rows are multiplied."""
+    if candidates is None:
+        logits: torch.Tensor = head(hidden)
+        return logits
+    candidates = candidates.to(hidden.device)
+    weight = head.weight[candidates]
+    if candidates.dim() == 1:
+        logits = hidden @ weight.T
+    else:
+        logits = torch.einsum("bd,bcd->bc", hidden, weight)
+    if head.bias is not None:
+        logits = logits + head.bias[candidates]
+    return logits
+
+
+def _past_cache(
+    past: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    cut: int,
+    n_blocks: int,
+    start: int,
+    hidden: torch.Tensor,
+) -> Any:
+    """A ``DynamicCache`` holding ``past`` for blocks ``cut+1..``; the skipped blocks hold
+    a one-wide stand-in of length ``start`` (read only for the cache's length)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if len(past) != n_blocks - cut - 1:
+        raise AbstractionError(
+            f"{len(past)} blocks of keys and values for {n_blocks - cut - 1} blocks after the cut"
+        )
+    filler = torch.zeros(1, 1, 1, 1, dtype=hidden.dtype, device=hidden.device)
+    filler = filler.expand(hidden.shape[0], 1, start, 1)
+    layers: list[Any] = []
+    for i in range(n_blocks):
+        k, v = past[i - cut - 1] if i > cut else (filler, filler)
+        layer = DynamicLayer()  # type: ignore[no-untyped-call]
+        layer.lazy_initialization(k, v)
+        layer.keys, layer.values = k, v
+        layers.append(layer)
+    cache = DynamicCache()
+    cache.layers = list(layers)
+    return cache
+
+
+Array = torch.Tensor | np.ndarray
+"""Cached values: a tensor in RAM or a memory-mapped numpy array on disk."""
 
 
 class PrefixCache:
@@ -125,10 +268,15 @@ class PrefixCache:
         network: the network.
         batch: the whole dataset as one batch (rows are examples).
         cut: the block whose output is cached.
-        memory_budget: bytes allowed in RAM; above it the cache is a memory-mapped file.
+        memory_budget: bytes allowed in RAM; above it the cache is memory-mapped files.
         batch_size: rows per forward pass while filling the cache.
         directory: where a memory-mapped cache is written (a temporary directory by
             default, removed with the cache).
+        start: keep block ``cut``'s output only from this position on, and the keys
+            and values of every later block before it (needs
+            :func:`supports_kv_reuse`); 0 keeps the whole sequence and no keys/values.
+
+    :meth:`shared` fills the caches of several cuts (a sweep's layers) from one pass.
     """
 
     def __init__(
@@ -140,53 +288,47 @@ class PrefixCache:
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         batch_size: int = 2048,
         directory: str | Path | None = None,
+        start: int = 0,
     ) -> None:
-        blocks = network.blocks
-        if blocks is None or not 0 <= cut < len(blocks):
-            raise AbstractionError(f"cannot cache block {cut} of {network.name}")
+        filled = _Filled(network, batch, [cut], memory_budget, batch_size, directory, start)
+        self._adopt(filled, cut)
+
+    @classmethod
+    def shared(
+        cls,
+        network: Network,
+        batch: Batch,
+        cuts: Sequence[int],
+        *,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        batch_size: int = 2048,
+        directory: str | Path | None = None,
+        start: int = 0,
+    ) -> list[PrefixCache]:
+        """One cache per cut, filled by one pass over the data and sharing their storage.
+
+        The keys and values of a block are stored once and read by every cut before
+        it; ``memory_budget`` bounds all the caches together. Closing any of them
+        releases the shared files once all are closed.
+        """
+        filled = _Filled(network, batch, list(cuts), memory_budget, batch_size, directory, start)
+        caches = []
+        for cut in cuts:
+            cache = cls.__new__(cls)
+            cache._adopt(filled, cut)
+            caches.append(cache)
+        return caches
+
+    def _adopt(self, filled: _Filled, cut: int) -> None:
         self.cut = cut
-        self.rows = len(batch)
-        self.tuple_len = 0
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._data: torch.Tensor | np.ndarray | None = None
-        captured: dict[str, Any] = {}
-
-        def capture(module: nn.Module, args: Any, output: Any) -> None:
-            captured["hidden"] = output[0] if isinstance(output, tuple) else output
-            captured["tuple_len"] = len(output) if isinstance(output, tuple) else 0
-
-        handle = blocks[cut].register_forward_hook(capture)
-        try:
-            with torch.no_grad():
-                for start in range(0, self.rows, batch_size):
-                    chunk = batch.select(slice(start, start + batch_size)).to(network.device)
-                    network.call(chunk.inputs)
-                    hidden = captured["hidden"].detach().to("cpu")
-                    self._store(start, hidden, memory_budget, directory)
-        finally:
-            handle.remove()
-        self.tuple_len = int(captured.get("tuple_len", 0))
-
-    def _store(
-        self, start: int, hidden: torch.Tensor, budget: int, directory: str | Path | None
-    ) -> None:
-        if self._data is None:
-            shape = (self.rows, *hidden.shape[1:])
-            nbytes = int(np.prod(shape)) * hidden.element_size()
-            if nbytes <= budget:
-                self._data = torch.empty(shape, dtype=hidden.dtype)
-            else:
-                if directory is None:
-                    self._tmp = tempfile.TemporaryDirectory(prefix="abstraction-cache-")
-                    directory = self._tmp.name
-                path = Path(directory) / f"prefix-block{self.cut}.npy"
-                self._data = np.lib.format.open_memmap(
-                    path, mode="w+", dtype=_numpy_dtype(hidden.dtype), shape=shape
-                )
-        if isinstance(self._data, torch.Tensor):
-            self._data[start : start + len(hidden)] = hidden
-        else:
-            self._data[start : start + len(hidden)] = hidden.numpy()
+        self.start = filled.start
+        self.rows = filled.rows
+        self.tuple_len = filled.tuple_len
+        self._filled: _Filled | None = filled
+        self._data: Array | None = filled.hidden[cut]
+        self._kv: list[Array] = [filled.kv[j] for j in sorted(filled.kv) if j > cut]
+        self._order: torch.Tensor | None = None
+        filled.users += 1
 
     @property
     def storage(self) -> str:
@@ -195,46 +337,200 @@ class PrefixCache:
 
     @property
     def nbytes(self) -> int:
-        """Size of the cached activations in bytes."""
+        """Size of this cut's activations (and keys and values) in bytes."""
         assert self._data is not None
-        return int(self._data.nbytes)
+        return int(self._data.nbytes) + sum(int(kv.nbytes) for kv in self._kv)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """``(rows, ..., width)``."""
+        """``(rows, ..., width)`` of the cached block output (positions ``start..``)."""
         assert self._data is not None
         return tuple(self._data.shape)
 
+    def _index(self, rows: torch.Tensor | slice) -> torch.Tensor | slice:
+        if self._order is None:
+            return rows
+        return self._order[rows]
+
     def get(self, rows: torch.Tensor | slice) -> torch.Tensor:
-        """The cached activations of some rows."""
-        assert self._data is not None
-        if isinstance(self._data, torch.Tensor):
-            return self._data[rows]
-        index = rows.numpy() if isinstance(rows, torch.Tensor) else rows
-        if isinstance(index, np.ndarray):
-            index = np.sort(index)  # memory-mapped reads are faster in file order
-            order = np.argsort(np.argsort(rows.numpy()))  # type: ignore[union-attr]
-            return torch.from_numpy(np.ascontiguousarray(self._data[index][order]))
-        return torch.from_numpy(np.ascontiguousarray(self._data[index]))
+        """The cached activations of some rows (positions ``start..``)."""
+        assert self._data is not None, "the cache is closed"
+        return _rows(self._data, self._index(rows))
+
+    def past(self, rows: torch.Tensor | slice) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each later block's ``(keys, values)`` at positions ``..start-1`` for some rows."""
+        index = self._index(rows)
+        out = []
+        for kv in self._kv:
+            both = _rows(kv, index)  # (rows, 2, heads, start, dim)
+            out.append((both[:, 0], both[:, 1]))
+        return out
 
     def reordered(self, order: torch.Tensor) -> PrefixCache:
-        """An in-memory copy with rows permuted by ``order`` (for shuffled training)."""
-        assert isinstance(self._data, torch.Tensor), "only in-memory caches are reordered"
+        """This cache with rows permuted by ``order`` (for shuffled training).
+
+        A small in-memory cache is copied in the new order (contiguous reads per step);
+        a cache on disk, or one whose copy would not fit the memory budget, keeps its
+        storage and reads its rows through the permutation.
+        """
+        assert self._data is not None, "the cache is closed"
         view = copy.copy(self)
-        view._data = self._data[order]
-        view._tmp = None
+        view._filled = None  # a view: closing it leaves the shared storage alone
+        order = order if self._order is None else self._order[order]
+        budget = self._filled.budget if self._filled is not None else 0
+        if self.storage == "memory" and 2 * self.nbytes <= budget:
+            assert isinstance(self._data, torch.Tensor)
+            view._data = self._data[order]
+            view._kv = [kv[order] for kv in self._kv]
+            view._order = None
+        else:
+            view._order = order
         return view
 
     def close(self) -> None:
-        """Release the cache (and delete its file, when it made one)."""
+        """Release the cache (and delete its files once every cache sharing them is closed)."""
         self._data = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        self._kv = []
+        if self._filled is not None:
+            self._filled.release()
+            self._filled = None
 
     def __repr__(self) -> str:
         size = f"{self.nbytes / 2**20:.1f} MiB" if self._data is not None else "closed"
-        return f"PrefixCache(block={self.cut}, rows={self.rows}, {size} in {self.storage})"
+        kv = f", keys/values before position {self.start}" if self.start else ""
+        return f"PrefixCache(block={self.cut}, rows={self.rows}{kv}, {size} in {self.storage})"
+
+
+class _Filled:
+    """The arrays behind one or more :class:`PrefixCache` objects, filled by one pass."""
+
+    def __init__(
+        self,
+        network: Network,
+        batch: Batch,
+        cuts: list[int],
+        budget: int,
+        batch_size: int,
+        directory: str | Path | None,
+        start: int,
+    ) -> None:
+        blocks = network.blocks
+        if blocks is None or not cuts or not all(0 <= c < len(blocks) for c in cuts):
+            raise AbstractionError(f"cannot cache block(s) {cuts} of {network.name}")
+        if start < 0:
+            raise AbstractionError(f"start must be a position >= 0, got {start}")
+        if start > 0 and not supports_kv_reuse(network):
+            raise AbstractionError(
+                f"{network.name} ({network.family}) cannot reuse keys and values; "
+                f"supported families: {', '.join(KV_FAMILIES)}. Use start=0"
+            )
+        self.rows = len(batch)
+        self.start = start
+        self.budget = budget
+        self.directory = directory
+        self.users = 0
+        self.tuple_len = 0
+        self.hidden: dict[int, Array] = {}
+        self.kv: dict[int, Array] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        later = list(range(min(cuts) + 1, len(blocks))) if start > 0 else []
+        captured: dict[int, torch.Tensor] = {}
+
+        def capture(cut: int) -> Any:
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                captured[cut] = output[0] if isinstance(output, tuple) else output
+                self.tuple_len = len(output) if isinstance(output, tuple) else 0
+
+            return hook
+
+        handles = [blocks[c].register_forward_hook(capture(c)) for c in set(cuts)]
+        try:
+            with torch.no_grad():
+                for first in range(0, self.rows, batch_size):
+                    chunk = batch.select(slice(first, first + batch_size)).to(network.device)
+                    kv: dict[int, torch.Tensor] = {}
+                    if start == 0:
+                        paths = [f"{network.blocks_path}.{c}" for c in cuts]
+                        network.call_reaching(chunk.inputs, paths)
+                    else:
+                        kv = _keys_values(network, chunk, later, start)
+                    hidden = {c: captured[c].detach()[:, start:].to("cpu") for c in cuts}
+                    self._store(first, hidden, kv)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _store(
+        self, first: int, hidden: dict[int, torch.Tensor], kv: dict[int, torch.Tensor]
+    ) -> None:
+        if not self.hidden:
+            shapes = {("hidden", c): (self.rows, *h.shape[1:]) for c, h in hidden.items()}
+            shapes.update({("kv", j): (self.rows, *t.shape[1:]) for j, t in kv.items()})
+            dtype = next(iter(hidden.values())).dtype
+            size = torch.empty(0, dtype=dtype).element_size()
+            nbytes = sum(int(np.prod(shape)) * size for shape in shapes.values())
+            for (kind, index), shape in shapes.items():
+                array = self._allocate(f"{kind}{index}", shape, dtype, nbytes)
+                (self.hidden if kind == "hidden" else self.kv)[index] = array
+        for store, values in ((self.hidden, hidden), (self.kv, kv)):
+            for index, chunk in values.items():
+                target = store[index]
+                if isinstance(target, torch.Tensor):
+                    target[first : first + len(chunk)] = chunk
+                else:
+                    target[first : first + len(chunk)] = chunk.numpy()
+
+    def _allocate(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, nbytes: int
+    ) -> Array:
+        if nbytes <= self.budget:
+            return torch.empty(shape, dtype=dtype)
+        directory = self.directory
+        if directory is None:
+            if self._tmp is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="abstraction-cache-")
+            directory = self._tmp.name
+        path = Path(directory) / f"prefix-{name}.npy"
+        return np.lib.format.open_memmap(path, mode="w+", dtype=_numpy_dtype(dtype), shape=shape)
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            self.hidden, self.kv = {}, {}
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+
+
+def _keys_values(
+    network: Network, chunk: Batch, later: Sequence[int], start: int
+) -> dict[int, torch.Tensor]:
+    """Blocks ``later``'s keys and values at positions ``..start-1``, each
+    ``(rows, 2, heads, start, dim)`` on the CPU."""
+    base = _base_model(network)
+    assert base is not None
+    output = base(**chunk.inputs, use_cache=True)
+    if not later:
+        return {}
+    cache = getattr(output, "cache", None) or output.past_key_values
+    return {
+        i: torch.stack(
+            [cache.layers[i].keys[:, :, :start], cache.layers[i].values[:, :, :start]], dim=1
+        ).to("cpu")
+        for i in later
+    }
+
+
+def _rows(data: Array, rows: torch.Tensor | slice) -> torch.Tensor:
+    if isinstance(data, torch.Tensor):
+        return data[rows]
+    if isinstance(rows, torch.Tensor):
+        index = rows.numpy()
+        order = np.argsort(index, kind="stable")
+        inverse = np.argsort(order, kind="stable")
+        # memory-mapped reads are faster in file order
+        return torch.from_numpy(np.ascontiguousarray(data[index[order]][inverse]))
+    return torch.from_numpy(np.ascontiguousarray(data[rows]))
 
 
 def _numpy_dtype(dtype: torch.dtype) -> Any:

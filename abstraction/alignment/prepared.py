@@ -21,20 +21,48 @@ from abstraction.alignment.prefix_cache import (
     PrefixCache,
     cut_layer,
     run_suffix,
+    supports_kv_reuse,
 )
 from abstraction.errors import AbstractionError, UnknownNameError, nearest
 from abstraction.interventions import Intervention, InterventionError
-from abstraction.locations import Location, ResolvedLocation, resolve
+from abstraction.locations import Location, ResolvedLocation, resolve, resolve_positions
 from abstraction.network import Batch, Network, readout_logits
 from abstraction.runtime import Applied, collect, hooked, site_edit
 from abstraction.task import Task
 
-__all__ = ["Interventions", "PreparedInterchanges"]
+__all__ = ["PASS_BYTES", "Interventions", "PreparedInterchanges"]
+
+PASS_BYTES = 256 * 2**20
+"""Bytes one forward pass of preparation or evaluation may work on (rows are chunked)."""
 
 Interventions = Mapping[str, Intervention] | Sequence[Intervention] | None
 """What to apply to prepared rows: a mapping ``variable -> intervention`` (each takes
 that variable's source activation, on the rows that intervene on it), a sequence of
 source-free interventions applied to every row (ablations), or ``None`` (no edit)."""
+
+
+_Encoded = tuple[Batch, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+
+
+def _encode(task: Task, data: pd.DataFrame, variables: Sequence[str]) -> _Encoded:
+    """The base batch, labels, base labels, ``changed`` and ``do.<var>`` masks of ``data``."""
+    if len(data) == 0:
+        raise AbstractionError("the counterfactual dataset is empty; generate some pairs first")
+    do = {}
+    for v in variables:
+        if f"do.{v}" not in data:
+            raise AbstractionError(
+                f"the dataset never intervenes on {v!r}; generate it with "
+                f"interventions=[[{v!r}], ...]"
+            )
+        do[v] = torch.tensor(data[f"do.{v}"].to_numpy(dtype=bool))
+    return (
+        task.batch(data, "base."),
+        task.labels(data, "label"),
+        task.labels(data, "base_label"),
+        torch.tensor(data["changed"].to_numpy(dtype=bool)),
+        do,
+    )
 
 
 class PreparedInterchanges:
@@ -54,6 +82,8 @@ class PreparedInterchanges:
         variables: the causal variables whose sources are prepared.
         memory_budget: bytes of cached activations held in RAM before using disk.
         batch_size: rows per forward pass while preparing.
+        reuse_keys_values: allow the key/value-reusing suffix where it applies
+            (``False``: always run the suffix on every position, e.g. to compare).
     """
 
     def __init__(
@@ -66,9 +96,100 @@ class PreparedInterchanges:
         *,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         batch_size: int = 16384,
+        reuse_keys_values: bool = True,
     ) -> None:
-        if len(data) == 0:
-            raise AbstractionError("the counterfactual dataset is empty; generate some pairs first")
+        self._setup(network, task, data, location, variables, _encode(task, data, variables))
+        batch_size = min(batch_size, self._rows_per_pass())
+        self.sources: dict[str, torch.Tensor] = {
+            v: self._collect(task.batch(data, f"source.{v}."), self.sites[v], batch_size)
+            for v in self.variables
+        }
+        self.start = self._first_position() if reuse_keys_values else 0
+        self.cache = (
+            PrefixCache(
+                network,
+                self.base,
+                self.cut,
+                memory_budget=memory_budget,
+                batch_size=batch_size,
+                start=self.start,
+            )
+            if self.cut is not None
+            else None
+        )
+
+    @classmethod
+    def for_locations(
+        cls,
+        network: Network,
+        task: Task,
+        data: pd.DataFrame,
+        locations: Sequence[Location],
+        variables: Sequence[str],
+        *,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        batch_size: int = 16384,
+        reuse_keys_values: bool = True,
+    ) -> list[PreparedInterchanges]:
+        """The same dataset prepared at several locations (a sweep's cells) in one pass.
+
+        Each variable's sources run through the network once for all locations, and
+        so do the bases: one shared prefix cache (:meth:`PrefixCache.shared`) holds
+        every location's cut, with keys and values stored once, within
+        ``memory_budget`` for all of them. The suffix starts at the earliest position
+        any location needs. Equal to preparing each location on its own; only faster.
+        """
+        encoded = _encode(task, data, variables)
+        prepared = []
+        for location in locations:
+            item = cls.__new__(cls)
+            item._setup(network, task, data, location, variables, encoded)
+            prepared.append(item)
+        if not prepared:
+            return []
+        first = prepared[0]
+        batch_size = min(batch_size, first._rows_per_pass())
+        for v in first.variables:
+            source = task.batch(data, f"source.{v}.")
+            sites = [item.sites[v] for item in prepared]
+            parts: list[list[torch.Tensor]] = [[] for _ in sites]
+            with torch.no_grad():
+                for s in range(0, len(source), batch_size):
+                    chunk = source.select(slice(s, s + batch_size))
+                    found = collect(network, chunk, [site.location for site in sites])
+                    for part, act in zip(parts, found, strict=True):
+                        part.append(act.cpu())
+            for item, part in zip(prepared, parts, strict=True):
+                item.sources[v] = torch.cat(part)
+        cuts = [item.cut for item in prepared]
+        start = min(item._first_position() for item in prepared) if reuse_keys_values else 0
+        if None in cuts:
+            for item in prepared:
+                item.start = 0
+                item.cache = None
+            return prepared
+        caches = PrefixCache.shared(
+            network,
+            first.base,
+            [c for c in cuts if c is not None],
+            memory_budget=memory_budget,
+            batch_size=batch_size,
+            start=start,
+        )
+        for item, cache in zip(prepared, caches, strict=True):
+            item.start = start
+            item.cache = cache
+        return prepared
+
+    def _setup(
+        self,
+        network: Network,
+        task: Task,
+        data: pd.DataFrame,
+        location: Location | Mapping[str, Location],
+        variables: Sequence[str],
+        encoded: _Encoded,
+    ) -> None:
         self.network = network
         self.rows = len(data)
         self.variables = tuple(variables)
@@ -91,35 +212,43 @@ class PreparedInterchanges:
             self.sites = dict.fromkeys(self.variables, self.site)
         by_location = {site.location: site for site in (self.site, *self.sites.values())}
         self._distinct = tuple(by_location.values())
-        self.base = task.batch(data, "base.")
-        self.labels = task.labels(data, "label")
-        self.base_labels = task.labels(data, "base_label")
-        self.changed = torch.tensor(data["changed"].to_numpy(dtype=bool))
-        self.do = {}
-        for v in self.variables:
-            if f"do.{v}" not in data:
-                raise AbstractionError(
-                    f"the dataset never intervenes on {v!r}; generate it with "
-                    f"interventions=[[{v!r}], ...]"
-                )
-            self.do[v] = torch.tensor(data[f"do.{v}"].to_numpy(dtype=bool))
-        self.sources = {
-            v: self._collect(task.batch(data, f"source.{v}."), self.sites[v], batch_size)
-            for v in self.variables
-        }
+        self.base, self.labels, self.base_labels, self.changed, self.do = encoded
+        self.sources = {}
         cuts = [cut_layer(site) for site in self._distinct]
         self.cut = (
             min(c for c in cuts if c is not None)
             if network.blocks is not None and None not in cuts
             else None
         )
-        self.cache = (
-            PrefixCache(
-                network, self.base, self.cut, memory_budget=memory_budget, batch_size=batch_size
-            )
-            if self.cut is not None
-            else None
-        )
+
+    def _rows_per_pass(self, cached_bytes_per_row: int = 0) -> int:
+        """Rows per forward pass that keep its working set near :data:`PASS_BYTES`.
+
+        A block's working set is about 24 floats per position and unit of width
+        (queries, keys, values, the MLP's four-fold hidden layer, their gradients).
+        """
+        first = next(iter(self.base.inputs.values()))
+        length = int(first.shape[1]) if first.dim() >= 2 else 1
+        per_row = length * int(self.network.width or 1) * 4 * 24 + cached_bytes_per_row
+        return max(1, PASS_BYTES // per_row)
+
+    def _first_position(self) -> int:
+        """The first position the suffix must run on (0: all of them)."""
+        network, base = self.network, self.base
+        if self.cut is None or not supports_kv_reuse(network) or base.readout is None:
+            return 0
+        ids = base.inputs.get("input_ids")
+        if ids is None or ids.dim() != 2:
+            return 0
+        first = int(base.readout.min())
+        for site in self._distinct:
+            if not (site.is_block_output and cut_layer(site) == self.cut):
+                return 0  # a hooked site after the cut sees whole sequences
+            positions = resolve_positions(site.location.position, base, ids.shape[1])
+            if positions is None:
+                return 0
+            first = min(first, int(positions.min()))
+        return max(first, 0)
 
     def _collect(self, batch: Batch, site: ResolvedLocation, batch_size: int) -> torch.Tensor:
         parts = []
@@ -197,8 +326,9 @@ class PreparedInterchanges:
         """Readout logits of base rows ``rows`` with ``interventions`` applied."""
         base = self.base.select(rows)
         applied = self.applied(rows, interventions)
+        start = self.cache.start if self.cache is not None else 0
         edits = [
-            (site, site_edit(site, base, here))
+            (site, site_edit(site, base, here, offset=start if self._at_cut(site) else 0))
             for site in self._distinct
             if (here := [a for a in applied if a.intervention.location == site.location])
         ]
@@ -209,26 +339,45 @@ class PreparedInterchanges:
         hidden = self.cache.get(rows).to(self.network.device)
         hooks = []
         for site, edit in edits:
-            if site.is_block_output and cut_layer(site) == self.cache.cut:
+            if self._at_cut(site):
                 # The cached block output is the site itself: edit it before the suffix runs.
                 hidden = edit(hidden)
             else:
                 hooks.append((site, edit))
-        edits = hooks
+        past = [
+            (k.to(self.network.device), v.to(self.network.device)) for k, v in self.cache.past(rows)
+        ]
         return run_suffix(
-            self.network, base, self.cache.cut, hidden, edits, tuple_len=self.cache.tuple_len
+            self.network,
+            base,
+            self.cache.cut,
+            hidden,
+            hooks,
+            tuple_len=self.cache.tuple_len,
+            start=start,
+            past=past if start else None,
         )
+
+    def _at_cut(self, site: ResolvedLocation) -> bool:
+        return self.cache is not None and site.is_block_output and cut_layer(site) == self.cache.cut
 
     @torch.no_grad()
     def predict(
         self,
         interventions: Interventions = None,
         rows: torch.Tensor | None = None,
-        batch_size: int = 8192,
+        batch_size: int | None = None,
     ) -> torch.Tensor:
-        """Predicted class ids for ``rows`` (default: all) under ``interventions``."""
+        """Predicted class ids for ``rows`` (default: all) under ``interventions``.
+
+        ``batch_size``: rows per pass (default: at most 8192, fewer where a pass would
+        work on more than :data:`PASS_BYTES`).
+        """
         if rows is None:
             rows = torch.arange(self.rows)
+        if batch_size is None:
+            cached = self.cache.nbytes // max(1, self.rows) if self.cache is not None else 0
+            batch_size = min(8192, self._rows_per_pass(cached))
         preds = [
             self.logits(rows[s : s + batch_size], interventions).argmax(-1).cpu()
             for s in range(0, len(rows), batch_size)
@@ -247,7 +396,8 @@ class PreparedInterchanges:
 
         Training takes contiguous slices of a shuffled copy instead of gathering
         random rows at every step, which is several times faster for small networks.
-        A disk-backed prefix cache stays on disk (rows are then gathered per step).
+        A prefix cache on disk (or too large to copy) stays where it is and is read
+        through the permutation (see :meth:`PrefixCache.reordered`).
         """
         view = copy.copy(self)
         view.base = self.base.select(order)
@@ -256,7 +406,7 @@ class PreparedInterchanges:
         view.changed = self.changed[order]
         view.do = {v: m[order] for v, m in self.do.items()}
         view.sources = {v: t[order] for v, t in self.sources.items()}
-        if self.cache is not None and self.cache.storage == "memory":
+        if self.cache is not None:
             view.cache = self.cache.reordered(order)
         return view
 

@@ -135,15 +135,21 @@ def _run_location(
     method: str,
     config: TrainingConfig,
     on_result: Callable[[CellResult], None] | None = None,
+    prepared: tuple[PreparedInterchanges, PreparedInterchanges] | None = None,
 ) -> list[CellResult]:
     """Train and score the cells of one location (one per rank), preparing the data once.
 
     Each rank's result is independent of the others (every fit seeds its own
     generator), so a resumed sweep may pass only the ranks still missing.
     ``on_result`` is called as soon as each rank finishes (to persist it).
+    ``prepared``: the training and validation pairs already prepared at ``location``
+    (closed here, like the ones prepared here).
     """
-    engine = PreparedInterchanges(network, task, train, location, variables)
-    val_engine = PreparedInterchanges(network, task, validation, location, variables)
+    if prepared is None:
+        engine = PreparedInterchanges(network, task, train, location, variables)
+        val_engine = PreparedInterchanges(network, task, validation, location, variables)
+    else:
+        engine, val_engine = prepared
     results = []
     try:
         for rank in ranks:
@@ -167,6 +173,36 @@ def _run_location(
         engine.close()
         val_engine.close()
     return results
+
+
+def _same_position(
+    todo: list[tuple[Location, list[int]]],
+) -> list[list[tuple[Location, list[int]]]]:
+    """``todo`` grouped by position and component (the order within each kept)."""
+    groups: dict[tuple[object, ...], list[tuple[Location, list[int]]]] = {}
+    for loc, missing in todo:
+        key = (loc.position, loc.component, loc.head, loc.path, loc.hook, loc.dims)
+        groups.setdefault(key, []).append((loc, missing))
+    return list(groups.values())
+
+
+def _prepare_together(
+    network: Network,
+    task: Task,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    group: list[tuple[Location, list[int]]],
+    variables: Sequence[str],
+) -> tuple[list[PreparedInterchanges], list[PreparedInterchanges]] | None:
+    """Training and validation pairs prepared at every location of ``group`` in one pass
+    each (:meth:`PreparedInterchanges.for_locations`); ``None`` for a single location."""
+    if len(group) < 2:
+        return None
+    locations = [loc for loc, _ in group]
+    return (
+        PreparedInterchanges.for_locations(network, task, train, locations, variables),
+        PreparedInterchanges.for_locations(network, task, validation, locations, variables),
+    )
 
 
 def _null_p_value(
@@ -210,6 +246,7 @@ def sweep(
     workers: int | None = None,
     address: str | None = None,
     progress: Callable[[Cell, float], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> SweepResult:
     """Align ``variables`` in every cell; choose on validation; score the choice on test.
 
@@ -234,8 +271,11 @@ def sweep(
         workers: run cells in parallel on a local Ray instance with this many workers.
         address: run cells on the Ray cluster at this address.
         progress: called after each finished cell with its validation IIA.
+        device: move the network there first (default: where it is).
     """
     config = config or TrainingConfig()
+    if device is not None:
+        network.to(device)
     layers = list(range(network.n_layers)) if layers is None else list(layers)
     searched = _search_locations(network, layers, components, positions, heads, modules)
     locations = [loc for _, loc in searched]
@@ -299,10 +339,20 @@ def sweep(
         if (workers or address) and todo:
             _run_on_ray(args, todo, variables, method, config, workers, address, record)
         else:
-            for loc, missing in todo:
-                _run_location(
-                    *args, loc, variables, missing, method, config, functools.partial(record, loc)
-                )
+            for group in _same_position(todo):
+                # the locations of one position and component share one pass over the data
+                shared = _prepare_together(network, task, train, validation, group, variables)
+                for i, (loc, missing) in enumerate(group):
+                    _run_location(
+                        *args,
+                        loc,
+                        variables,
+                        missing,
+                        method,
+                        config,
+                        functools.partial(record, loc),
+                        None if shared is None else (shared[0][i], shared[1][i]),
+                    )
 
         # one canonical order, whatever order cells finished or were resumed in
         order = [Cell.at(layer_of[loc], loc, rank) for loc in locations for rank in ranks]

@@ -1,0 +1,472 @@
+"""GPT-2-small DAS sweeps: pyvene 0.1.8 and ours on identical work, at three positions.
+
+A GPT-2-small-sized network (12 layers, d_model 768, 12 heads, vocabulary 50,257;
+random weights from ``GPT2Config``) reads prompts of 16-24 random tokens, left-padded
+to 24, with a key token (one of two) in the middle; the answer is read at the last
+token over the two key tokens' logits. The causal model copies the key to the answer,
+and a pair's counterfactual label is the source's key. For each of three intervened
+positions - the first real token, the key (middle) and the last token - a rank-1 DAS
+sweep covers the residual stream after each of the 12 layers. Both tools do the same
+work per cell: the same training pairs, rank 1, the same initial basis, epochs, batch
+size and Adam learning rate, cross-entropy over the two candidates at the last token;
+IIA on the same held-out pairs. pyvene runs its ``IntervenableModel`` as its
+tutorials do (a source and a base forward pass through the whole model and a
+backward pass every step). Ours prepares each position's 12 cells from one pass over
+the sources and one over the bases (keys and values of the base run kept for the
+positions before the intervened one), then trains and scores each cell on the suffix
+after its layer; it also scores the training pairs after every epoch (extra work that
+pyvene does not do: IIA of the training pairs, for the choice of the best epoch).
+
+Printed: per position, phase times (activations, training, evaluation) as medians of
+the repeats with ranges; the ideal speed-up from counted FLOPs of one training step
+(pyvene's forward and backward against ours, summed over the layers) beside the
+achieved one; our training time per layer against the blocks its suffix runs; the
+FLOP rate of our training phase against this machine's matmul rate (a plain torch
+matmul of the model's shapes, timed in the same run); peak RSS of each tool (each
+runs in its own forked process); IIA of both with a paired test. The last line is the
+last-position sweep's speed-up.
+
+    python benchmarks/gpt2_small_vs_pyvene.py            # 2,000 pairs, 3 repeats: hours here
+    python benchmarks/gpt2_small_vs_pyvene.py --quick    # 64 pairs, 1 repeat: minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import statistics
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import GPT2Config
+
+from abstraction import (
+    Location,
+    LowRankPatch,
+    Network,
+    PreparedInterchanges,
+    TrainingConfig,
+    causal_model,
+    counterfactual_dataset,
+    evaluate,
+)
+from abstraction.alignment.das import _Rotation, fit, reproducible
+from abstraction.locations import resolve_positions
+from abstraction.network import Batch, import_pyvene
+from abstraction.pyvene_interop import to_pyvene
+from abstraction.statistics import iia, paired_test
+from abstraction.task import Task
+
+LAYERS, WIDTH, HEADS, VOCAB = 12, 768, 12, 50257
+SHORTEST, LONGEST = 16, 24
+KEY_TOKENS = (1000, 2000)
+POSITIONS: dict[str, int | str] = {"first": 0, "middle": "key", "last": "last"}
+
+
+@causal_model(inputs={"prompt": range(1_000_000), "key": range(2)})
+def recall(prompt, key):  # type: ignore[no-untyped-def]
+    answer = key
+    return answer
+
+
+class RandomPrompts(Task):
+    """Prompt ``prompt`` (a seed): 16-24 random tokens with the key token in the middle."""
+
+    def __init__(self) -> None:
+        self.name = "recall"
+        self.model = recall
+
+    @property
+    def n_classes(self) -> int:
+        return 2
+
+    @property
+    def positions(self) -> tuple[str, ...]:
+        return ("key",)
+
+    def encode(self, columns: Mapping[str, np.ndarray]) -> Batch:
+        n = len(columns["prompt"])
+        ids = torch.zeros(n, LONGEST, dtype=torch.long)
+        mask = torch.zeros(n, LONGEST, dtype=torch.long)
+        key_at = torch.zeros(n, dtype=torch.long)
+        for row, (prompt, key) in enumerate(zip(columns["prompt"], columns["key"], strict=True)):
+            rng = np.random.default_rng(int(prompt))
+            length = int(rng.integers(SHORTEST, LONGEST + 1))
+            tokens = rng.integers(3000, VOCAB, size=length)
+            tokens[length // 2] = KEY_TOKENS[int(key)]
+            pad = LONGEST - length
+            ids[row, pad:] = torch.from_numpy(tokens)
+            mask[row, pad:] = 1
+            key_at[row] = pad + length // 2
+        return Batch(
+            {"input_ids": ids, "attention_mask": mask},
+            positions={"key": key_at},
+            readout=torch.full((n,), LONGEST - 1),
+            candidates=torch.tensor(KEY_TOKENS),
+        )
+
+    def label_ids(
+        self, values: np.ndarray, inputs: Mapping[str, np.ndarray] | None = None
+    ) -> torch.Tensor:
+        return torch.tensor(np.asarray(values, dtype=np.int64))
+
+
+def gpt2_small(seed: int) -> Network:
+    config = GPT2Config(
+        n_layer=LAYERS,
+        n_embd=WIDTH,
+        n_head=HEADS,
+        vocab_size=VOCAB,
+        n_positions=1024,
+        architectures=["GPT2LMHeadModel"],
+    )
+    return Network.from_config(config, seed=seed, name="gpt2-small (random)")
+
+
+def initial_basis(seed: int) -> torch.Tensor:
+    """The rank-1 basis our DAS starts from with this seed (given to pyvene too)."""
+    return reproducible(lambda: _Rotation(WIDTH, 1, torch.Generator().manual_seed(seed)))().weight
+
+
+# -- FLOP counts ------------------------------------------------------------------------------
+
+
+def block_flops(queries: int, keys: int) -> float:
+    """Forward FLOPs of one GPT-2 block for ``queries`` positions attending to ``keys``."""
+    dense = 2 * queries * 12 * WIDTH * WIDTH  # qkv 3d^2, out d^2, MLP 8d^2
+    attention = 2 * 2 * queries * keys * WIDTH  # QK^T and AV
+    return float(dense + attention)
+
+
+def pyvene_step_flops(layer: int, length: int) -> float:
+    """Forward+backward FLOPs per pair of one pyvene DAS step at ``layer``.
+
+    Two full forward passes (source and base; blocks and the unembedding at every
+    position), and a backward pass from the logits down to the intervened layer
+    (weights are frozen, so backward computes input gradients only: about one forward).
+    """
+    full = LAYERS * block_flops(length, length) + 2 * length * WIDTH * VOCAB
+    after = (LAYERS - 1 - layer) * block_flops(length, length) + 2 * length * WIDTH * VOCAB
+    return 2 * full + after
+
+
+def our_step_flops(layer: int, length: int, start: int) -> float:
+    """Forward+backward FLOPs per pair of one of our DAS steps at ``layer``: the blocks
+    after it on positions ``start..`` (keys of all positions), two candidate logits."""
+    suffix = (LAYERS - 1 - layer) * block_flops(length - start, length)
+    return 2 * (suffix + 2 * 2 * WIDTH)
+
+
+# -- the two tools ------------------------------------------------------------------------------
+
+
+def cell_locations(position: int | str) -> list[Location]:
+    return [Location(layer=layer, position=position) for layer in range(LAYERS)]
+
+
+def run_ours(
+    network: Network,
+    task: RandomPrompts,
+    frames: dict[str, pd.DataFrame],
+    position: int | str,
+    config: TrainingConfig,
+    budget: int,
+) -> dict[str, Any]:
+    locations = cell_locations(position)
+    times: dict[str, float] = {}
+    clock = time.perf_counter()
+    prepared = {
+        split: PreparedInterchanges.for_locations(
+            network, task, frames[split], locations, ["answer"], memory_budget=budget
+        )
+        for split in ("train", "test")
+    }
+    times["activations"] = time.perf_counter() - clock
+    train = prepared["train"]
+    cache = train[0].cache
+    layer_seconds = []
+    alignments = []
+    clock = time.perf_counter()
+    for cell in train:
+        began = time.perf_counter()
+        alignments.append(
+            reproducible(fit)(
+                cell, None, task, ["answer"], method="low_rank", rank=1, config=config
+            )
+        )
+        layer_seconds.append(time.perf_counter() - began)
+    times["training"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    correct = [
+        evaluate(alignment, cell).numpy()
+        for alignment, cell in zip(alignments, prepared["test"], strict=True)
+    ]
+    times["evaluation"] = time.perf_counter() - clock
+    out = {
+        "times": times,
+        "layer_seconds": layer_seconds,
+        "correct": correct,
+        "start": train[0].start,
+        "cache": (
+            f"{sum(c.cache.nbytes for c in train[:1] if c.cache) / 2**20:.0f} MiB for layer 0 in "
+            f"{cache.storage if cache else '-'}"
+        ),
+    }
+    for cells in prepared.values():
+        for cell in cells:
+            cell.close()
+    return out
+
+
+def run_pyvene(
+    network: Network,
+    task: RandomPrompts,
+    frames: dict[str, pd.DataFrame],
+    position: int | str,
+    config: TrainingConfig,
+) -> dict[str, Any]:
+    pyvene = import_pyvene()
+    module = network.module
+    train, test = frames["train"], frames["test"]
+    tensors = {}
+    for split, frame in (("train", train), ("test", test)):
+        base = task.batch(frame, "base.")
+        source = task.batch(frame, "source.answer.")
+        tensors[split] = (
+            base,
+            source,
+            resolve_positions(position, base, LONGEST),
+            resolve_positions(position, source, LONGEST),
+            task.labels(frame, "label"),
+        )
+    times = {"activations": 0.0, "training": 0.0, "evaluation": 0.0}
+    layer_seconds, correct = [], []
+    for location in cell_locations(position):
+        began = time.perf_counter()
+        component, intervention = to_pyvene(
+            LowRankPatch(location, initial_basis(config.seed)), network
+        )
+        model = pyvene.IntervenableModel(
+            pyvene.IntervenableConfig(
+                representations=[
+                    pyvene.RepresentationConfig(
+                        **component, max_number_of_units=1, intervention=intervention
+                    )
+                ]
+            ),
+            module,
+        )
+        model.disable_model_gradients()
+        optimizer = torch.optim.Adam(model.get_trainable_parameters(), lr=config.lr)
+        base, source, base_at, source_at, labels = tensors["train"]
+        generator = torch.Generator().manual_seed(config.seed)
+
+        for _ in range(config.epochs):
+            order = torch.randperm(len(labels), generator=generator)
+            for first in range(0, len(order), config.batch_size):
+                rows = order[first : first + config.batch_size]
+                loss = torch.nn.functional.cross_entropy(
+                    pyvene_logits(model, rows, base, source, base_at, source_at), labels[rows]
+                )
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        seconds = time.perf_counter() - began
+        layer_seconds.append(seconds)
+        times["training"] += seconds
+        began = time.perf_counter()
+        base, source, base_at, source_at, labels = tensors["test"]
+        predictions = []
+        with torch.no_grad():
+            for first in range(0, len(labels), config.batch_size):
+                rows = torch.arange(first, min(first + config.batch_size, len(labels)))
+                out = pyvene_logits(model, rows, base, source, base_at, source_at)
+                predictions.append(out.argmax(-1))
+        correct.append((torch.cat(predictions) == labels).numpy())
+        times["evaluation"] += time.perf_counter() - began
+    return {"times": times, "layer_seconds": layer_seconds, "correct": correct}
+
+
+def pyvene_logits(
+    model: Any,
+    rows: torch.Tensor,
+    base: Batch,
+    source: Batch,
+    base_at: torch.Tensor,
+    source_at: torch.Tensor,
+) -> torch.Tensor:
+    """pyvene's interchange of ``rows``: source position -> base position, candidate logits."""
+    b, s = base.select(rows), source.select(rows)
+    units = ([[[int(p)] for p in source_at[rows]]], [[[int(p)] for p in base_at[rows]]])
+    _, out = model(b.inputs, [s.inputs], unit_locations={"sources->base": units})
+    logits: torch.Tensor = out.logits[torch.arange(len(rows)), LONGEST - 1]
+    return logits[:, torch.tensor(KEY_TOKENS)]
+
+
+def _child(conn: Any, fn: Any, args: tuple[Any, ...]) -> None:
+    result = fn(*args)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    conn.send(result)
+    conn.close()
+
+
+def forked(fn: Any, *args: Any) -> dict[str, Any]:
+    """``fn(*args)`` in a forked process (its own peak RSS), its result sent back."""
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(send, fn, args))
+    process.start()
+    result: dict[str, Any] = receive.recv()
+    process.join()
+    return result
+
+
+def matmul_rate(rows: int) -> float:
+    """FLOP/s of a plain torch matmul of the model's MLP shape on ``rows`` positions."""
+    a, b = torch.randn(rows, WIDTH), torch.randn(WIDTH, 4 * WIDTH)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        began = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = min(best, (time.perf_counter() - began) / 10)
+    return 2 * rows * WIDTH * 4 * WIDTH / best
+
+
+def median_range(values: list[float]) -> str:
+    return f"{statistics.median(values):8.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="64 pairs, 1 repeat")
+    parser.add_argument("--pairs", type=int, help="training pairs (default 2,000; quick 64)")
+    parser.add_argument("--repeats", type=int, help="runs per tool (default 3; quick 1)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--positions", default="first,middle,last", help="of first,middle,last")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, both tools")
+    parser.add_argument("--memory-budget", type=float, default=2.0, help="GiB for our cache")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    pairs = args.pairs or (64 if args.quick else 2000)
+    repeats = args.repeats or (1 if args.quick else 3)
+    held_out = max(32, pairs // 4)
+    torch.set_num_threads(args.threads)
+    os.environ["ABSTRACTION_THREADS"] = str(args.threads)
+    budget = int(args.memory_budget * 2**30)
+    network = gpt2_small(args.seed)
+    task = RandomPrompts()
+    frames = {
+        "train": counterfactual_dataset(recall, pairs, [["answer"]], seed=args.seed),
+        "test": counterfactual_dataset(recall, held_out, [["answer"]], seed=args.seed + 1),
+    }
+    network.hash  # noqa: B018 - hashed once here, not in every forked run
+    config = TrainingConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.epochs,
+        seed=args.seed,
+    )
+    import_pyvene()
+    print(
+        f"GPT-2 small (12 x 768, random weights), prompts {SHORTEST}-{LONGEST} tokens left-padded "
+        f"to {LONGEST}; {pairs:,} training pairs, {held_out:,} test pairs; rank-1 DAS, "
+        f"{args.epochs} epoch(s), batch "
+        f"{args.batch_size}, Adam {args.lr}; {repeats} repeat(s); torch threads {args.threads}; "
+        f"our memory budget {args.memory_budget} GiB"
+    )
+    speedups: dict[str, float] = {}
+    for name in args.positions.split(","):
+        position = POSITIONS[name]
+        ours = [forked(run_ours, network, task, frames, position, config, budget)]
+        theirs = [forked(run_pyvene, network, task, frames, position, config)]
+        for _ in range(repeats - 1):
+            ours.append(forked(run_ours, network, task, frames, position, config, budget))
+            theirs.append(forked(run_pyvene, network, task, frames, position, config))
+        start = ours[0]["start"]
+        print(
+            f"\n== position {name} ({position!r}): our suffix runs positions {start}..{LONGEST - 1}"
+            f"; cache {ours[0]['cache']}"
+        )
+        print(f"{'phase':14s}{'abstraction s':>24s}{'pyvene s':>24s}{'ratio':>8s}")
+        totals = {"ours": [0.0] * repeats, "pyvene": [0.0] * repeats}
+        for phase in ("activations", "training", "evaluation"):
+            a = [r["times"][phase] for r in ours]
+            b = [r["times"][phase] for r in theirs]
+            for i in range(repeats):
+                totals["ours"][i] += a[i]
+                totals["pyvene"][i] += b[i]
+            ratio = statistics.median(b) / statistics.median(a) if statistics.median(a) else 0.0
+            print(f"{phase:14s}{median_range(a):>24s}{median_range(b):>24s}{ratio:7.1f}x")
+        speedup = statistics.median(totals["pyvene"]) / statistics.median(totals["ours"])
+        speedups[name] = speedup
+        print(
+            f"{'sweep':14s}{median_range(totals['ours']):>24s}"
+            f"{median_range(totals['pyvene']):>24s}{speedup:7.1f}x"
+        )
+        ideal = sum(pyvene_step_flops(layer, LONGEST) for layer in range(LAYERS)) / sum(
+            our_step_flops(layer, LONGEST, start) for layer in range(LAYERS)
+        )
+        trained = statistics.median([r["times"]["training"] for r in ours])
+        achieved = statistics.median([r["times"]["training"] for r in theirs]) / trained
+        print(
+            f"training steps: ideal speed-up from counted FLOPs {ideal:.1f}x, achieved "
+            f"{achieved:.1f}x ({achieved / ideal:.2f} of ideal)"
+        )
+        theirs_flops = sum(pyvene_step_flops(layer, LONGEST) for layer in range(LAYERS))
+        theirs_trained = statistics.median([r["times"]["training"] for r in theirs])
+        theirs_rate = theirs_flops * pairs * args.epochs / theirs_trained
+        print(f"pyvene's training phase: {theirs_rate / 1e9:.2f} GFLOP/s counted")
+        steps = args.epochs * -(-pairs // args.batch_size)
+        flops = sum(our_step_flops(layer, LONGEST, start) for layer in range(LAYERS))
+        flops *= pairs * args.epochs
+        rate = matmul_rate(args.batch_size * (LONGEST - start))
+        print(
+            f"our training phase: {flops / trained / 1e9:.2f} GFLOP/s counted; a "
+            f"({args.batch_size * (LONGEST - start)} x {WIDTH}) @ ({WIDTH} x {4 * WIDTH}) matmul "
+            f"here: {rate / 1e9:.2f} GFLOP/s; ratio {flops / trained / rate:.2f} "
+            f"({steps} steps per layer)"
+        )
+        print("per layer (median s): layer, suffix blocks, ours, ours per block, pyvene")
+        for layer in range(LAYERS):
+            mine = statistics.median([r["layer_seconds"][layer] for r in ours])
+            blocks = LAYERS - 1 - layer
+            other = statistics.median([r["layer_seconds"][layer] for r in theirs])
+            per = f"{mine / blocks:.3f}" if blocks else "-"
+            print(f"  {layer:2d} {blocks:3d} {mine:8.2f} {per:>8s} {other:8.2f}")
+        print(
+            f"peak RSS MiB: abstraction {max(r['peak_rss_mib'] for r in ours):,.0f}, pyvene "
+            f"{max(r['peak_rss_mib'] for r in theirs):,.0f}"
+        )
+        bases = frames["test"]["base_id"].to_numpy() if "base_id" in frames["test"] else None
+        a_correct = np.concatenate(ours[0]["correct"])
+        b_correct = np.concatenate(theirs[0]["correct"])
+        clusters = np.tile(bases, LAYERS) if bases is not None else None
+        a_iia, b_iia = iia(a_correct, clusters), iia(b_correct, clusters)
+        test = paired_test(a_correct, b_correct, clusters, alternative="two-sided")
+        best = max(range(LAYERS), key=lambda layer: ours[0]["correct"][layer].mean())
+        print(
+            f"IIA over the 12 cells x {held_out} test pairs: abstraction {a_iia.value:.3f} "
+            f"({a_iia.low:.3f}-{a_iia.high:.3f}), pyvene {b_iia.value:.3f} "
+            f"({b_iia.low:.3f}-{b_iia.high:.3f}); difference {test.difference.value:+.3f} "
+            f"(95% CI {test.difference.low:+.3f} to {test.difference.high:+.3f}), two-sided "
+            f"p = {test.p_value:.3g}; best cell (ours) layer {best}: "
+            f"{ours[0]['correct'][best].mean():.3f} vs {theirs[0]['correct'][best].mean():.3f}"
+        )
+    print("\nspeed-up per position: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedups.items()))
+    print("(targets: last >= 30x, first >= 3x)")
+    print(f"speedup_vs_pyvene={speedups.get('last', next(iter(speedups.values()))):.2f}")
+
+
+if __name__ == "__main__":
+    main()

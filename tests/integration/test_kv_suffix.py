@@ -1,0 +1,257 @@
+"""The key/value-reusing suffix: same logits as a full forward with the intervention.
+
+An interchange at position ``p`` of a GPT-2's residual stream leaves every later block
+unchanged at positions before ``p`` (causal attention), so the prefix cache keeps the
+base run's keys and values there and the suffix runs only on positions from ``p`` on.
+These tests compare that suffix with a full forward through the hook runtime
+(:func:`abstraction.intervene`) at the first, a middle and the last position, with
+left and right padding, at the first, a middle and the last layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config
+
+from abstraction import (
+    Location,
+    LowRankPatch,
+    Network,
+    PreparedInterchanges,
+    PromptTask,
+    causal_model,
+    counterfactual_dataset,
+    intervene,
+)
+from abstraction.alignment.prefix_cache import PrefixCache, supports_kv_reuse
+
+NAMES = ("Mary", "John", "Anna", "Kasimir", "Bob", "Theodora")
+LAYERS = 4
+
+
+@causal_model(inputs={"a": NAMES, "b": NAMES, "s_first": (True, False)})
+def ioi(a, b, s_first):  # type: ignore[no-untyped-def]
+    s = a if s_first else b
+    other = s != a
+    io = a if other else b
+    return io
+
+
+def distinct_names(rng: np.random.Generator, n: int) -> dict[str, Any]:
+    pairs = np.array([(x, y) for x in NAMES for y in NAMES if x != y])
+    chosen = pairs[rng.integers(len(pairs), size=n)]
+    return {"a": chosen[:, 0], "b": chosen[:, 1], "s_first": rng.random(n) < 0.5}
+
+
+TEMPLATES = (
+    "When {a} and {b} went to the store, {s} gave a drink to",
+    "Then {a} and {b} had fun. {s} handed it to",
+)
+
+
+@pytest.fixture(scope="module")
+def network(bpe_tokenizer: Any) -> Network:
+    config = GPT2Config(
+        n_layer=LAYERS,
+        n_embd=32,
+        n_head=4,
+        n_positions=64,
+        vocab_size=len(bpe_tokenizer),
+        pad_token_id=bpe_tokenizer.pad_token_id,
+    )
+    return Network.from_config(config, seed=0)
+
+
+def _data() -> Any:
+    return counterfactual_dataset(
+        ioi, 96, [["s"]], sampler=distinct_names, source_sampler=distinct_names, seed=0
+    )
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("position", [0, "s.last", "last"], ids=["first", "middle", "last"])
+@pytest.mark.parametrize("layer", [0, 1, LAYERS - 1])
+def test_kv_suffix_equals_a_full_forward(
+    network: Network, bpe_tokenizer: Any, padding: str, position: int | str, layer: int
+) -> None:
+    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding=padding)
+    data = _data()
+    location = Location(layer=layer, position=position)
+    prepared = PreparedInterchanges(network, task, data, location, ["s"])
+    base = task.batch(data, "base.")
+    length = base.inputs["input_ids"].shape[1]
+    assert prepared.cache is not None
+    if position == "last" and padding == "left":
+        assert prepared.start == length - 1  # one position runs; the rest is reused
+    if position != 0:
+        assert prepared.start > 0
+        assert len(prepared.cache.past(slice(0, 2))) == LAYERS - 1 - layer
+        assert prepared.cache.shape[1] == length - prepared.start
+    basis = torch.linalg.qr(torch.randn(32, 2, generator=torch.Generator().manual_seed(1)))[0]
+    patch = LowRankPatch(location, basis)
+    cached = prepared.logits(slice(None), {"s": patch})
+    reference = intervene(network, base, [patch], [task.batch(data, "source.s.")])
+    torch.testing.assert_close(cached, reference, rtol=1e-5, atol=1e-5)
+    # and the intervention changed something: the comparison is not between two no-ops
+    # (after the last block only an edit at the read-out position can reach the logits)
+    if layer < LAYERS - 1 or position == "last":
+        plain = intervene(network, base, [])
+        assert not torch.allclose(reference, plain, atol=1e-4)
+    prepared.close()
+
+
+def test_gradients_flow_through_the_kv_suffix(network: Network, bpe_tokenizer: Any) -> None:
+    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="left")
+    data = _data()
+    location = Location(layer=1, position="last")
+    fast = PreparedInterchanges(network, task, data, location, ["s"])
+    slow = PreparedInterchanges(network, task, data, location, ["s"], reuse_keys_values=False)
+    assert fast.start > 0 and slow.start == 0
+    grads = []
+    for prepared in (fast, slow):
+        weight = torch.linalg.qr(torch.randn(32, 1, generator=torch.Generator().manual_seed(2)))[0]
+        weight.requires_grad_(True)
+        logits = prepared.logits(slice(None), {"s": LowRankPatch(location, weight)})
+        logits.logsumexp(-1).sum().backward()
+        assert weight.grad is not None
+        grads.append(weight.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
+def test_disk_spilled_kv_cache_equals_the_in_memory_one(
+    network: Network, bpe_tokenizer: Any, tmp_path: Any
+) -> None:
+    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="right")
+    base = task.batch(_data(), "base.")
+    memory = PrefixCache(network, base, 1, start=5)
+    disk = PrefixCache(network, base, 1, start=5, memory_budget=0, directory=tmp_path)
+    assert (memory.storage, disk.storage) == ("memory", "disk")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "prefix-hidden1.npy",
+        *(f"prefix-kv{j}.npy" for j in range(2, LAYERS)),
+    ]
+    rows = torch.tensor([7, 3, 50, 0])
+    torch.testing.assert_close(memory.get(rows), disk.get(rows), rtol=0, atol=0)
+    for (k1, v1), (k2, v2) in zip(memory.past(rows), disk.past(rows), strict=True):
+        torch.testing.assert_close(k1, k2, rtol=0, atol=0)
+        torch.testing.assert_close(v1, v2, rtol=0, atol=0)
+    assert len(memory.past(rows)) == LAYERS - 2
+
+
+def test_disk_spilled_prepared_interchanges_give_the_same_logits(
+    network: Network, bpe_tokenizer: Any
+) -> None:
+    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="left")
+    data = _data()
+    location = Location(layer=0, position="last")
+    memory = PreparedInterchanges(network, task, data, location, ["s"])
+    disk = PreparedInterchanges(network, task, data, location, ["s"], memory_budget=0)
+    assert memory.cache is not None and disk.cache is not None
+    assert (memory.cache.storage, disk.cache.storage) == ("memory", "disk")
+    patch = LowRankPatch(location, torch.eye(32)[:, :3])
+    rows = torch.tensor([5, 1, 90, 33])
+    torch.testing.assert_close(
+        memory.logits(rows, {"s": patch}), disk.logits(rows, {"s": patch}), rtol=0, atol=0
+    )
+    disk.close()
+    memory.close()
+
+
+def test_other_families_fall_back_to_the_whole_suffix() -> None:
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=40,
+    )
+    llama = Network.from_config(config, seed=0)
+    assert not supports_kv_reuse(llama)
+    from abstraction.errors import AbstractionError
+
+    batch_ids = torch.randint(0, 40, (3, 6), generator=torch.Generator().manual_seed(0))
+    from abstraction.network import Batch
+
+    with pytest.raises(AbstractionError, match="cannot reuse keys and values"):
+        PrefixCache(llama, Batch({"input_ids": batch_ids}), 0, start=2)
+
+
+@pytest.mark.parametrize("position", [0, "last"], ids=["first", "last"])
+def test_locations_prepared_together_equal_each_prepared_alone(
+    network: Network, bpe_tokenizer: Any, position: int | str
+) -> None:
+    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="right")
+    data = _data()
+    locations = [Location(layer=layer, position=position) for layer in range(LAYERS)]
+    together = PreparedInterchanges.for_locations(network, task, data, locations, ["s"])
+    basis = torch.linalg.qr(torch.randn(32, 1, generator=torch.Generator().manual_seed(3)))[0]
+    rows = torch.tensor([4, 80, 2, 41])
+    for location, shared in zip(locations, together, strict=True):
+        alone = PreparedInterchanges(network, task, data, location, ["s"])
+        assert shared.start == alone.start or position == "last"  # shared: earliest of all
+        torch.testing.assert_close(shared.sources["s"], alone.sources["s"], rtol=0, atol=1e-6)
+        patch = {"s": LowRankPatch(location, basis)}
+        torch.testing.assert_close(
+            shared.logits(rows, patch), alone.logits(rows, patch), rtol=1e-5, atol=1e-5
+        )
+        alone.close()
+    for shared in together:
+        shared.close()
+
+
+def test_training_on_a_disk_spilled_cache_equals_training_in_memory(
+    network: Network, bpe_tokenizer: Any
+) -> None:
+    """Shuffled training reads a disk cache through the permutation: same rows, same result."""
+    from abstraction import TrainingConfig
+    from abstraction.alignment.das import fit, reproducible
+
+    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="left")
+    data = _data()
+    location = Location(layer=1, position="last")
+    config = TrainingConfig(epochs=2, batch_size=16, lr=1e-2, seed=0)
+    bases = []
+    for budget in (2**30, 0):
+        prepared = PreparedInterchanges(network, task, data, location, ["s"], memory_budget=budget)
+        assert prepared.cache is not None
+        assert prepared.cache.storage == ("memory" if budget else "disk")
+        alignment = reproducible(fit)(
+            prepared, None, task, ["s"], method="low_rank", rank=1, config=config
+        )
+        bases.append(alignment.basis)
+        prepared.close()
+    assert bases[0] is not None and bases[1] is not None
+    torch.testing.assert_close(bases[0], bases[1], rtol=1e-5, atol=1e-6)
+
+
+def test_sweep_prepares_each_position_once_with_the_same_results(
+    network: Network, bpe_tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from abstraction import TrainingConfig, sweep
+    from abstraction.alignment import sweep as sweep_module
+
+    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="right")
+    data = _data()
+    config = TrainingConfig(epochs=1, batch_size=32)
+    calls: list[int] = []
+    together = sweep_module._prepare_together
+
+    def counting(*args: Any) -> Any:
+        calls.append(len(args[4]))
+        return together(*args)
+
+    monkeypatch.setattr(sweep_module, "_prepare_together", counting)
+    shared = sweep(network, task, data, data, ["s"], positions=["s.last", "last"], config=config)
+    assert calls == [LAYERS, LAYERS]  # one shared preparation per position
+    monkeypatch.setattr(sweep_module, "_prepare_together", lambda *args: None)
+    alone = sweep(network, task, data, data, ["s"], positions=["s.last", "last"], config=config)
+    assert shared.cells["val_iia"].tolist() == alone.cells["val_iia"].tolist()
+    assert shared.alignment.basis is not None and alone.alignment.basis is not None
+    torch.testing.assert_close(shared.alignment.basis, alone.alignment.basis, rtol=1e-5, atol=1e-6)
