@@ -264,7 +264,9 @@ class FeaturePatch(Intervention):
         decoded = self.featurizer.decode(encoded)
         mask = _like(self.mask, encoded)
         swapped = encoded + mask * (self.featurizer.encode(source) - encoded)
-        return self.featurizer.decode(swapped) + (base - decoded)
+        # base + (decode(swapped) - decode(encoded)) equals decode(swapped) + the base's
+        # reconstruction error, and is exactly the base when nothing is swapped
+        return base + (self.featurizer.decode(swapped) - decoded)
 
 
 @dataclass(frozen=True, repr=False, eq=False)
