@@ -65,6 +65,20 @@ def _encode(task: Task, data: pd.DataFrame, variables: Sequence[str]) -> _Encode
     )
 
 
+def _collect(
+    network: Network, batch: Batch, sites: Sequence[ResolvedLocation], batch_size: int
+) -> list[torch.Tensor]:
+    """Activations of every row of ``batch`` at each of ``sites``, from one pass per chunk."""
+    parts: list[list[torch.Tensor]] = [[] for _ in sites]
+    with torch.no_grad():
+        for start in range(0, len(batch), batch_size):
+            chunk = batch.select(slice(start, start + batch_size))
+            found = collect(network, chunk, [site.location for site in sites])
+            for part, activations in zip(parts, found, strict=True):
+                part.append(activations.cpu())
+    return [torch.cat(part) for part in parts]
+
+
 class PreparedInterchanges:
     """A counterfactual dataset prepared for interchange interventions.
 
@@ -101,7 +115,7 @@ class PreparedInterchanges:
         self._setup(network, task, data, location, variables, _encode(task, data, variables))
         batch_size = min(batch_size, self._rows_per_pass())
         self.sources: dict[str, torch.Tensor] = {
-            v: self._collect(task.batch(data, f"source.{v}."), self.sites[v], batch_size)
+            v: _collect(network, task.batch(data, f"source.{v}."), [self.sites[v]], batch_size)[0]
             for v in self.variables
         }
         self.start = self._first_position() if reuse_keys_values else 0
@@ -150,17 +164,10 @@ class PreparedInterchanges:
         first = prepared[0]
         batch_size = min(batch_size, first._rows_per_pass())
         for v in first.variables:
-            source = task.batch(data, f"source.{v}.")
             sites = [item.sites[v] for item in prepared]
-            parts: list[list[torch.Tensor]] = [[] for _ in sites]
-            with torch.no_grad():
-                for s in range(0, len(source), batch_size):
-                    chunk = source.select(slice(s, s + batch_size))
-                    found = collect(network, chunk, [site.location for site in sites])
-                    for part, act in zip(parts, found, strict=True):
-                        part.append(act.cpu())
-            for item, part in zip(prepared, parts, strict=True):
-                item.sources[v] = torch.cat(part)
+            found = _collect(network, task.batch(data, f"source.{v}."), sites, batch_size)
+            for item, activations in zip(prepared, found, strict=True):
+                item.sources[v] = activations
         cuts = [item.cut for item in prepared]
         start = min(item._first_position() for item in prepared) if reuse_keys_values else 0
         if None in cuts:
@@ -249,14 +256,6 @@ class PreparedInterchanges:
                 return 0
             first = min(first, int(positions.min()))
         return max(first, 0)
-
-    def _collect(self, batch: Batch, site: ResolvedLocation, batch_size: int) -> torch.Tensor:
-        parts = []
-        with torch.no_grad():
-            for start in range(0, len(batch), batch_size):
-                chunk = batch.select(slice(start, start + batch_size))
-                parts.append(collect(self.network, chunk, [site.location])[0].cpu())
-        return torch.cat(parts)
 
     @property
     def multi_site(self) -> bool:
