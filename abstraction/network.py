@@ -458,16 +458,18 @@ class Network:
         a GPT-2 then skips the unembedding, whose logits over the whole vocabulary at
         every position are the largest tensor of the forward pass.
         """
+        base = self.base_model
         prefix = getattr(self.module, "base_model_prefix", "")
-        base = getattr(self.module, prefix, None) if isinstance(prefix, str) and prefix else None
-        if (
-            isinstance(base, nn.Module)
-            and base is not self.module
-            and paths
-            and all(p.startswith(prefix + ".") for p in paths)
-        ):
+        if base is not None and paths and all(p.startswith(f"{prefix}.") for p in paths):
             return base(**inputs, **_call_options(base))
         return self.call(inputs)
+
+    @property
+    def base_model(self) -> nn.Module | None:
+        """A Hugging Face model's base model (the blocks without the head), or ``None``."""
+        prefix = getattr(self.module, "base_model_prefix", "")
+        base = getattr(self.module, prefix, None) if isinstance(prefix, str) and prefix else None
+        return base if isinstance(base, nn.Module) and base is not self.module else None
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """Run the module on ``batch`` and return the readout logits ``(batch, classes)``."""

@@ -70,16 +70,9 @@ def supports_kv_reuse(network: Network) -> bool:
     return network.family in KV_FAMILIES and _unembedding(network) is not None
 
 
-def _base_model(network: Network) -> nn.Module | None:
-    base = getattr(network.module, "base_model", None)
-    if not isinstance(base, nn.Module) or base is network.module:
-        return None
-    return base
-
-
 def _unembedding(network: Network) -> nn.Linear | None:
     """The output embedding when the logits are exactly ``hidden @ W.T (+ b)``."""
-    if network.family not in _READOUT_FAMILIES or _base_model(network) is None:
+    if network.family not in _READOUT_FAMILIES or network.base_model is None:
         return None
     config = network.config
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
@@ -184,7 +177,7 @@ def run_suffix(
         with stub_blocks(network, cut, hidden, tuple_len), hooked(network, edits):
             output = network.call(batch.inputs)
         return readout_logits(output, batch)
-    base = _base_model(network)
+    base = network.base_model
     assert base is not None and batch.readout is not None
     inputs: dict[str, Any] = dict(batch.inputs)
     if start > 0:
@@ -507,7 +500,7 @@ def _keys_values(
 ) -> dict[int, torch.Tensor]:
     """Blocks ``later``'s keys and values at positions ``..start-1``, each
     ``(rows, 2, heads, start, dim)`` on the CPU."""
-    base = _base_model(network)
+    base = network.base_model
     assert base is not None
     output = base(**chunk.inputs, use_cache=True)
     if not later:
