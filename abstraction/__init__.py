@@ -28,7 +28,8 @@ Modules, in the order data flows (each imports only modules above it):
 ``statistics``       clustered bootstrap, permutation tests, corrections (arrays only)
 ``alignment/``       ``prefix_cache`` -> ``prepared`` (data ready at one site) ->
                      ``result`` (:class:`Alignment`, saved) -> ``masks`` (DBM over
-                     neurons, PCA, SAE features) -> ``das`` (training) -> ``sweep``
+                     neurons, PCA, SAE features) -> ``das`` (training) ->
+                     ``staircase`` (a position's layer cells trained together) -> ``sweep``
 ``baselines``        the nulls, built as interventions on the same prepared data
 ``diagnostics``      illusion diagnostics (dormant, disconnected, subspace vs full patch)
 ``verdict``          ``verify`` gathers evidence, ``decide`` gives the verdict; ``compare``
@@ -54,7 +55,9 @@ from abstraction.alignment import (
     align,
     align_sites,
     evaluate,
+    evaluate_cells,
     fit,
+    fit_cells,
     fit_sites,
 )
 from abstraction.alignment.sweep import Cell, SweepResult, sweep
@@ -192,9 +195,11 @@ __all__ = [
     "counterfactual_dataset",
     "decide",
     "evaluate",
+    "evaluate_cells",
     "exhaustive_size",
     "factual_dataset",
     "fit",
+    "fit_cells",
     "fit_sites",
     "from_function",
     "from_pyvene",

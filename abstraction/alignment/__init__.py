@@ -5,8 +5,9 @@ outputs computed once), :mod:`~abstraction.alignment.prepared` (a counterfactual
 dataset made ready at one site), :mod:`~abstraction.alignment.das` (training),
 :mod:`~abstraction.alignment.result` (the trained :class:`Alignment`, saved and
 loaded), :mod:`~abstraction.alignment.masks` (DBM: learned binary masks over neurons,
-PCA components or SAE features) and :mod:`~abstraction.alignment.sweep` (many sites,
-chosen on validation).
+PCA components or SAE features), :mod:`~abstraction.alignment.staircase` (a position's
+layer cells trained and scored together) and :mod:`~abstraction.alignment.sweep` (many
+sites, chosen on validation).
 """
 
 from abstraction.alignment.das import (
@@ -22,6 +23,7 @@ from abstraction.alignment.das import (
 from abstraction.alignment.prefix_cache import PrefixCache
 from abstraction.alignment.prepared import Interventions, PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError, library_versions
+from abstraction.alignment.staircase import evaluate_cells, fit_cells
 
 __all__ = [
     "FEATURE_METHODS",
@@ -35,7 +37,9 @@ __all__ = [
     "align",
     "align_sites",
     "evaluate",
+    "evaluate_cells",
     "fit",
+    "fit_cells",
     "fit_sites",
     "library_versions",
 ]

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
+import os
+import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -45,15 +48,83 @@ from abstraction.runtime import Edit, hooked
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "KV_FAMILIES",
+    "MEMORY_BUDGET_VARIABLE",
     "PrefixCache",
+    "budgeted",
     "cut_layer",
+    "memory_budget",
+    "memory_budget_scope",
     "run_suffix",
     "stub_blocks",
     "supports_kv_reuse",
 ]
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """Bytes of activations held in RAM before the cache moves to a memory-mapped file."""
+
+MEMORY_BUDGET_VARIABLE = "ABSTRACTION_MEMORY_BUDGET"
+"""Environment variable: the memory budget of caches built without an explicit one, in
+bytes or with a unit (``512MiB``, ``4GiB``). :func:`memory_budget_scope` sets it."""
+
+_UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def memory_budget(value: int | None = None) -> int:
+    """The cache budget in bytes: ``value``, else ``$ABSTRACTION_MEMORY_BUDGET``, else
+    :data:`DEFAULT_MEMORY_BUDGET`."""
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise AbstractionError(
+                f"memory_budget must be a number of bytes >= 0, got {value!r} "
+                "(e.g. 4 * 2**30 for 4 GiB; 0 puts every cache on disk)"
+            )
+        return value
+    text = os.environ.get(MEMORY_BUDGET_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MEMORY_BUDGET
+    found = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([A-Za-z]*)", text)
+    unit = found.group(2).upper() if found else ""
+    if found is None or unit not in _UNITS:
+        raise AbstractionError(
+            f"{MEMORY_BUDGET_VARIABLE}={text!r} is not a size; give bytes or a number with "
+            "a unit: 512MiB, 4GiB"
+        )
+    return int(float(found.group(1)) * _UNITS[unit])
+
+
+@contextlib.contextmanager
+def memory_budget_scope(value: int | None) -> Iterator[None]:
+    """Within the context, caches built without an explicit budget hold ``value`` bytes
+    in RAM (``None``: leave the current setting)."""
+    if value is None:
+        yield
+        return
+    memory_budget(value)  # refuse a bad value before anything runs
+    before = os.environ.get(MEMORY_BUDGET_VARIABLE)
+    os.environ[MEMORY_BUDGET_VARIABLE] = str(value)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[MEMORY_BUDGET_VARIABLE]
+        else:
+            os.environ[MEMORY_BUDGET_VARIABLE] = before
+
+
+def budgeted(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``function`` within :func:`memory_budget_scope` of its ``memory_budget`` keyword
+    (an entry point's budget reaches every cache it builds, however deep)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        chosen = kwargs.get("memory_budget")
+        with memory_budget_scope(chosen if isinstance(chosen, int) else None):
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 KV_FAMILIES = ("gpt2",)
@@ -261,7 +332,8 @@ class PrefixCache:
         network: the network.
         batch: the whole dataset as one batch (rows are examples).
         cut: the block whose output is cached.
-        memory_budget: bytes allowed in RAM; above it the cache is memory-mapped files.
+        memory_budget: bytes allowed in RAM; above it the cache is memory-mapped files
+            (default: :func:`memory_budget`).
         batch_size: rows per forward pass while filling the cache.
         directory: where a memory-mapped cache is written (a temporary directory by
             default, removed with the cache).
@@ -278,7 +350,7 @@ class PrefixCache:
         batch: Batch,
         cut: int,
         *,
-        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        memory_budget: int | None = None,
         batch_size: int = 2048,
         directory: str | Path | None = None,
         start: int = 0,
@@ -293,7 +365,7 @@ class PrefixCache:
         batch: Batch,
         cuts: Sequence[int],
         *,
-        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        memory_budget: int | None = None,
         batch_size: int = 2048,
         directory: str | Path | None = None,
         start: int = 0,
@@ -359,22 +431,25 @@ class PrefixCache:
             out.append((both[:, 0], both[:, 1]))
         return out
 
-    def reordered(self, order: torch.Tensor) -> PrefixCache:
+    def reordered(self, order: torch.Tensor, *, keys_values: bool = True) -> PrefixCache:
         """This cache with rows permuted by ``order`` (for shuffled training).
 
         A small in-memory cache is copied in the new order (contiguous reads per step);
         a cache on disk, or one whose copy would not fit the memory budget, keeps its
-        storage and reads its rows through the permutation.
+        storage and reads its rows through the permutation. ``keys_values=False``: the
+        view holds no keys and values (:meth:`past` returns none).
         """
         assert self._data is not None, "the cache is closed"
         view = copy.copy(self)
         view._filled = None  # a view: closing it leaves the shared storage alone
+        if not keys_values:
+            view._kv = []
         order = order if self._order is None else self._order[order]
         budget = self._filled.budget if self._filled is not None else 0
-        if self.storage == "memory" and 2 * self.nbytes <= budget:
+        if self.storage == "memory" and 2 * view.nbytes <= budget:
             assert isinstance(self._data, torch.Tensor)
             view._data = self._data[order]
-            view._kv = [kv[order] for kv in self._kv]
+            view._kv = [kv[order] for kv in view._kv]
             view._order = None
         else:
             view._order = order
@@ -402,7 +477,7 @@ class _Filled:
         network: Network,
         batch: Batch,
         cuts: list[int],
-        budget: int,
+        budget: int | None,
         batch_size: int,
         directory: str | Path | None,
         start: int,
@@ -419,7 +494,7 @@ class _Filled:
             )
         self.rows = len(batch)
         self.start = start
-        self.budget = budget
+        self.budget = memory_budget(budget)
         self.directory = directory
         self.users = 0
         self.tuple_len = 0

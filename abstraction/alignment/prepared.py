@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 
 from abstraction.alignment.prefix_cache import (
-    DEFAULT_MEMORY_BUDGET,
     PrefixCache,
     cut_layer,
     run_suffix,
@@ -26,8 +25,8 @@ from abstraction.alignment.prefix_cache import (
 from abstraction.errors import AbstractionError, UnknownNameError, nearest
 from abstraction.interventions import Intervention, InterventionError
 from abstraction.locations import Location, ResolvedLocation, resolve, resolve_positions
-from abstraction.network import Batch, Network, readout_logits
-from abstraction.runtime import Applied, collect, hooked, site_edit
+from abstraction.network import FAMILIES, Batch, Network, readout_logits
+from abstraction.runtime import Applied, Edit, collect, hooked, site_edit
 from abstraction.task import Task
 
 __all__ = ["PASS_BYTES", "Interventions", "PreparedInterchanges"]
@@ -72,11 +71,46 @@ def _collect(
     parts: list[list[torch.Tensor]] = [[] for _ in sites]
     with torch.no_grad():
         for start in range(0, len(batch), batch_size):
-            chunk = batch.select(slice(start, start + batch_size))
+            chunk = _causal_prefix(network, batch.select(slice(start, start + batch_size)), sites)
             found = collect(network, chunk, [site.location for site in sites])
             for part, activations in zip(parts, found, strict=True):
                 part.append(activations.cpu())
     return [torch.cat(part) for part in parts]
+
+
+def _causal_prefix(network: Network, batch: Batch, sites: Sequence[ResolvedLocation]) -> Batch:
+    """``batch`` without the tokens after the last position any site reads.
+
+    In a causal language model nothing at position ``p`` depends on later tokens, so
+    collecting a source at the first token needs one position of each sequence, not
+    all of them. Other networks, and sites without a position, get ``batch`` as is.
+    """
+    family = FAMILIES.get(network.family)
+    ids = batch.inputs.get("input_ids")
+    causal = getattr(network.config, "is_causal", True) is not False
+    if family is None or family.auto_class != "AutoModelForCausalLM" or not causal:
+        return batch
+    if ids is None or ids.dim() != 2:
+        return batch
+    length = int(ids.shape[1])
+    wanted = [resolve_positions(site.location.position, batch, length) for site in sites]
+    if any(positions is None or len(positions) == 0 for positions in wanted):
+        return batch
+    last = max(int(positions.max()) for positions in wanted if positions is not None)
+    if last + 1 >= length:
+        return batch
+    inputs = {
+        k: v[:, : last + 1] if v.dim() >= 2 and v.shape[1] == length else v
+        for k, v in batch.inputs.items()
+    }
+    readout = None if batch.readout is None else batch.readout.clamp(max=last)
+    cut = Batch(inputs, batch.positions, readout, batch.candidates)
+    for site, positions in zip(sites, wanted, strict=True):
+        # positions counted from a sequence's end would move: keep those whole
+        again = resolve_positions(site.location.position, cut, last + 1)
+        if again is None or positions is None or not torch.equal(again, positions):
+            return batch
+    return cut
 
 
 class PreparedInterchanges:
@@ -94,7 +128,8 @@ class PreparedInterchanges:
         data: a counterfactual dataset (see :mod:`abstraction.counterfactuals`).
         location: the intervention site, or one site per variable.
         variables: the causal variables whose sources are prepared.
-        memory_budget: bytes of cached activations held in RAM before using disk.
+        memory_budget: bytes of cached activations held in RAM before using disk
+            (default: :func:`~abstraction.alignment.prefix_cache.memory_budget`).
         batch_size: rows per forward pass while preparing.
         reuse_keys_values: allow the key/value-reusing suffix where it applies
             (``False``: always run the suffix on every position, e.g. to compare).
@@ -108,7 +143,7 @@ class PreparedInterchanges:
         location: Location | Mapping[str, Location],
         variables: Sequence[str],
         *,
-        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        memory_budget: int | None = None,
         batch_size: int = 16384,
         reuse_keys_values: bool = True,
     ) -> None:
@@ -141,7 +176,7 @@ class PreparedInterchanges:
         locations: Sequence[Location],
         variables: Sequence[str],
         *,
-        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        memory_budget: int | None = None,
         batch_size: int = 16384,
         reuse_keys_values: bool = True,
     ) -> list[PreparedInterchanges]:
@@ -324,25 +359,12 @@ class PreparedInterchanges:
     ) -> torch.Tensor:
         """Readout logits of base rows ``rows`` with ``interventions`` applied."""
         base = self.base.select(rows)
-        applied = self.applied(rows, interventions)
-        start = self.cache.start if self.cache is not None else 0
-        edits = [
-            (site, site_edit(site, base, here, offset=start if self._at_cut(site) else 0))
-            for site in self._distinct
-            if (here := [a for a in applied if a.intervention.location == site.location])
-        ]
         if self.cache is None:
+            edits = self._edits(base, rows, interventions, 0)
             batch = base.to(self.network.device)
             with hooked(self.network, edits):
                 return readout_logits(self.network.call(batch.inputs), batch)
-        hidden = self.cache.get(rows).to(self.network.device)
-        hooks = []
-        for site, edit in edits:
-            if self._at_cut(site):
-                # The cached block output is the site itself: edit it before the suffix runs.
-                hidden = edit(hidden)
-            else:
-                hooks.append((site, edit))
+        hidden, hooks = self.suffix_input(rows, interventions, base)
         past = [
             (k.to(self.network.device), v.to(self.network.device)) for k, v in self.cache.past(rows)
         ]
@@ -353,9 +375,39 @@ class PreparedInterchanges:
             hidden,
             hooks,
             tuple_len=self.cache.tuple_len,
-            start=start,
-            past=past if start else None,
+            start=self.cache.start,
+            past=past if self.cache.start else None,
         )
+
+    def suffix_input(
+        self,
+        rows: torch.Tensor | slice,
+        interventions: Interventions = None,
+        base: Batch | None = None,
+    ) -> tuple[torch.Tensor, list[tuple[ResolvedLocation, Edit]]]:
+        """The cached block output of ``rows`` with the edits at the cut applied, and
+        the edits of sites after the cut (to hook into the suffix)."""
+        assert self.cache is not None, "no prefix cache: these interchanges run whole passes"
+        base = self.base.select(rows) if base is None else base
+        hidden = self.cache.get(rows).to(self.network.device)
+        hooks = []
+        for site, edit in self._edits(base, rows, interventions, self.cache.start):
+            if self._at_cut(site):
+                # The cached block output is the site itself: edit it before the suffix runs.
+                hidden = edit(hidden)
+            else:
+                hooks.append((site, edit))
+        return hidden, hooks
+
+    def _edits(
+        self, base: Batch, rows: torch.Tensor | slice, interventions: Interventions, start: int
+    ) -> list[tuple[ResolvedLocation, Edit]]:
+        applied = self.applied(rows, interventions)
+        return [
+            (site, site_edit(site, base, here, offset=start if self._at_cut(site) else 0))
+            for site in self._distinct
+            if (here := [a for a in applied if a.intervention.location == site.location])
+        ]
 
     def _at_cut(self, site: ResolvedLocation) -> bool:
         return self.cache is not None and site.is_block_output and cut_layer(site) == self.cache.cut
@@ -390,13 +442,15 @@ class PreparedInterchanges:
         rows = torch.arange(self.rows) if rows is None else rows
         return self.predict(interventions, rows) == self.labels[rows]
 
-    def reordered(self, order: torch.Tensor) -> PreparedInterchanges:
+    def reordered(self, order: torch.Tensor, *, keys_values: bool = True) -> PreparedInterchanges:
         """A view with rows permuted by ``order``, materialised once.
 
         Training takes contiguous slices of a shuffled copy instead of gathering
         random rows at every step, which is several times faster for small networks.
         A prefix cache on disk (or too large to copy) stays where it is and is read
-        through the permutation (see :meth:`PrefixCache.reordered`).
+        through the permutation (see :meth:`PrefixCache.reordered`). ``keys_values=False``
+        leaves the cached keys and values out of the view (a staircase of cells reads
+        them from one cell only).
         """
         view = copy.copy(self)
         view.base = self.base.select(order)
@@ -406,7 +460,7 @@ class PreparedInterchanges:
         view.do = {v: m[order] for v, m in self.do.items()}
         view.sources = {v: t[order] for v, t in self.sources.items()}
         if self.cache is not None:
-            view.cache = self.cache.reordered(order)
+            view.cache = self.cache.reordered(order, keys_values=keys_values)
         return view
 
     def close(self) -> None:

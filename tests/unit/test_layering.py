@@ -31,6 +31,7 @@ ORDER = [
     "alignment.result",
     "alignment.masks",
     "alignment.das",
+    "alignment.staircase",
     "alignment.sweep",
     "baselines",
     "diagnostics",

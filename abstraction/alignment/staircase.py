@@ -1,0 +1,490 @@
+"""A staircase: a sweep's cells at one position, trained and scored in one pass per step.
+
+A layer sweep at one position prepares every cell from the same base rows
+(:meth:`~abstraction.alignment.prepared.PreparedInterchanges.for_locations`): the cell
+at layer ``l`` edits block ``l``'s cached output and runs blocks ``l+1..`` on it. Run
+one cell at a time, each multiplies small matrices (at the last position, one row per
+pair) through its own suffix, so a 12-layer sweep reads each block's weights up to 11
+times per step and pays the model's per-call overhead 12 times. The staircase runs
+block ``j`` once on the stacked rows of every cell whose cut lies before ``j``: cells
+join as the blocks pass their cuts, all reusing the base run's keys and values before
+the intervened position.
+
+:func:`fit_cells` trains each cell's own rotation with its own early stopping; the
+summed loss gives each rotation exactly its own gradient and Adam updates every
+parameter on its own, so the result is the cells' :func:`~abstraction.alignment.das.fit`
+run one at a time, up to the rounding of larger matrix products. Where the staircase
+does not apply (see :func:`staircase_unsupported`) it fits the cells one at a time.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from abstraction.alignment.das import (
+    TrainingConfig,
+    _Rotation,
+    _subspaces,
+    evaluate,
+    fit,
+    reproducible,
+)
+from abstraction.alignment.prefix_cache import _past_cache, _unembed, _unembedding
+from abstraction.alignment.prepared import PASS_BYTES, Interventions, PreparedInterchanges
+from abstraction.alignment.result import Alignment, AlignmentError
+from abstraction.interventions import LowRankPatch
+from abstraction.network import Batch, Network
+from abstraction.task import Task
+
+__all__ = ["evaluate_cells", "fit_cells", "staircase_logits", "staircase_unsupported"]
+
+STAIRCASE_METHODS = ("das", "low_rank")
+"""Alignment methods :func:`fit_cells` trains as a staircase (others: one cell at a time)."""
+
+SMALL_STEP_ROWS = 128
+"""A cell's step is small when it multiplies at most this many rows (pairs times
+positions the suffix runs on): such products run far below the machine's matmul rate
+one cell at a time, and stacking the cells pays. Larger steps already run near it, and
+stacking them only makes the elementwise work spill out of the caches (measured on the
+GPT-2-small benchmark: at the last position a 12-layer sweep trains 1.7x faster as a
+staircase, with 12 positions in the suffix 1.1-1.2x slower)."""
+
+
+def _block_calling(network: Network) -> bool:
+    """Whether the blocks take ``(hidden, cache, attention_mask, ...)`` and return the hidden
+    state (GPT-2 in transformers 5), and the causal mask can be built for them."""
+    if network.family != "gpt2" or network.blocks is None or len(network.blocks) == 0:
+        return False
+    names = list(inspect.signature(network.blocks[0].forward).parameters)
+    if names[:3] not in (
+        ["hidden_states", "cache", "attention_mask"],
+        ["hidden_states", "past_key_values", "attention_mask"],
+    ):
+        return False
+    try:
+        from transformers.masking_utils import create_causal_mask
+    except ImportError:
+        return False
+    return "allow_is_causal_skip" in inspect.signature(create_causal_mask).parameters
+
+
+def staircase_unsupported(cells: Sequence[PreparedInterchanges]) -> str | None:
+    """Why ``cells`` cannot run as one staircase, or ``None`` when they can.
+
+    They can when they were prepared together (one shared prefix cache, so the same
+    base rows), on a GPT-2-family network with a known unembedding, and every
+    variable of every cell lives at the cached block output (no hooks after the cut).
+    """
+    if len(cells) < 2:
+        return "a staircase needs two or more cells"
+    first = cells[0]
+    if any(cell.cache is None for cell in cells):
+        return "some cells have no prefix cache"
+    filled = [cell.cache._filled for cell in cells if cell.cache is not None]
+    if filled[0] is None or any(f is not filled[0] for f in filled):
+        return "the cells were not prepared together (PreparedInterchanges.for_locations)"
+    if any(cell.network is not first.network for cell in cells):
+        return "the cells belong to different networks"
+    if any(cell.variables != first.variables for cell in cells):
+        return "the cells align different variables"
+    if first.base.readout is None or _unembedding(first.network) is None:
+        return "the network has no known unembedding at a readout position"
+    if not _block_calling(first.network):
+        return f"{first.network.family} blocks are not supported (GPT-2 in transformers 5 is)"
+    for cell in cells:
+        if cell.multi_site or not cell._at_cut(cell.site):
+            return f"{cell.site.location} is not the cached block output"
+    return None
+
+
+class _RepeatedPast:
+    """The base run's keys and values before the suffix, repeated for stacked cells.
+
+    Passed to the blocks as their cache: attention appends the suffix's own keys and
+    values to the past ones (:meth:`update`) as ``DynamicCache`` does.
+    """
+
+    def __init__(self, past: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.past = past
+
+    def update(
+        self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        past_keys, past_values = self.past[layer_idx]
+        return _after(past_keys, keys), _after(past_values, values)
+
+
+def _after(past: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``past`` (one copy per row of a cell) then ``new`` (all cells) along positions,
+    written once into one tensor (a repeat and a concatenation would copy twice)."""
+    rows, copies = past.shape[0], new.shape[0] // past.shape[0]
+    out = new.new_empty(new.shape[0], new.shape[1], past.shape[2] + new.shape[2], new.shape[3])
+    out.view(copies, rows, *out.shape[1:])[:, :, :, : past.shape[2]] = past
+    out[:, :, past.shape[2] :] = new
+    return out
+
+
+def _causal_mask(
+    network: Network,
+    batch: Batch,
+    hidden: torch.Tensor,
+    start: int,
+    cut: int,
+    past: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
+) -> Any:
+    """The attention mask the model itself would build for positions ``start..``."""
+    from transformers.masking_utils import create_causal_mask
+
+    base, blocks = network.base_model, network.blocks
+    assert base is not None and blocks is not None
+    cache = None
+    if start:
+        later = [past[j] for j in range(cut + 1, len(blocks))]
+        cache = _past_cache(later, cut, len(blocks), start, hidden)
+    length = start + hidden.shape[1]
+    positions = torch.arange(start, length, device=hidden.device).unsqueeze(0)
+    return create_causal_mask(
+        config=base.config,
+        inputs_embeds=hidden,
+        attention_mask=batch.inputs.get("attention_mask"),
+        cache=cache,
+        position_ids=positions,
+        allow_is_causal_skip=False,
+    )
+
+
+def run_staircase(
+    network: Network,
+    batch: Batch,
+    stages: Sequence[tuple[int, torch.Tensor]],
+    *,
+    start: int,
+    past: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
+) -> list[torch.Tensor]:
+    """Readout logits of each stage ``(cut, hidden)``: block ``cut`` outputs ``hidden``.
+
+    Args:
+        network: a network :func:`staircase_unsupported` accepts.
+        batch: the base rows (shared by every stage).
+        stages: per cell, its cut and that block's (edited) output at positions
+            ``start..``.
+        start: the first position the suffix runs on.
+        past: for ``start > 0``, block -> the base run's keys and values at positions
+            ``..start-1``, for every block after the lowest cut.
+    """
+    blocks, base, head = network.blocks, network.base_model, _unembedding(network)
+    assert blocks is not None and base is not None and head is not None
+    assert batch.readout is not None
+    device = network.device
+    batch = batch.to(device)
+    rows = len(batch)
+    lowest = min(cut for cut, _ in stages)
+    first_hidden = stages[0][1]
+    mask = _causal_mask(network, batch, first_hidden, start, lowest, past)
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        raise AlignmentError(f"a {type(mask).__name__} attention mask cannot be stacked")
+    cache = _RepeatedPast({j: (k.to(device), v.to(device)) for j, (k, v) in past.items()})
+    positions = torch.arange(start, start + first_hidden.shape[1], device=device).unsqueeze(0)
+    order = sorted(range(len(stages)), key=lambda i: stages[i][0])
+    joined: list[int] = []
+    state: torch.Tensor | None = None
+
+    def join(below: int) -> None:
+        nonlocal state
+        new = [stages[i][1] for i in order[len(joined) :] if stages[i][0] < below]
+        joined.extend(order[len(joined) : len(joined) + len(new)])
+        if new:
+            state = torch.cat([state, *new] if state is not None else new)
+
+    for j in range(lowest + 1, len(blocks)):
+        join(j)
+        assert state is not None
+        stacked = mask
+        if mask is not None and mask.shape[0] == rows and len(joined) > 1:
+            stacked = mask.repeat(len(joined), 1, 1, 1)
+        out = blocks[j](
+            state,
+            cache if start else None,
+            stacked,
+            None,
+            encoder_attention_mask=None,
+            use_cache=False,
+            position_ids=positions,
+        )
+        state = out[0] if isinstance(out, tuple) else out
+    join(len(blocks))
+    assert state is not None
+    final = base.get_submodule("ln_f")(state)
+    assert batch.readout is not None
+    readout = (batch.readout.to(device) - start).repeat(len(joined))
+    candidates = batch.candidates
+    if candidates is not None and candidates.dim() == 2:
+        candidates = candidates.repeat(len(joined), 1)
+    logits = _unembed(final[torch.arange(final.shape[0], device=device), readout], head, candidates)
+    out_logits: list[torch.Tensor] = [logits] * len(stages)
+    for slot, i in enumerate(joined):
+        out_logits[i] = logits[slot * rows : (slot + 1) * rows]
+    return out_logits
+
+
+def staircase_logits(
+    cells: Sequence[PreparedInterchanges],
+    rows: torch.Tensor | slice,
+    interventions: Sequence[Interventions],
+    *,
+    past_from: PreparedInterchanges | None = None,
+) -> list[torch.Tensor]:
+    """Each cell's readout logits of base rows ``rows`` under its interventions, from one
+    staircase (equal to ``cell.logits(rows, interventions)`` for each cell).
+
+    ``past_from``: the cell whose cache holds the keys and values (default: the one
+    with the lowest cut).
+    """
+    first = cells[0]
+    base = first.base.select(rows)
+    stages = []
+    for cell, chosen in zip(cells, interventions, strict=True):
+        hidden, hooks = cell.suffix_input(rows, chosen, base)
+        if hooks:
+            raise AlignmentError("a staircase applies edits at the cached block output only")
+        assert cell.cache is not None
+        stages.append((cell.cache.cut, hidden))
+    keeper = past_from or min(cells, key=lambda c: c.cache.cut if c.cache else 0)
+    assert keeper.cache is not None
+    start, cut = keeper.cache.start, keeper.cache.cut
+    if cut > min(c for c, _ in stages):
+        raise AlignmentError("past_from must hold the keys and values of the lowest cut's suffix")
+    past = dict(enumerate(keeper.cache.past(rows), start=cut + 1)) if start else {}
+    return run_staircase(first.network, base, stages, start=start, past=past)
+
+
+def _suffix_positions(cell: PreparedInterchanges) -> int:
+    ids = next(iter(cell.base.inputs.values()))
+    length = int(ids.shape[1]) if ids.dim() >= 2 else 1
+    return length - (cell.cache.start if cell.cache is not None else 0)
+
+
+def _rows_per_pass(cells: Sequence[PreparedInterchanges]) -> int:
+    """Base rows per scoring pass: every cell's stacked rows within :data:`PASS_BYTES`."""
+    first = cells[0]
+    assert first.cache is not None
+    width = int(first.network.width or 1)
+    # the suffix's working set (as PreparedInterchanges) and each cell's copy of the past
+    per_row = _suffix_positions(first) * width * 4 * 24 + 2 * first.cache.start * width * 4
+    return max(1, PASS_BYTES // (per_row * len(cells)))
+
+
+def _correct(
+    cells: Sequence[PreparedInterchanges],
+    interventions: Sequence[Interventions],
+    past_from: PreparedInterchanges | None = None,
+) -> list[torch.Tensor]:
+    first = cells[0]
+    chunk = _rows_per_pass(cells)
+    found: list[list[torch.Tensor]] = [[] for _ in cells]
+    with torch.no_grad():
+        for s in range(0, first.rows, chunk):
+            rows = slice(s, s + chunk)
+            logits = staircase_logits(cells, rows, interventions, past_from=past_from)
+            for part, cell_logits in zip(found, logits, strict=True):
+                part.append(cell_logits.argmax(-1).cpu())
+    return [torch.cat(part) == first.labels for part in found]
+
+
+def evaluate_cells(
+    alignments: Sequence[Alignment], cells: Sequence[PreparedInterchanges]
+) -> list[torch.Tensor]:
+    """Per-pair correctness of each alignment on its cell (:func:`evaluate` for each),
+    scored as one staircase where the cells allow it."""
+    first = cells[0]
+    cached = first.cache.nbytes // max(1, first.rows) if first.cache is not None else 0
+    small = first._rows_per_pass(cached) * _suffix_positions(first) <= SMALL_STEP_ROWS
+    if not small or staircase_unsupported(cells) is not None:
+        return [evaluate(a, c) for a, c in zip(alignments, cells, strict=True)]
+    return _correct(cells, [a.interventions() for a in alignments])
+
+
+def fit_cells(
+    cells: Sequence[PreparedInterchanges],
+    validation: Sequence[PreparedInterchanges] | None,
+    task: Task,
+    variables: Sequence[str],
+    *,
+    method: str = "das",
+    rank: int | None = None,
+    config: TrainingConfig | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[Alignment]:
+    """:func:`~abstraction.alignment.das.fit` on each cell, trained as one staircase.
+
+    Args:
+        cells: interchanges prepared together at several locations (a sweep's cells).
+        validation: the validation pairs prepared the same way (one per cell), scored
+            after every epoch for early stopping; ``None``: the training pairs.
+        variables: the aligned variables (one rotation per cell holds them all).
+        method: ``"das"`` or ``"low_rank"`` run as a staircase; other methods, cells
+            :func:`staircase_unsupported` refuses and steps larger than
+            :data:`SMALL_STEP_ROWS` are fitted one at a time.
+        rank: dimensions per variable (as :func:`~abstraction.alignment.das.fit`).
+        task: the task the cells were prepared for.
+        config: training settings, the same for every cell.
+        progress: called with a cell's index and its training curve's newest entry.
+
+    Returns:
+        one alignment per cell, in order.
+    """
+    config = config or TrainingConfig()
+    if validation is not None and len(validation) != len(cells):
+        raise AlignmentError(
+            f"{len(validation)} validation cells for {len(cells)} cells; prepare both the same way"
+        )
+    reason = staircase_unsupported(cells)
+    if reason is None and validation is not None:
+        reason = staircase_unsupported(validation)
+    small = reason is None and config.batch_size * _suffix_positions(cells[0]) <= SMALL_STEP_ROWS
+    if not small or method not in STAIRCASE_METHODS:
+
+        def report(i: int) -> Callable[[dict[str, float]], None] | None:
+            if progress is None:
+                return None
+            return lambda entry: progress(i, entry)
+
+        return [
+            reproducible(fit)(  # each cell as if fitted on its own
+                cell,
+                validation[i] if validation is not None else None,
+                task,
+                variables,
+                method=method,
+                rank=rank,
+                config=config,
+                progress=report(i),
+            )
+            for i, cell in enumerate(cells)
+        ]
+    return _fit_staircase(cells, validation, task, variables, method, rank, config, progress)
+
+
+def _fit_staircase(
+    cells: Sequence[PreparedInterchanges],
+    validation: Sequence[PreparedInterchanges] | None,
+    task: Task,
+    variables: Sequence[str],
+    method: str,
+    rank: int | None,
+    config: TrainingConfig,
+    progress: Callable[[int, dict[str, float]], None] | None,
+) -> list[Alignment]:
+    first = cells[0]
+    network = first.network
+    spans, rotations, generators = [], [], []
+    for cell in cells:
+        width = cell.width_of(variables[0])
+        spans.append(_subspaces(method, variables, width, rank, None))
+        k = width if method == "das" else max(stop for _, stop in spans[-1].values())
+        generator = torch.Generator().manual_seed(config.seed)
+        # as each cell's own fit under `reproducible`: the same global RNG state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            rotations.append(_Rotation(width, k, generator).to(network.device))
+        generators.append(generator)
+    states = [g.get_state() for g in generators]
+    if any(not torch.equal(s, states[0]) for s in states):
+        raise AlignmentError("the cells' widths differ, so their shuffles would differ")
+    generator = generators[0]
+    optimizer = torch.optim.Adam([p for r in rotations for p in r.parameters()], lr=config.lr)
+    order = torch.randperm(first.rows, generator=generator)
+    cuts = [cell.cache.cut if cell.cache is not None else 0 for cell in cells]
+    keeper = cuts.index(min(cuts))
+    shuffled = [cell.reordered(order, keys_values=(i == keeper)) for i, cell in enumerate(cells)]
+    scored_cells = list(validation) if validation is not None else list(cells)
+    labels = shuffled[0].labels
+    curves: list[list[dict[str, float]]] = [[] for _ in cells]
+    best: list[tuple[float, torch.Tensor] | None] = [None] * len(cells)
+    stale = [0] * len(cells)
+    active = list(range(len(cells)))
+    starts = torch.arange(0, first.rows, config.batch_size)
+    step, began = 0, time.perf_counter()
+
+    def patches(i: int, weight: torch.Tensor) -> dict[str, LowRankPatch]:
+        location = cells[i].site.location
+        return {v: LowRankPatch(location, weight[:, a:b]) for v, (a, b) in spans[i].items()}
+
+    for epoch in range(config.epochs):
+        losses: dict[int, list[float]] = {i: [] for i in active}
+        for s in starts[torch.randperm(len(starts), generator=generator)].tolist():
+            rows = slice(s, s + config.batch_size)
+            logits = staircase_logits(
+                [shuffled[i] for i in active],
+                rows,
+                [patches(i, rotations[i].weight) for i in active],
+                past_from=shuffled[keeper],
+            )
+            target = labels[rows].to(network.device)
+            cell_losses = [nn.functional.cross_entropy(x, target) for x in logits]
+            for i, loss in zip(active, cell_losses, strict=True):
+                if not torch.isfinite(loss):
+                    raise AlignmentError(
+                        f"the loss of cell {cells[i].site.location} became {loss.item()} at "
+                        f"epoch {epoch}, step {step}; lower the learning rate or check the "
+                        "network's outputs for NaN"
+                    )
+                losses[i].append(float(loss.detach()))
+            optimizer.zero_grad()
+            torch.stack(cell_losses).sum().backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            step += 1
+        with torch.no_grad():
+            snapshots = {i: rotations[i].weight.detach().clone() for i in active}
+            correct = _correct(
+                [scored_cells[i] for i in active],
+                [patches(i, snapshots[i]) for i in active],
+                past_from=scored_cells[keeper] if keeper in active else None,
+            )
+        for i, hits in zip(list(active), correct, strict=True):
+            val_iia = float(hits.float().mean())
+            entry = {
+                "epoch": float(epoch + 1),
+                "step": float(step),
+                "loss": sum(losses[i]) / len(losses[i]),
+                "val_iia": val_iia,
+                "seconds": time.perf_counter() - began,
+            }
+            curves[i].append(entry)
+            if progress is not None:
+                progress(i, entry)
+            held = best[i]
+            if held is None or val_iia > held[0]:
+                best[i], stale[i] = (val_iia, snapshots[i]), 0
+            else:
+                stale[i] += 1
+                if stale[i] >= config.patience:
+                    active.remove(i)
+        if not active:
+            break
+    network_hash, model_hash = network.hash, task.model.source_hash
+    alignments = []
+    for i, cell in enumerate(cells):
+        held = best[i]
+        assert held is not None
+        alignments.append(
+            Alignment(
+                method=method,
+                location=cell.site.location,
+                network_hash=network_hash,
+                model_hash=model_hash,
+                basis=held[1].cpu(),
+                subspaces=dict(spans[i]),
+                boundary={},
+                temperature=None,
+                curve=list(curves[i]),
+                config={"method": method, "rank": rank, **config.to_dict()},
+            )
+        )
+    return alignments

@@ -1,0 +1,180 @@
+"""The staircase: a sweep's cells at one position run together, equal to one at a time.
+
+Cells prepared together at every layer of a GPT-2 (first, middle and last position,
+left and right padding) give the same logits from one staircase as from their own
+suffixes, and :func:`fit_cells` trains the same rotations as fitting each cell alone
+(the per-cell fit each benchmark and sweep ran before).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import GPT2Config
+
+from abstraction import (
+    Location,
+    LowRankPatch,
+    Network,
+    PreparedInterchanges,
+    PromptTask,
+    TrainingConfig,
+    causal_model,
+    counterfactual_dataset,
+)
+from abstraction.alignment import staircase
+from abstraction.alignment.das import fit, reproducible
+from abstraction.alignment.staircase import (
+    evaluate_cells,
+    fit_cells,
+    run_staircase,
+    staircase_logits,
+    staircase_unsupported,
+)
+
+NAMES = ("Mary", "John", "Anna", "Kasimir", "Bob", "Theodora")
+LAYERS = 4
+
+
+@causal_model(inputs={"a": NAMES, "b": NAMES, "s_first": (True, False)})
+def ioi(a, b, s_first):  # type: ignore[no-untyped-def]
+    s = a if s_first else b
+    other = s != a
+    io = a if other else b
+    return io
+
+
+def distinct_names(rng: np.random.Generator, n: int) -> dict[str, Any]:
+    pairs = np.array([(x, y) for x in NAMES for y in NAMES if x != y])
+    chosen = pairs[rng.integers(len(pairs), size=n)]
+    return {"a": chosen[:, 0], "b": chosen[:, 1], "s_first": rng.random(n) < 0.5}
+
+
+TEMPLATES = (
+    "When {a} and {b} went to the store, {s} gave a drink to",
+    "Then {a} and {b} had fun. {s} handed it to",
+)
+
+
+@pytest.fixture(scope="module")
+def network(bpe_tokenizer: Any) -> Network:
+    config = GPT2Config(
+        n_layer=LAYERS,
+        n_embd=32,
+        n_head=4,
+        n_positions=64,
+        vocab_size=len(bpe_tokenizer),
+        pad_token_id=bpe_tokenizer.pad_token_id,
+    )
+    return Network.from_config(config, seed=0)
+
+
+def _cells(network: Network, task: PromptTask, position: int | str, seed: int = 0) -> Any:
+    data = counterfactual_dataset(
+        ioi, 80, [["s"]], sampler=distinct_names, source_sampler=distinct_names, seed=seed
+    )
+    locations = [Location(layer=layer, position=position) for layer in range(LAYERS)]
+    return PreparedInterchanges.for_locations(network, task, data, locations, ["s"])
+
+
+def _task(tokenizer: Any, padding: str) -> PromptTask:
+    return PromptTask("ioi", ioi, tokenizer, TEMPLATES, candidates=("a", "b"), padding=padding)
+
+
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("position", [0, "s.last", "last"], ids=["first", "middle", "last"])
+def test_staircase_logits_equal_each_cells_own_suffix(
+    network: Network, bpe_tokenizer: Any, padding: str, position: int | str
+) -> None:
+    cells = _cells(network, _task(bpe_tokenizer, padding), position)
+    assert staircase_unsupported(cells) is None
+    if position != 0:
+        assert cells[0].start > 0
+    generator = torch.Generator().manual_seed(3)
+    patches = [
+        {
+            "s": LowRankPatch(
+                cell.site.location, torch.linalg.qr(torch.randn(32, 2, generator=generator))[0]
+            )
+        }
+        for cell in cells
+    ]
+    rows = torch.arange(5, 61)
+    together = staircase_logits(cells, rows, patches)
+    for cell, chosen, logits in zip(cells, patches, together, strict=True):
+        torch.testing.assert_close(logits, cell.logits(rows, chosen), rtol=1e-5, atol=1e-5)
+        # the edit matters: an unedited run gives other logits at every layer but the last
+        if cell.site.location.layer < LAYERS - 1 or position == "last":
+            assert not torch.allclose(logits, cell.logits(rows, None), atol=1e-4)
+    # a subset of the cells, in another order, gives the same as the whole staircase
+    subset = staircase_logits([cells[2], cells[1]], rows, [patches[2], patches[1]])
+    torch.testing.assert_close(subset[0], together[2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(subset[1], together[1], rtol=1e-5, atol=1e-5)
+    for cell in cells:
+        cell.close()
+
+
+@pytest.mark.parametrize("position", [0, "last"], ids=["first", "last"])
+def test_fit_cells_trains_what_each_cell_trains_alone(
+    network: Network, bpe_tokenizer: Any, position: int | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = _task(bpe_tokenizer, "left")
+    cells, validation = _cells(network, task, position), _cells(network, task, position, seed=1)
+    config = TrainingConfig(epochs=3, batch_size=16, lr=5e-2, patience=1, seed=4)
+    calls = []
+    monkeypatch.setattr(
+        staircase, "run_staircase", lambda *a, **k: calls.append(1) or run_staircase(*a, **k)
+    )
+    together = reproducible(fit_cells)(
+        cells, validation, task, ["s"], method="low_rank", rank=2, config=config
+    )
+    alone = [
+        reproducible(fit)(cell, val, task, ["s"], method="low_rank", rank=2, config=config)
+        for cell, val in zip(cells, validation, strict=True)
+    ]
+    # 16 pairs at one position are small steps (a staircase); at every position not
+    steps = config.batch_size * (
+        1 if position == "last" else cells[0].base.inputs["input_ids"].shape[1]
+    )
+    assert (steps <= staircase.SMALL_STEP_ROWS) == (position == "last")
+    assert bool(calls) == (position == "last")
+    for a, b in zip(together, alone, strict=True):
+        assert a.location == b.location
+        torch.testing.assert_close(a.basis, b.basis, rtol=1e-4, atol=1e-4)
+        assert [e["epoch"] for e in a.curve] == [e["epoch"] for e in b.curve]  # same stopping
+        assert [e["val_iia"] for e in a.curve] == pytest.approx([e["val_iia"] for e in b.curve])
+        assert a.config == b.config
+    scored = evaluate_cells(together, validation)
+    for alignment, cell, hits in zip(together, validation, scored, strict=True):
+        assert torch.equal(hits, cell.correct(alignment.interventions()))
+    for cell in (*cells, *validation):
+        cell.close()
+
+
+def test_cells_prepared_apart_are_fitted_one_at_a_time(
+    network: Network, bpe_tokenizer: Any
+) -> None:
+    task = _task(bpe_tokenizer, "left")
+    data = counterfactual_dataset(
+        ioi, 40, [["s"]], sampler=distinct_names, source_sampler=distinct_names, seed=0
+    )
+    apart = [
+        PreparedInterchanges(network, task, data, Location(layer=layer, position="last"), ["s"])
+        for layer in (0, 2)
+    ]
+    assert "prepared together" in (staircase_unsupported(apart) or "")
+    config = TrainingConfig(epochs=1, batch_size=16, seed=0)
+    fitted = reproducible(fit_cells)(apart, None, task, ["s"], method="low_rank", config=config)
+    reference = reproducible(fit)(apart[1], None, task, ["s"], method="low_rank", config=config)
+    assert torch.equal(fitted[1].basis, reference.basis)
+    heads = PreparedInterchanges.for_locations(
+        network,
+        task,
+        data,
+        [Location(layer=1, component="head", head=h, position="last") for h in (0, 1)],
+        ["s"],
+    )
+    assert "not the cached block output" in (staircase_unsupported(heads) or "")
