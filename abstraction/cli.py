@@ -152,6 +152,7 @@ def _run(
     debug: bool,
     require_search: bool,
     device: str | None = None,
+    memory_budget: float | None = None,
 ) -> None:
     from abstraction import experiment as runner
     from abstraction import report
@@ -189,6 +190,7 @@ def _run(
                 sweep_directory=out / f".{experiment.name}.sweep",
                 alignment_path=alignments / experiment.name,
                 device=device,
+                memory_budget=None if memory_budget is None else int(memory_budget * 2**30),
             )
             if "task" in current:
                 progress.update(current["task"], completed=1, total=1)
@@ -274,6 +276,14 @@ DeviceOption = Annotated[
     str | None,
     typer.Option(help="where the network runs: cpu (default), cuda, cuda:N or mps"),
 ]
+BudgetOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        help="GiB of cached activations held in RAM before they move to memory-mapped "
+        "files (default 2, or $ABSTRACTION_MEMORY_BUDGET)",
+    ),
+]
 FileArgument = Annotated[Path, typer.Argument(help="a hypothesis file, e.g. hypotheses/x.py")]
 
 
@@ -287,9 +297,21 @@ def run(
     as_json: JsonOption = False,
     debug: DebugOption = False,
     device: DeviceOption = None,
+    memory_budget: BudgetOption = None,
 ) -> None:
     """Run the experiment declared in FILE and write its report."""
-    _run(file, seed, quick, out, alignments, as_json, debug, require_search=False, device=device)
+    _run(
+        file,
+        seed,
+        quick,
+        out,
+        alignments,
+        as_json,
+        debug,
+        require_search=False,
+        device=device,
+        memory_budget=memory_budget,
+    )
 
 
 @app.command()
@@ -302,9 +324,21 @@ def sweep(
     as_json: JsonOption = False,
     debug: DebugOption = False,
     device: DeviceOption = None,
+    memory_budget: BudgetOption = None,
 ) -> None:
     """Run FILE's location sweep (resumable), choose on validation, verify on test."""
-    _run(file, seed, quick, out, alignments, as_json, debug, require_search=True, device=device)
+    _run(
+        file,
+        seed,
+        quick,
+        out,
+        alignments,
+        as_json,
+        debug,
+        require_search=True,
+        device=device,
+        memory_budget=memory_budget,
+    )
 
 
 @app.command()

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from abstraction.alignment.das import TrainingConfig, reproducible
+from abstraction.alignment.prefix_cache import budgeted
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import FEATURE_METHODS, METHODS, library_versions
 from abstraction.alignment.sweep import SweepResult, sweep
@@ -328,6 +329,7 @@ def load_network(spec: str | Path | Network | Callable[[], Network], seed: int =
     return zoo.load(str(spec), seed=seed)
 
 
+@budgeted
 @reproducible
 def run(
     experiment: Experiment,
@@ -338,6 +340,7 @@ def run(
     sweep_directory: str | Path | None = None,
     alignment_path: str | Path | None = None,
     device: str | torch.device | None = None,
+    memory_budget: int | None = None,
 ) -> ExperimentResult:
     """Run an experiment end to end and return its results.
 
@@ -356,6 +359,9 @@ def run(
         alignment_path: where the verified alignment is saved (safetensors + JSON).
         device: run the network there (``"cpu"``, ``"cuda"``, ...; default: where it
             was loaded, the CPU for zoo names and checkpoints).
+        memory_budget: bytes of cached activations each prefix cache holds in RAM
+            before it moves to memory-mapped files (default:
+            :func:`~abstraction.alignment.prefix_cache.memory_budget`, 2 GiB).
     """
     exp = experiment.quick_version() if quick else experiment
     timings: dict[str, float] = {}

@@ -39,6 +39,7 @@ import torch
 
 from abstraction.alignment.das import TrainingConfig, align_sites, evaluate, reproducible
 from abstraction.alignment.masks import Featurizers
+from abstraction.alignment.prefix_cache import budgeted
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment
 from abstraction.baselines import BASELINES, BaselineResult, run_baselines
@@ -550,6 +551,7 @@ def _ranks(alignments: Sequence[Alignment]) -> dict[str, int]:
     return {v: stop - start for a in alignments for v, (start, stop) in a.subspaces.items()}
 
 
+@budgeted
 @reproducible
 def verify(
     network: Network,
@@ -574,6 +576,7 @@ def verify(
     progress: Callable[[str], None] | None = None,
     featurizer: Featurizers = None,
     device: str | torch.device | None = None,
+    memory_budget: int | None = None,
 ) -> Verification:
     """Align (unless ``alignment`` is given), score on ``test``, run baselines, give a verdict.
 
@@ -606,6 +609,9 @@ def verify(
         featurizer: for methods ``"dbm"`` and ``"sae"``: the featurizer whose features
             the mask selects (see :func:`~abstraction.alignment.das.align`).
         device: move the network there first (default: where it is).
+        memory_budget: bytes of cached activations each prefix cache holds in RAM
+            before it moves to memory-mapped files (default:
+            :func:`~abstraction.alignment.prefix_cache.memory_budget`).
     """
     thresholds = thresholds or Thresholds()
     config = config or TrainingConfig()

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from abstraction.alignment.masks import Featurizers, fit_masks
-from abstraction.alignment.prefix_cache import DEFAULT_MEMORY_BUDGET
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import FEATURE_METHODS, METHODS, Alignment, AlignmentError
 from abstraction.errors import UnknownNameError, nearest
@@ -314,7 +313,7 @@ def align(
     subspaces: Mapping[str, tuple[int, int]] | None = None,
     validation: pd.DataFrame | None = None,
     config: TrainingConfig | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
     featurizer: Featurizers = None,
     device: str | torch.device | None = None,
@@ -390,7 +389,7 @@ def align_sites(
     subspaces: Mapping[str, tuple[int, int]] | None = None,
     validation: pd.DataFrame | None = None,
     config: TrainingConfig | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    memory_budget: int | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
     featurizer: Featurizers = None,
     device: str | torch.device | None = None,

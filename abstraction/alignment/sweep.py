@@ -46,6 +46,7 @@ import torch
 from filelock import FileLock
 
 from abstraction.alignment.das import TrainingConfig, evaluate, fit, reproducible
+from abstraction.alignment.prefix_cache import budgeted
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError
 from abstraction.errors import DamagedFileError
@@ -225,6 +226,7 @@ def _null_p_value(
     ).p_value
 
 
+@budgeted
 @reproducible
 def sweep(
     network: Network,
@@ -247,6 +249,7 @@ def sweep(
     address: str | None = None,
     progress: Callable[[Cell, float], None] | None = None,
     device: str | torch.device | None = None,
+    memory_budget: int | None = None,
 ) -> SweepResult:
     """Align ``variables`` in every cell; choose on validation; score the choice on test.
 
@@ -272,6 +275,10 @@ def sweep(
         address: run cells on the Ray cluster at this address.
         progress: called after each finished cell with its validation IIA.
         device: move the network there first (default: where it is).
+        memory_budget: bytes of cached activations each prefix cache holds in RAM
+            before it moves to memory-mapped files (default:
+            :func:`~abstraction.alignment.prefix_cache.memory_budget`); Ray workers use
+            their own ``ABSTRACTION_MEMORY_BUDGET``.
     """
     config = config or TrainingConfig()
     if device is not None:
