@@ -588,7 +588,8 @@ def _compare_methods(
     validation_iia: dict[str, float] = {}
     for method, verified in results.items():
         curve = verified.alignment.curve
-        validation_iia[method] = max((float(c["val_iia"]) for c in curve), default=float("nan"))
+        scores = [float(value) for c in curve if (value := c.get("val_iia")) is not None]
+        validation_iia[method] = max(scores, default=float("nan"))
         for v in variables:
             alignment = next(a for a in verified.alignments if v in a.variables)
             result = verified.variables[v]

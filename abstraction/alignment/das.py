@@ -121,6 +121,11 @@ class TrainingConfig:
         sae_l1: its L1 coefficient when ReLU.
         sae_steps: its training steps.
         sae_lr: its learning rate.
+        select_epoch: score after every epoch (the validation pairs, or the training
+            pairs without them) and keep the best epoch, stopping after ``patience``
+            epochs without a better one. ``False``: score nothing while training and
+            keep the last epoch (pyvene's and causalab's training loops); the curve's
+            ``val_iia`` is then ``None``. DAS methods only.
     """
 
     epochs: int = 10
@@ -140,6 +145,7 @@ class TrainingConfig:
     sae_l1: float = 1e-3
     sae_steps: int = 2000
     sae_lr: float = 1e-3
+    select_epoch: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
@@ -176,9 +182,9 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy.
 
-        The DBM and SAE fields appear only where they differ from their defaults, so the
-        dictionary (and the sweep run keys hashed from it) of a DAS configuration is what
-        it was before those fields existed.
+        The DBM, SAE and ``select_epoch`` fields appear only where they differ from their
+        defaults, so the dictionary (and the sweep run keys hashed from it) of a DAS
+        configuration is what it was before those fields existed.
         """
         extra: dict[str, Any] = {}
         for name in _FEATURE_FIELDS:
@@ -197,6 +203,7 @@ class TrainingConfig:
 
 
 _FEATURE_FIELDS = (
+    "select_epoch",
     "mask_lr",
     "sparsity",
     "mask_temperature",
@@ -314,7 +321,7 @@ def align(
     validation: pd.DataFrame | None = None,
     config: TrainingConfig | None = None,
     memory_budget: int | None = None,
-    progress: Callable[[dict[str, float]], None] | None = None,
+    progress: Callable[[dict[str, float | None]], None] | None = None,
     featurizer: Featurizers = None,
     device: str | torch.device | None = None,
 ) -> Alignment:
@@ -390,7 +397,7 @@ def align_sites(
     validation: pd.DataFrame | None = None,
     config: TrainingConfig | None = None,
     memory_budget: int | None = None,
-    progress: Callable[[dict[str, float]], None] | None = None,
+    progress: Callable[[dict[str, float | None]], None] | None = None,
     featurizer: Featurizers = None,
     device: str | torch.device | None = None,
 ) -> list[Alignment]:
@@ -455,7 +462,7 @@ def fit(
     rank: int | Mapping[str, int] | None = None,
     subspaces: Mapping[str, tuple[int, int]] | None = None,
     config: TrainingConfig | None = None,
-    progress: Callable[[dict[str, float]], None] | None = None,
+    progress: Callable[[dict[str, float | None]], None] | None = None,
     featurizer: Featurizers = None,
 ) -> Alignment:
     """:func:`align` on prepared interchanges (reuse them across seeds, ranks and baselines).
@@ -494,7 +501,7 @@ def fit_sites(
     rank: int | Mapping[str, int] | None = None,
     subspaces: Mapping[str, tuple[int, int]] | None = None,
     config: TrainingConfig | None = None,
-    progress: Callable[[dict[str, float]], None] | None = None,
+    progress: Callable[[dict[str, float | None]], None] | None = None,
     featurizer: Featurizers = None,
 ) -> list[Alignment]:
     """Train variables that live at several sites together: one alignment per site.
@@ -509,6 +516,11 @@ def fit_sites(
     """
     config = config or TrainingConfig()
     if method in FEATURE_METHODS:
+        if not config.select_epoch:
+            raise AlignmentError(
+                f"select_epoch=False is for the DAS methods; method={method!r} keeps the best "
+                "epoch under its hard masks (leave select_epoch at True)"
+            )
         if subspaces is not None:
             raise AlignmentError(
                 f"method={method!r} learns which features each variable keeps, so subspaces= "
@@ -572,7 +584,7 @@ def fit_sites(
     steps_per_epoch = math.ceil(prepared.rows / config.batch_size)
     total = max(1, config.epochs * steps_per_epoch)
     temperatures = torch.linspace(config.temperature[0], config.temperature[1], total)
-    curve: list[dict[str, float]] = []
+    curve: list[dict[str, float | None]] = []
     best: tuple[float, dict[Location, torch.Tensor], float] | None = None
     stale, step = 0, 0
     start_time = time.perf_counter()
@@ -625,8 +637,12 @@ def fit_sites(
         with torch.no_grad():
             snapshot = {loc: r.weight.detach().clone() for loc, r in rotations.items()}
             scored = validation if validation is not None else prepared
-            val_iia = float(scored.correct(hard_bases(snapshot)).float().mean())
-        entry = {
+            val_iia = (
+                float(scored.correct(hard_bases(snapshot)).float().mean())
+                if config.select_epoch
+                else None
+            )
+        entry: dict[str, float | None] = {
             "epoch": float(epoch + 1),
             "step": float(step),
             "loss": sum(losses) / len(losses),
@@ -638,8 +654,8 @@ def fit_sites(
         curve.append(entry)
         if progress is not None:
             progress(entry)
-        if best is None or val_iia > best[0]:
-            best, stale = (val_iia, snapshot, float(boundary.detach())), 0
+        if best is None or val_iia is None or val_iia > best[0]:
+            best, stale = (val_iia or 0.0, snapshot, float(boundary.detach())), 0
         else:
             stale += 1
             if stale >= config.patience:
@@ -705,11 +721,11 @@ def _with_curve(
     alignments: list[Alignment],
     prepared: PreparedInterchanges,
     validation: PreparedInterchanges | None,
-    progress: Callable[[dict[str, float]], None] | None,
+    progress: Callable[[dict[str, float | None]], None] | None,
 ) -> list[Alignment]:
     scored = validation if validation is not None else prepared
     iia = float(evaluate(alignments, scored).float().mean())
-    entry = {
+    entry: dict[str, float | None] = {
         "epoch": 0.0,
         "step": 0.0,
         "loss": float("nan"),

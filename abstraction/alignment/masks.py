@@ -159,7 +159,7 @@ def fit_masks(
     method: str,
     config: MaskSettings,
     featurizer: Featurizers = None,
-    progress: Callable[[dict[str, float]], None] | None = None,
+    progress: Callable[[dict[str, float | None]], None] | None = None,
 ) -> list[Alignment]:
     """Train one binary mask per variable over its site's featurizer (one alignment per site).
 
@@ -201,7 +201,7 @@ def fit_masks(
             for v, m in masks.items()
         }
 
-    curve: list[dict[str, float]] = []
+    curve: list[dict[str, float | None]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     stale, step = 0, 0
     shuffled = prepared.reordered(torch.randperm(prepared.rows, generator=generator))
@@ -230,7 +230,7 @@ def fit_masks(
             scored = validation if validation is not None else prepared
             val_iia = float(scored.correct(interventions(hard)).float().mean())
         kept = sum(int(m.sum()) for m in hard.values())
-        entry = {
+        entry: dict[str, float | None] = {
             "epoch": float(epoch + 1),
             "step": float(step),
             "loss": sum(losses) / len(losses),

@@ -93,7 +93,7 @@ class Alignment:
     model_hash: str
     boundary: dict[str, float] = field(default_factory=dict)
     temperature: float | None = None
-    curve: list[dict[str, float]] = field(default_factory=list)
+    curve: list[dict[str, float | None]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=library_versions)
     featurizer: Featurizer | None = None

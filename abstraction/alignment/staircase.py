@@ -319,7 +319,7 @@ def fit_cells(
     method: str = "das",
     rank: int | None = None,
     config: TrainingConfig | None = None,
-    progress: Callable[[int, dict[str, float]], None] | None = None,
+    progress: Callable[[int, dict[str, float | None]], None] | None = None,
 ) -> list[Alignment]:
     """:func:`~abstraction.alignment.das.fit` on each cell, trained as one staircase.
 
@@ -350,7 +350,7 @@ def fit_cells(
     small = reason is None and config.batch_size * _suffix_positions(cells[0]) <= SMALL_STEP_ROWS
     if not small or method not in STAIRCASE_METHODS:
 
-        def report(i: int) -> Callable[[dict[str, float]], None] | None:
+        def report(i: int) -> Callable[[dict[str, float | None]], None] | None:
             if progress is None:
                 return None
             return lambda entry: progress(i, entry)
@@ -379,7 +379,7 @@ def _fit_staircase(
     method: str,
     rank: int | None,
     config: TrainingConfig,
-    progress: Callable[[int, dict[str, float]], None] | None,
+    progress: Callable[[int, dict[str, float | None]], None] | None,
 ) -> list[Alignment]:
     first = cells[0]
     network = first.network
@@ -405,7 +405,7 @@ def _fit_staircase(
     shuffled = [cell.reordered(order, keys_values=(i == keeper)) for i, cell in enumerate(cells)]
     scored_cells = list(validation) if validation is not None else list(cells)
     labels = shuffled[0].labels
-    curves: list[list[dict[str, float]]] = [[] for _ in cells]
+    curves: list[list[dict[str, float | None]]] = [[] for _ in cells]
     best: list[tuple[float, torch.Tensor] | None] = [None] * len(cells)
     stale = [0] * len(cells)
     active = list(range(len(cells)))
@@ -442,14 +442,18 @@ def _fit_staircase(
             step += 1
         with torch.no_grad():
             snapshots = {i: rotations[i].weight.detach().clone() for i in active}
-            correct = _correct(
-                [scored_cells[i] for i in active],
-                [patches(i, snapshots[i]) for i in active],
-                past_from=scored_cells[keeper] if keeper in active else None,
-            )
+            correct: list[torch.Tensor | None] = [None] * len(active)
+            if config.select_epoch:
+                correct = list(
+                    _correct(
+                        [scored_cells[i] for i in active],
+                        [patches(i, snapshots[i]) for i in active],
+                        past_from=scored_cells[keeper] if keeper in active else None,
+                    )
+                )
         for i, hits in zip(list(active), correct, strict=True):
-            val_iia = float(hits.float().mean())
-            entry = {
+            val_iia = None if hits is None else float(hits.float().mean())
+            entry: dict[str, float | None] = {
                 "epoch": float(epoch + 1),
                 "step": float(step),
                 "loss": sum(losses[i]) / len(losses[i]),
@@ -460,8 +464,8 @@ def _fit_staircase(
             if progress is not None:
                 progress(i, entry)
             held = best[i]
-            if held is None or val_iia > held[0]:
-                best[i], stale[i] = (val_iia, snapshots[i]), 0
+            if held is None or val_iia is None or val_iia > held[0]:
+                best[i], stale[i] = (val_iia or 0.0, snapshots[i]), 0
             else:
                 stale[i] += 1
                 if stale[i] >= config.patience:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from abstraction import counterfactual_dataset
 from abstraction.alignment import AlignmentError, TrainingConfig, align, evaluate
@@ -182,3 +183,44 @@ def test_a_cross_variable_dataset_can_be_aligned(he_network: Network, he_task: T
         for _, r in test.iterrows()
     ]
     assert differs.any()
+
+
+def test_select_epoch_false_scores_nothing_and_keeps_the_last_epoch(
+    he_network: Network,
+    he_task: Task,
+    he_pairs: list[pd.DataFrame],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    train, val, _ = he_pairs
+    config = TrainingConfig(epochs=3, batch_size=512, lr=5e-3, patience=1, seed=0)
+    last = TrainingConfig(epochs=3, batch_size=512, lr=5e-3, patience=1, seed=0, select_epoch=False)
+    assert "select_epoch" not in config.to_dict()  # old run keys are unchanged
+    assert last.to_dict()["select_epoch"] is False
+    location = Location(layer=0)
+    selected = align(
+        he_network, he_task, train, location, ["wx"], rank=2, validation=val, config=config
+    )
+    assert all(entry["val_iia"] is not None for entry in selected.curve)
+
+    def never(*args: object, **kwargs: object) -> object:
+        raise AssertionError("scored during training")
+
+    monkeypatch.setattr(PreparedInterchanges, "correct", never)
+    kept = align(he_network, he_task, train, location, ["wx"], rank=2, validation=val, config=last)
+    assert [e["epoch"] for e in kept.curve] == [1.0, 2.0, 3.0]  # patience does not apply
+    assert all(entry["val_iia"] is None for entry in kept.curve)
+    assert kept.config["select_epoch"] is False
+    # the last epoch is kept: with best-epoch selection over the same three epochs the
+    # kept basis is the best one's, here different from the last
+    unlimited = TrainingConfig(epochs=3, batch_size=512, lr=5e-3, patience=3, seed=0)
+    monkeypatch.undo()
+    full = align(
+        he_network, he_task, train, location, ["wx"], rank=2, validation=val, config=unlimited
+    )
+    scores = [e["val_iia"] for e in full.curve]
+    if scores.index(max(scores)) != len(scores) - 1:
+        assert not torch.equal(full.basis, kept.basis)
+    else:
+        assert torch.equal(full.basis, kept.basis)
+    with pytest.raises(AlignmentError, match="select_epoch=False is for the DAS methods"):
+        align(he_network, he_task, train, location, ["wx"], method="dbm", config=last)

@@ -178,3 +178,17 @@ def test_cells_prepared_apart_are_fitted_one_at_a_time(
         ["s"],
     )
     assert "not the cached block output" in (staircase_unsupported(heads) or "")
+
+
+def test_fit_cells_without_epoch_selection_keeps_each_cells_last_epoch(
+    network: Network, bpe_tokenizer: Any
+) -> None:
+    task = _task(bpe_tokenizer, "left")
+    cells = _cells(network, task, "last")
+    config = TrainingConfig(epochs=2, batch_size=16, lr=5e-2, seed=1, select_epoch=False)
+    together = reproducible(fit_cells)(cells, None, task, ["s"], method="low_rank", config=config)
+    for cell, alignment in zip(cells, together, strict=True):
+        alone = reproducible(fit)(cell, None, task, ["s"], method="low_rank", config=config)
+        torch.testing.assert_close(alignment.basis, alone.basis, rtol=1e-4, atol=1e-4)
+        assert [e["val_iia"] for e in alignment.curve] == [None, None]
+        cell.close()
