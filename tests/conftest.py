@@ -130,3 +130,77 @@ def bpe_tokenizer(tokenizer_corpus):  # type: ignore[no-untyped-def]
     )
     tk.train_from_iterator(tokenizer_corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>")
+
+
+class IOIPrompts:
+    """The IOI causal model over six names, its prompt templates and a distinct-name
+    sampler, shared by the prompt tests (kv suffix, staircase, source prefix)."""
+
+    names = TOKENIZER_NAMES
+    templates = (
+        "When {a} and {b} went to the store, {s} gave a drink to",
+        "Then {a} and {b} had fun. {s} handed it to",
+    )
+
+    def __init__(self) -> None:
+        from abstraction import causal_model
+
+        @causal_model(inputs={"a": self.names, "b": self.names, "s_first": (True, False)})
+        def ioi(a, b, s_first):  # type: ignore[no-untyped-def]
+            s = a if s_first else b
+            other = s != a  # is the indirect object the first name?
+            io = a if other else b
+            return io
+
+        self.model = ioi
+
+    def sample(self, rng, n):  # type: ignore[no-untyped-def]
+        """Two distinct names per row and which of them is the subject."""
+        import numpy as np
+
+        pairs = np.array([(x, y) for x in self.names for y in self.names if x != y])
+        chosen = pairs[rng.integers(len(pairs), size=n)]
+        return {"a": chosen[:, 0], "b": chosen[:, 1], "s_first": rng.random(n) < 0.5}
+
+    def data(self, n: int, seed: int = 0):  # type: ignore[no-untyped-def]
+        """``n`` counterfactual pairs intervening on ``s``."""
+        from abstraction import counterfactual_dataset
+
+        return counterfactual_dataset(
+            self.model, n, [["s"]], sampler=self.sample, source_sampler=self.sample, seed=seed
+        )
+
+    def gpt2(self, tokenizer, layers):  # type: ignore[no-untyped-def]
+        """A random GPT-2 (width 32, 4 heads) over ``tokenizer``'s vocabulary."""
+        from transformers import GPT2Config
+
+        from abstraction.network import Network
+
+        config = GPT2Config(
+            n_layer=layers,
+            n_embd=32,
+            n_head=4,
+            n_positions=64,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return Network.from_config(config, seed=0)
+
+    def task(self, tokenizer, padding=None, templates=None):  # type: ignore[no-untyped-def]
+        """A prompt task reading the answer over the two names."""
+        from abstraction import PromptTask
+
+        return PromptTask(
+            "ioi",
+            self.model,
+            tokenizer,
+            templates or self.templates,
+            candidates=("a", "b"),
+            padding=padding,
+        )
+
+
+@pytest.fixture(scope="session")
+def ioi_prompts() -> IOIPrompts:
+    """See :class:`IOIPrompts`."""
+    return IOIPrompts()

@@ -16,33 +16,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 
-from abstraction import Location, Network, PromptTask, causal_model, counterfactual_dataset
+from abstraction import Location, Network
 from abstraction.alignment.prepared import _causal_prefix, _collect
 from abstraction.locations import resolve
 from abstraction.runtime import collect
-
-NAMES = ("Mary", "John", "Anna", "Kasimir", "Bob", "Theodora")
-
-
-@causal_model(inputs={"a": NAMES, "b": NAMES, "s_first": (True, False)})
-def ioi(a, b, s_first):  # type: ignore[no-untyped-def]
-    s = a if s_first else b
-    other = s != a
-    io = a if other else b
-    return io
-
-
-def distinct_names(rng: np.random.Generator, n: int) -> dict[str, Any]:
-    pairs = np.array([(x, y) for x in NAMES for y in NAMES if x != y])
-    chosen = pairs[rng.integers(len(pairs), size=n)]
-    return {"a": chosen[:, 0], "b": chosen[:, 1], "s_first": rng.random(n) < 0.5}
-
-
-def _data(n: int) -> Any:
-    return counterfactual_dataset(
-        ioi, n, [["s"]], sampler=distinct_names, source_sampler=distinct_names, seed=0
-    )
-
 
 TEMPLATES = (
     "When {a} and {b} went to the store, {s} gave a drink to",
@@ -76,11 +53,16 @@ def _network(family: str, tokenizer: Any) -> Network:
     ids=["first", "a", "s", "last", "third-from-end"],
 )
 def test_sources_from_the_prefix_equal_whole_sequences(
-    family: str, padding: str, position: int | str, cut: bool | None, bpe_tokenizer: Any
+    family: str,
+    padding: str,
+    position: int | str,
+    cut: bool | None,
+    bpe_tokenizer: Any,
+    ioi_prompts: Any,
 ) -> None:
     network = _network(family, bpe_tokenizer)
-    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding=padding)
-    data = _data(48)
+    task = ioi_prompts.task(bpe_tokenizer, padding, TEMPLATES)
+    data = ioi_prompts.data(48)
     batch = task.batch(data, "source.s.")
     sites = [
         resolve(network, Location(layer=0, position=position)),
@@ -99,7 +81,9 @@ def test_sources_from_the_prefix_equal_whole_sequences(
         torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-6)
 
 
-def test_networks_that_are_not_causal_lms_are_never_cut(bpe_tokenizer: Any) -> None:
+def test_networks_that_are_not_causal_lms_are_never_cut(
+    bpe_tokenizer: Any, ioi_prompts: Any
+) -> None:
     from transformers import BertConfig
 
     config = BertConfig(
@@ -111,8 +95,8 @@ def test_networks_that_are_not_causal_lms_are_never_cut(bpe_tokenizer: Any) -> N
         pad_token_id=bpe_tokenizer.pad_token_id,
     )
     network = Network.from_config(config, seed=0)
-    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"))
-    batch = task.batch(_data(8), "source.s.")
+    task = ioi_prompts.task(bpe_tokenizer, templates=TEMPLATES)
+    batch = task.batch(ioi_prompts.data(8), "source.s.")
     sites = [resolve(network, Location(layer=0, position=0))]
     assert _causal_prefix(network, batch, sites) is batch
     assert np.isfinite(_collect(network, batch, sites, 4)[0].numpy()).all()

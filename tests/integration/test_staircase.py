@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config
 
 from abstraction import (
     Location,
@@ -22,8 +20,6 @@ from abstraction import (
     PreparedInterchanges,
     PromptTask,
     TrainingConfig,
-    causal_model,
-    counterfactual_dataset,
 )
 from abstraction.alignment import staircase
 from abstraction.alignment.das import fit, reproducible
@@ -35,61 +31,34 @@ from abstraction.alignment.staircase import (
     staircase_unsupported,
 )
 
-NAMES = ("Mary", "John", "Anna", "Kasimir", "Bob", "Theodora")
 LAYERS = 4
 
 
-@causal_model(inputs={"a": NAMES, "b": NAMES, "s_first": (True, False)})
-def ioi(a, b, s_first):  # type: ignore[no-untyped-def]
-    s = a if s_first else b
-    other = s != a
-    io = a if other else b
-    return io
-
-
-def distinct_names(rng: np.random.Generator, n: int) -> dict[str, Any]:
-    pairs = np.array([(x, y) for x in NAMES for y in NAMES if x != y])
-    chosen = pairs[rng.integers(len(pairs), size=n)]
-    return {"a": chosen[:, 0], "b": chosen[:, 1], "s_first": rng.random(n) < 0.5}
-
-
-TEMPLATES = (
-    "When {a} and {b} went to the store, {s} gave a drink to",
-    "Then {a} and {b} had fun. {s} handed it to",
-)
-
-
 @pytest.fixture(scope="module")
-def network(bpe_tokenizer: Any) -> Network:
-    config = GPT2Config(
-        n_layer=LAYERS,
-        n_embd=32,
-        n_head=4,
-        n_positions=64,
-        vocab_size=len(bpe_tokenizer),
-        pad_token_id=bpe_tokenizer.pad_token_id,
-    )
-    return Network.from_config(config, seed=0)
+def network(bpe_tokenizer: Any, ioi_prompts: Any) -> Network:
+    network: Network = ioi_prompts.gpt2(bpe_tokenizer, LAYERS)
+    return network
 
 
-def _cells(network: Network, task: PromptTask, position: int | str, seed: int = 0) -> Any:
-    data = counterfactual_dataset(
-        ioi, 80, [["s"]], sampler=distinct_names, source_sampler=distinct_names, seed=seed
-    )
+def _cells(
+    network: Network, task: PromptTask, position: int | str, ioi_prompts: Any, seed: int = 0
+) -> Any:
+    data = ioi_prompts.data(80, seed=seed)
     locations = [Location(layer=layer, position=position) for layer in range(LAYERS)]
     return PreparedInterchanges.for_locations(network, task, data, locations, ["s"])
 
 
-def _task(tokenizer: Any, padding: str) -> PromptTask:
-    return PromptTask("ioi", ioi, tokenizer, TEMPLATES, candidates=("a", "b"), padding=padding)
+def _task(ioi_prompts: Any, tokenizer: Any, padding: str) -> PromptTask:
+    task: PromptTask = ioi_prompts.task(tokenizer, padding)
+    return task
 
 
 @pytest.mark.parametrize("padding", ["left", "right"])
 @pytest.mark.parametrize("position", [0, "s.last", "last"], ids=["first", "middle", "last"])
 def test_staircase_logits_equal_each_cells_own_suffix(
-    network: Network, bpe_tokenizer: Any, padding: str, position: int | str
+    network: Network, bpe_tokenizer: Any, ioi_prompts: Any, padding: str, position: int | str
 ) -> None:
-    cells = _cells(network, _task(bpe_tokenizer, padding), position)
+    cells = _cells(network, _task(ioi_prompts, bpe_tokenizer, padding), position, ioi_prompts)
     assert staircase_unsupported(cells) is None
     if position != 0:
         assert cells[0].start > 0
@@ -119,10 +88,15 @@ def test_staircase_logits_equal_each_cells_own_suffix(
 
 @pytest.mark.parametrize("position", [0, "last"], ids=["first", "last"])
 def test_fit_cells_trains_what_each_cell_trains_alone(
-    network: Network, bpe_tokenizer: Any, position: int | str, monkeypatch: pytest.MonkeyPatch
+    network: Network,
+    bpe_tokenizer: Any,
+    ioi_prompts: Any,
+    position: int | str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    task = _task(bpe_tokenizer, "left")
-    cells, validation = _cells(network, task, position), _cells(network, task, position, seed=1)
+    task = _task(ioi_prompts, bpe_tokenizer, "left")
+    cells = _cells(network, task, position, ioi_prompts)
+    validation = _cells(network, task, position, ioi_prompts, seed=1)
     config = TrainingConfig(epochs=3, batch_size=16, lr=5e-2, patience=1, seed=4)
     calls = []
     monkeypatch.setattr(
@@ -155,12 +129,10 @@ def test_fit_cells_trains_what_each_cell_trains_alone(
 
 
 def test_cells_prepared_apart_are_fitted_one_at_a_time(
-    network: Network, bpe_tokenizer: Any
+    network: Network, bpe_tokenizer: Any, ioi_prompts: Any
 ) -> None:
-    task = _task(bpe_tokenizer, "left")
-    data = counterfactual_dataset(
-        ioi, 40, [["s"]], sampler=distinct_names, source_sampler=distinct_names, seed=0
-    )
+    task = _task(ioi_prompts, bpe_tokenizer, "left")
+    data = ioi_prompts.data(40)
     apart = [
         PreparedInterchanges(network, task, data, Location(layer=layer, position="last"), ["s"])
         for layer in (0, 2)
@@ -181,10 +153,10 @@ def test_cells_prepared_apart_are_fitted_one_at_a_time(
 
 
 def test_fit_cells_without_epoch_selection_keeps_each_cells_last_epoch(
-    network: Network, bpe_tokenizer: Any
+    network: Network, bpe_tokenizer: Any, ioi_prompts: Any
 ) -> None:
-    task = _task(bpe_tokenizer, "left")
-    cells = _cells(network, task, "last")
+    task = _task(ioi_prompts, bpe_tokenizer, "left")
+    cells = _cells(network, task, "last", ioi_prompts)
     config = TrainingConfig(epochs=2, batch_size=16, lr=5e-2, seed=1, select_epoch=False)
     together = reproducible(fit_cells)(cells, None, task, ["s"], method="low_rank", config=config)
     for cell, alignment in zip(cells, together, strict=True):
