@@ -12,74 +12,40 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config
 
 from abstraction import (
     Location,
     LowRankPatch,
     Network,
     PreparedInterchanges,
-    PromptTask,
-    causal_model,
-    counterfactual_dataset,
     intervene,
 )
 from abstraction.alignment.prefix_cache import PrefixCache, supports_kv_reuse
 
-NAMES = ("Mary", "John", "Anna", "Kasimir", "Bob", "Theodora")
 LAYERS = 4
 
 
-@causal_model(inputs={"a": NAMES, "b": NAMES, "s_first": (True, False)})
-def ioi(a, b, s_first):  # type: ignore[no-untyped-def]
-    s = a if s_first else b
-    other = s != a
-    io = a if other else b
-    return io
-
-
-def distinct_names(rng: np.random.Generator, n: int) -> dict[str, Any]:
-    pairs = np.array([(x, y) for x in NAMES for y in NAMES if x != y])
-    chosen = pairs[rng.integers(len(pairs), size=n)]
-    return {"a": chosen[:, 0], "b": chosen[:, 1], "s_first": rng.random(n) < 0.5}
-
-
-TEMPLATES = (
-    "When {a} and {b} went to the store, {s} gave a drink to",
-    "Then {a} and {b} had fun. {s} handed it to",
-)
-
-
 @pytest.fixture(scope="module")
-def network(bpe_tokenizer: Any) -> Network:
-    config = GPT2Config(
-        n_layer=LAYERS,
-        n_embd=32,
-        n_head=4,
-        n_positions=64,
-        vocab_size=len(bpe_tokenizer),
-        pad_token_id=bpe_tokenizer.pad_token_id,
-    )
-    return Network.from_config(config, seed=0)
-
-
-def _data() -> Any:
-    return counterfactual_dataset(
-        ioi, 96, [["s"]], sampler=distinct_names, source_sampler=distinct_names, seed=0
-    )
+def network(bpe_tokenizer: Any, ioi_prompts: Any) -> Network:
+    network: Network = ioi_prompts.gpt2(bpe_tokenizer, LAYERS)
+    return network
 
 
 @pytest.mark.parametrize("padding", ["left", "right"])
 @pytest.mark.parametrize("position", [0, "s.last", "last"], ids=["first", "middle", "last"])
 @pytest.mark.parametrize("layer", [0, 1, LAYERS - 1])
 def test_kv_suffix_equals_a_full_forward(
-    network: Network, bpe_tokenizer: Any, padding: str, position: int | str, layer: int
+    network: Network,
+    bpe_tokenizer: Any,
+    ioi_prompts: Any,
+    padding: str,
+    position: int | str,
+    layer: int,
 ) -> None:
-    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding=padding)
-    data = _data()
+    task = ioi_prompts.task(bpe_tokenizer, padding)
+    data = ioi_prompts.data(96)
     location = Location(layer=layer, position=position)
     prepared = PreparedInterchanges(network, task, data, location, ["s"])
     base = task.batch(data, "base.")
@@ -104,9 +70,11 @@ def test_kv_suffix_equals_a_full_forward(
     prepared.close()
 
 
-def test_gradients_flow_through_the_kv_suffix(network: Network, bpe_tokenizer: Any) -> None:
-    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="left")
-    data = _data()
+def test_gradients_flow_through_the_kv_suffix(
+    network: Network, bpe_tokenizer: Any, ioi_prompts: Any
+) -> None:
+    task = ioi_prompts.task(bpe_tokenizer, "left")
+    data = ioi_prompts.data(96)
     location = Location(layer=1, position="last")
     fast = PreparedInterchanges(network, task, data, location, ["s"])
     slow = PreparedInterchanges(network, task, data, location, ["s"], reuse_keys_values=False)
@@ -123,10 +91,10 @@ def test_gradients_flow_through_the_kv_suffix(network: Network, bpe_tokenizer: A
 
 
 def test_disk_spilled_kv_cache_equals_the_in_memory_one(
-    network: Network, bpe_tokenizer: Any, tmp_path: Any
+    network: Network, bpe_tokenizer: Any, ioi_prompts: Any, tmp_path: Any
 ) -> None:
-    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="right")
-    base = task.batch(_data(), "base.")
+    task = ioi_prompts.task(bpe_tokenizer, "right")
+    base = task.batch(ioi_prompts.data(96), "base.")
     memory = PrefixCache(network, base, 1, start=5)
     disk = PrefixCache(network, base, 1, start=5, memory_budget=0, directory=tmp_path)
     assert (memory.storage, disk.storage) == ("memory", "disk")
@@ -143,10 +111,10 @@ def test_disk_spilled_kv_cache_equals_the_in_memory_one(
 
 
 def test_disk_spilled_prepared_interchanges_give_the_same_logits(
-    network: Network, bpe_tokenizer: Any
+    network: Network, bpe_tokenizer: Any, ioi_prompts: Any
 ) -> None:
-    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="left")
-    data = _data()
+    task = ioi_prompts.task(bpe_tokenizer, "left")
+    data = ioi_prompts.data(96)
     location = Location(layer=0, position="last")
     memory = PreparedInterchanges(network, task, data, location, ["s"])
     disk = PreparedInterchanges(network, task, data, location, ["s"], memory_budget=0)
@@ -185,10 +153,10 @@ def test_other_families_fall_back_to_the_whole_suffix() -> None:
 
 @pytest.mark.parametrize("position", [0, "last"], ids=["first", "last"])
 def test_locations_prepared_together_equal_each_prepared_alone(
-    network: Network, bpe_tokenizer: Any, position: int | str
+    network: Network, bpe_tokenizer: Any, ioi_prompts: Any, position: int | str
 ) -> None:
-    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="right")
-    data = _data()
+    task = ioi_prompts.task(bpe_tokenizer, "right")
+    data = ioi_prompts.data(96)
     locations = [Location(layer=layer, position=position) for layer in range(LAYERS)]
     together = PreparedInterchanges.for_locations(network, task, data, locations, ["s"])
     basis = torch.linalg.qr(torch.randn(32, 1, generator=torch.Generator().manual_seed(3)))[0]
@@ -207,14 +175,14 @@ def test_locations_prepared_together_equal_each_prepared_alone(
 
 
 def test_training_on_a_disk_spilled_cache_equals_training_in_memory(
-    network: Network, bpe_tokenizer: Any
+    network: Network, bpe_tokenizer: Any, ioi_prompts: Any
 ) -> None:
     """Shuffled training reads a disk cache through the permutation: same rows, same result."""
     from abstraction import TrainingConfig
     from abstraction.alignment.das import fit, reproducible
 
-    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="left")
-    data = _data()
+    task = ioi_prompts.task(bpe_tokenizer, "left")
+    data = ioi_prompts.data(96)
     location = Location(layer=1, position="last")
     config = TrainingConfig(epochs=2, batch_size=16, lr=1e-2, seed=0)
     bases = []
@@ -232,13 +200,13 @@ def test_training_on_a_disk_spilled_cache_equals_training_in_memory(
 
 
 def test_sweep_prepares_each_position_once_with_the_same_results(
-    network: Network, bpe_tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+    network: Network, bpe_tokenizer: Any, ioi_prompts: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from abstraction import TrainingConfig, sweep
     from abstraction.alignment import sweep as sweep_module
 
-    task = PromptTask("ioi", ioi, bpe_tokenizer, TEMPLATES, candidates=("a", "b"), padding="right")
-    data = _data()
+    task = ioi_prompts.task(bpe_tokenizer, "right")
+    data = ioi_prompts.data(96)
     config = TrainingConfig(epochs=1, batch_size=32)
     calls: list[int] = []
     together = sweep_module._prepare_together
