@@ -131,6 +131,7 @@ class CausalModel:
         declared_at: Mapping[str, tuple[str | None, int | None]] | None = None,
     ) -> None:
         self._name = name
+        self._source_hash: str | None = None
         declared_at = dict(declared_at or {})
         self._declared_at = declared_at
         seen: dict[str, int] = {}
@@ -437,6 +438,12 @@ class CausalModel:
     @property
     def source_hash(self) -> str:
         """A stable hash of the model's structure and mechanism sources."""
+        # a model is fixed once built, and large domains make the hash slow to redo
+        if self._source_hash is None:
+            self._source_hash = self._hash_source()
+        return self._source_hash
+
+    def _hash_source(self) -> str:
         digest = hashlib.sha256()
         digest.update(self._name.encode())
         for v in self._order:

@@ -13,6 +13,7 @@ differs unless told otherwise. :meth:`Alignment.to_pyvene` exports to pyvene.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,11 @@ class AlignmentError(AbstractionError, ValueError):
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape numerical results."""
+    return dict(_installed_versions())
+
+
+@functools.cache  # installed packages do not change within a process; reading them is slow
+def _installed_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     from abstraction import __version__
