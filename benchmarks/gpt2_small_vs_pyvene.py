@@ -171,6 +171,41 @@ def our_step_flops(layer: int, length: int, start: int) -> float:
     return 2 * (suffix + 2 * 2 * WIDTH)
 
 
+def sweep_flops(
+    task: RandomPrompts,
+    frames: dict[str, pd.DataFrame],
+    position: int | str,
+    start: int,
+    epochs: int,
+) -> tuple[float, float]:
+    """Counted FLOPs of a whole 12-layer sweep (every phase): (pyvene's, ours).
+
+    pyvene: per cell, ``epochs`` training passes over the pairs (:func:`pyvene_step_flops`)
+    and a source and a base forward pass per test pair. Ours: each source once through
+    the 12 blocks up to the position the sites read (no unembedding), each base once
+    through the 12 blocks at every position, then per cell the training steps
+    (:func:`our_step_flops`) and a forward pass of its suffix per test pair.
+    """
+    full = LAYERS * block_flops(LONGEST, LONGEST) + 2 * LONGEST * WIDTH * VOCAB
+    pairs, held_out = len(frames["train"]), len(frames["test"])
+    theirs = sum(
+        epochs * pairs * pyvene_step_flops(layer, LONGEST) + held_out * 2 * full
+        for layer in range(LAYERS)
+    )
+    ours = 0.0
+    for frame in frames.values():
+        source = task.batch(frame, "source.answer.")
+        read = resolve_positions(position, source, LONGEST) + 1  # a causal prefix per source
+        ours += sum(LAYERS * block_flops(int(n), int(n)) for n in read)
+        ours += len(frame) * LAYERS * block_flops(LONGEST, LONGEST)
+    ours += sum(
+        epochs * pairs * our_step_flops(layer, LONGEST, start)
+        + held_out * our_step_flops(layer, LONGEST, start) / 2
+        for layer in range(LAYERS)
+    )
+    return theirs, ours
+
+
 # -- the two tools ------------------------------------------------------------------------------
 
 
@@ -437,6 +472,13 @@ def main() -> None:
         print(
             f"ceiling set by our activations phase alone (pyvene's sweep / our activations; "
             f"training and evaluation free): {ceiling:.1f}x; our training ran {how}"
+        )
+        theirs_all, ours_all = sweep_flops(task, frames, position, start, args.epochs)
+        print(
+            f"whole sweep: ideal speed-up from counted FLOPs of every phase "
+            f"{theirs_all / ours_all:.1f}x ({theirs_all / 1e12:.1f} against "
+            f"{ours_all / 1e12:.2f} TFLOP), achieved {speedup:.1f}x "
+            f"({speedup / (theirs_all / ours_all):.2f} of ideal)"
         )
         ideal = sum(pyvene_step_flops(layer, LONGEST) for layer in range(LAYERS)) / sum(
             our_step_flops(layer, LONGEST, start) for layer in range(LAYERS)
