@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from abstraction import counterfactual_dataset
-from abstraction.alignment import AlignmentError, TrainingConfig, align, evaluate
+from abstraction.alignment import Alignment, AlignmentError, TrainingConfig, align, evaluate
 from abstraction.alignment.das import TrivialIIAWarning
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.sweep import Cell, sweep
@@ -164,6 +164,50 @@ def test_sweep_on_ray_matches_sequential(addition_network: Network, addition_tas
         sequential.cells.drop(columns="seconds"), parallel.cells.drop(columns="seconds")
     )
     assert sequential.best == parallel.best
+
+
+def test_a_resumed_low_rank_sweep_equals_the_uninterrupted_one(
+    he_network: Network, he_task: Task, he_pairs: list[pd.DataFrame], tmp_path: Path
+) -> None:
+    """A low-rank basis's orthogonal parametrisation draws from the global RNG: each cell
+    must start from the same state whichever cells ran before it in the process."""
+    train, val, _ = he_pairs
+    kwargs = {
+        "layers": [0, 1, 2],
+        "ranks": [1],
+        "method": "low_rank",
+        "config": TrainingConfig(epochs=2, batch_size=256, lr=5e-2),
+    }
+    whole = sweep(he_network, he_task, train, val, ["wx"], directory=tmp_path / "a", **kwargs)
+
+    def stop_after_one(cell: Cell, val_iia: float) -> None:
+        raise KeyboardInterrupt  # killed once the first cell is saved
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(
+            he_network,
+            he_task,
+            train,
+            val,
+            ["wx"],
+            directory=tmp_path / "b",
+            progress=stop_after_one,
+            **kwargs,
+        )
+    resumed = sweep(he_network, he_task, train, val, ["wx"], directory=tmp_path / "b", **kwargs)
+    pd.testing.assert_frame_equal(
+        whole.cells.drop(columns="seconds"), resumed.cells.drop(columns="seconds")
+    )
+    saved = {
+        side: {
+            path.parent.name: Alignment.load(path, he_network)
+            for path in sorted((tmp_path / side).glob("*/cells/*/alignment.json"))
+        }
+        for side in ("a", "b")
+    }
+    assert len(saved["a"]) == 3 and saved["a"].keys() == saved["b"].keys()
+    for cell, alignment in saved["a"].items():
+        assert torch.equal(alignment.basis, saved["b"][cell].basis), cell
 
 
 def test_a_cross_variable_dataset_can_be_aligned(he_network: Network, he_task: Task) -> None:
