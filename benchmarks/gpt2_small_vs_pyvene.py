@@ -64,7 +64,7 @@ from abstraction import (
     counterfactual_dataset,
 )
 from abstraction.alignment.das import _Rotation, fit, reproducible
-from abstraction.alignment.staircase import SMALL_STEP_ROWS, evaluate_cells, fit_cells
+from abstraction.alignment.staircase import evaluate_cells, fit_cells, fitted_apart
 from abstraction.locations import resolve_positions
 from abstraction.network import Batch, import_pyvene
 from abstraction.pyvene_interop import to_pyvene
@@ -236,7 +236,7 @@ def run_ours(
     layer_seconds = []
     alignments = []
     clock = time.perf_counter()
-    staircase = config.batch_size * (LONGEST - train[0].start) <= SMALL_STEP_ROWS
+    staircase = fitted_apart(train, None, "low_rank", config) is None
     if staircase:  # all cells train together: no time per cell to report
         alignments = reproducible(fit_cells)(
             train, None, task, ["answer"], method="low_rank", rank=1, config=config

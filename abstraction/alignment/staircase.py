@@ -46,7 +46,13 @@ from abstraction.interventions import LowRankPatch
 from abstraction.network import Batch, Network
 from abstraction.task import Task
 
-__all__ = ["evaluate_cells", "fit_cells", "staircase_logits", "staircase_unsupported"]
+__all__ = [
+    "evaluate_cells",
+    "fit_cells",
+    "fitted_apart",
+    "staircase_logits",
+    "staircase_unsupported",
+]
 
 STAIRCASE_METHODS = ("das", "low_rank")
 """Alignment methods :func:`fit_cells` trains as a staircase (others: one cell at a time)."""
@@ -341,6 +347,30 @@ def evaluate_cells(
     return _correct(cells, [a.interventions() for a in alignments])
 
 
+def fitted_apart(
+    cells: Sequence[PreparedInterchanges],
+    validation: Sequence[PreparedInterchanges] | None,
+    method: str,
+    config: TrainingConfig,
+) -> str | None:
+    """Why :func:`fit_cells` would fit ``cells`` one at a time, or ``None`` when it trains
+    them as one staircase (same arguments as :func:`fit_cells`)."""
+    if method not in STAIRCASE_METHODS:
+        return f"method {method!r} is fitted cell by cell (a staircase trains {STAIRCASE_METHODS})"
+    reason = staircase_unsupported(cells)
+    if reason is None and validation is not None:
+        reason = staircase_unsupported(validation)
+    if reason is not None:
+        return reason
+    rows = config.batch_size * _suffix_positions(cells[0])
+    if rows > SMALL_STEP_ROWS:
+        return (
+            f"a step multiplies {rows} rows (batch x suffix positions), more than "
+            f"SMALL_STEP_ROWS = {SMALL_STEP_ROWS}: it already runs near the matmul rate"
+        )
+    return None
+
+
 def fit_cells(
     cells: Sequence[PreparedInterchanges],
     validation: Sequence[PreparedInterchanges] | None,
@@ -361,7 +391,8 @@ def fit_cells(
         variables: the aligned variables (one rotation per cell holds them all).
         method: ``"das"`` or ``"low_rank"`` run as a staircase; other methods, cells
             :func:`staircase_unsupported` refuses and steps larger than
-            :data:`SMALL_STEP_ROWS` are fitted one at a time.
+            :data:`SMALL_STEP_ROWS` are fitted one at a time (:func:`fitted_apart`
+            says which and why).
         rank: dimensions per variable (as :func:`~abstraction.alignment.das.fit`).
         task: the task the cells were prepared for.
         config: training settings, the same for every cell.
@@ -375,11 +406,7 @@ def fit_cells(
         raise AlignmentError(
             f"{len(validation)} validation cells for {len(cells)} cells; prepare both the same way"
         )
-    reason = staircase_unsupported(cells)
-    if reason is None and validation is not None:
-        reason = staircase_unsupported(validation)
-    small = reason is None and config.batch_size * _suffix_positions(cells[0]) <= SMALL_STEP_ROWS
-    if not small or method not in STAIRCASE_METHODS:
+    if fitted_apart(cells, validation, method, config) is not None:
 
         def report(i: int) -> Callable[[dict[str, float | None]], None] | None:
             if progress is None:

@@ -130,6 +130,11 @@ def test_fit_cells_trains_what_each_cell_trains_alone(
     )
     assert (steps <= staircase.SMALL_STEP_ROWS) == (position == "last")
     assert bool(calls) == (position == "last")
+    reason = staircase.fitted_apart(cells, validation, "low_rank", config)
+    assert (reason is None) == (position == "last")
+    if position != "last":
+        assert reason is not None and "SMALL_STEP_ROWS" in reason
+    assert "cell by cell" in (staircase.fitted_apart(cells, validation, "dbm", config) or "")
     for a, b in zip(together, alone, strict=True):
         assert a.location == b.location
         # equal up to rounding (logits and gradients agree to 1e-5 above), which Adam
