@@ -134,7 +134,7 @@ def bpe_tokenizer(tokenizer_corpus):  # type: ignore[no-untyped-def]
 
 class IOIPrompts:
     """The IOI causal model over six names, its prompt templates and a distinct-name
-    sampler, shared by the prompt tests (kv suffix, staircase, source prefix)."""
+    sampler, shared by the prompt tests (kv suffix, staircase, source prefix, multi-site)."""
 
     names = TOKENIZER_NAMES
     templates = (

@@ -7,58 +7,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config
 
 from abstraction import (
     Location,
     LowRankPatch,
-    Network,
     PreparedInterchanges,
-    PromptTask,
-    causal_model,
     counterfactual_dataset,
     intervene,
 )
-
-NAMES = ("Mary", "John", "Anna", "Kasimir", "Bob", "Theodora")
-
-
-@causal_model(inputs={"a": NAMES, "b": NAMES, "s_first": (True, False)})
-def ioi(a, b, s_first):  # type: ignore[no-untyped-def]
-    s = a if s_first else b
-    other = s != a  # is the indirect object the first name?
-    io = a if other else b
-    return io
-
-
-def distinct_names(rng: np.random.Generator, n: int) -> dict[str, Any]:
-    pairs = np.array([(x, y) for x in NAMES for y in NAMES if x != y])
-    chosen = pairs[rng.integers(len(pairs), size=n)]
-    return {"a": chosen[:, 0], "b": chosen[:, 1], "s_first": rng.random(n) < 0.5}
-
-
-TEMPLATES = (
-    "When {a} and {b} went to the store, {s} gave a drink to",
-    "Then {a} and {b} had fun. {s} handed it to",
-)
-
-
-def _gpt2(tokenizer: Any, layers: int) -> Network:
-    """A small GPT-2 with random weights over ``tokenizer``'s vocabulary."""
-    config = GPT2Config(
-        n_layer=layers,
-        n_embd=32,
-        n_head=4,
-        n_positions=64,
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return Network.from_config(config, seed=0)
-
-
-def _task(tokenizer: Any, templates: Any, padding: str = "right") -> PromptTask:
-    return PromptTask("ioi", ioi, tokenizer, templates, candidates=("a", "b"), padding=padding)
-
 
 SITES = {
     "hooked after the cut": {
@@ -75,16 +31,16 @@ SITES = {
 @pytest.mark.parametrize("padding", ["left", "right"])
 @pytest.mark.parametrize("sites", list(SITES.values()), ids=list(SITES))
 def test_joint_interchange_at_two_sites_equals_a_full_forward(
-    sites: dict[str, Location], padding: str, bpe_tokenizer: Any
+    sites: dict[str, Location], padding: str, bpe_tokenizer: Any, ioi_prompts: Any
 ) -> None:
-    network = _gpt2(bpe_tokenizer, layers=3)
-    task = _task(bpe_tokenizer, TEMPLATES, padding=padding)
+    network = ioi_prompts.gpt2(bpe_tokenizer, 3)
+    task = ioi_prompts.task(bpe_tokenizer, padding)
     data = counterfactual_dataset(
-        ioi,
+        ioi_prompts.model,
         120,
         [["s"], ["other"], ["s", "other"]],
-        sampler=distinct_names,
-        source_sampler=distinct_names,
+        sampler=ioi_prompts.sample,
+        source_sampler=ioi_prompts.sample,
         seed=0,
     )
     prepared = PreparedInterchanges(network, task, data, sites, ["s", "other"])
@@ -116,35 +72,39 @@ def test_joint_interchange_at_two_sites_equals_a_full_forward(
     prepared.close()
 
 
-def test_a_mapping_must_cover_every_variable(bpe_tokenizer: Any) -> None:
+def test_a_mapping_must_cover_every_variable(bpe_tokenizer: Any, ioi_prompts: Any) -> None:
     from abstraction.errors import AbstractionError
 
-    network = _gpt2(bpe_tokenizer, layers=1)
-    task = _task(bpe_tokenizer, TEMPLATES[1:])
-    data = counterfactual_dataset(ioi, 10, [["s"]], sampler=distinct_names, seed=0)
+    network = ioi_prompts.gpt2(bpe_tokenizer, 1)
+    task = ioi_prompts.task(bpe_tokenizer, "right", ioi_prompts.templates[1:])
+    data = counterfactual_dataset(
+        ioi_prompts.model, 10, [["s"]], sampler=ioi_prompts.sample, seed=0
+    )
     with pytest.raises(AbstractionError, match=r"no location is given for variable\(s\) \['s'\]"):
         PreparedInterchanges(network, task, data, {"other": Location(layer=0)}, ["s"])
 
 
-def test_experiment_with_one_location_per_variable(bpe_tokenizer: Any, tmp_path: Any) -> None:
+def test_experiment_with_one_location_per_variable(
+    bpe_tokenizer: Any, ioi_prompts: Any, tmp_path: Any
+) -> None:
     from abstraction import Experiment, TrainingConfig, report, results_schema, run
 
-    network = _gpt2(bpe_tokenizer, layers=2)
-    task = _task(bpe_tokenizer, TEMPLATES[1:])
+    network = ioi_prompts.gpt2(bpe_tokenizer, 2)
+    task = ioi_prompts.task(bpe_tokenizer, "right", ioi_prompts.templates[1:])
     sites = {
         "s": Location(layer=1, position="s.last"),
         "other": Location(layer=0, component="head", head=1, position="last"),
     }
     experiment = Experiment(
         name="ioi_two_sites",
-        model=ioi,
+        model=ioi_prompts.model,
         task=task,
         network=network,
         variables=["s", "other"],
         location=sites,
         pairs=600,
-        sampler=distinct_names,
-        source_sampler=distinct_names,
+        sampler=ioi_prompts.sample,
+        source_sampler=ioi_prompts.sample,
         training=TrainingConfig(epochs=1),
         baselines=("random_subspace", "patch", "mean_ablation"),
         seeds=2,
@@ -167,14 +127,14 @@ def test_experiment_with_one_location_per_variable(bpe_tokenizer: Any, tmp_path:
     assert "other at layer 0 head 1 @ last" in markdown
 
 
-def test_location_mapping_must_match_the_variables() -> None:
+def test_location_mapping_must_match_the_variables(ioi_prompts: Any) -> None:
     from abstraction import Experiment
     from abstraction.errors import DeclarationError
 
     with pytest.raises(DeclarationError, match="one entry per aligned variable"):
         Experiment(
             name="x",
-            model=ioi,
+            model=ioi_prompts.model,
             task=None,  # type: ignore[arg-type]
             network="nowhere",
             variables=["s", "other"],
@@ -183,24 +143,24 @@ def test_location_mapping_must_match_the_variables() -> None:
 
 
 def test_each_variable_searched_on_its_own_then_verified_together(
-    bpe_tokenizer: Any, tmp_path: Any
+    bpe_tokenizer: Any, ioi_prompts: Any, tmp_path: Any
 ) -> None:
     from abstraction import Experiment, Search, TrainingConfig, report, run
 
-    task = _task(bpe_tokenizer, TEMPLATES[1:])
+    task = ioi_prompts.task(bpe_tokenizer, "right", ioi_prompts.templates[1:])
     experiment = Experiment(
         name="ioi_searched_sites",
-        model=ioi,
+        model=ioi_prompts.model,
         task=task,
-        network=_gpt2(bpe_tokenizer, layers=2),
+        network=ioi_prompts.gpt2(bpe_tokenizer, 2),
         variables=["s", "other"],
         search={
             "s": Search(layers=[0, 1], positions=["s.last", "last"]),
             "other": Search(layers=[1], components=["head"], heads=[0, 2], positions=["last"]),
         },
         pairs=900,
-        sampler=distinct_names,
-        source_sampler=distinct_names,
+        sampler=ioi_prompts.sample,
+        source_sampler=ioi_prompts.sample,
         training=TrainingConfig(epochs=1),
         baselines=("random_subspace",),
     )
