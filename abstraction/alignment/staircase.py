@@ -254,7 +254,13 @@ def run_staircase(
     final = base.get_submodule("ln_f")(state)
     slots = torch.arange(len(joined), device=device) * length
     assert batch.readout is not None
-    at = (batch.readout.to(device) - start).unsqueeze(1) + slots  # (rows, cells)
+    readout = batch.readout.to(device)
+    if bool((readout < start).any() or (readout >= start + length).any()):
+        # one cell's suffix would wrap to its own positions; stacked, it reads a neighbour's
+        raise AlignmentError(
+            f"a readout position lies outside the suffix {start}..{start + length - 1}"
+        )
+    at = (readout - start).unsqueeze(1) + slots  # (rows, cells)
     picked = final[torch.arange(rows, device=device).unsqueeze(1), at]  # (rows, cells, width)
     candidates = batch.candidates
     if candidates is not None and candidates.dim() == 2:
@@ -309,11 +315,14 @@ def _rows_per_pass(cells: Sequence[PreparedInterchanges]) -> int:
     assert first.cache is not None
     width, cells_n = int(first.network.width or 1), len(cells)
     positions, start = _suffix_positions(first), first.cache.start
+    heads = int(getattr(getattr(first.network.module, "config", None), "n_head", 1) or 1)
     # every cell's suffix working set (as PreparedInterchanges), one copy of the past and
-    # its concatenation with the stacked keys and values, and the stacked mask
+    # its concatenation with the stacked keys and values, the stacked mask, and (eager
+    # attention) each head's scores and weights over it, which grow with the square of
+    # the cells
     stacked = cells_n * positions
     per_row = stacked * width * 4 * 24 + 4 * (start + stacked) * width * 4
-    per_row += stacked * (start + stacked) * 4
+    per_row += (1 + 2 * heads) * stacked * (start + stacked) * 4
     return max(1, PASS_BYTES // per_row)
 
 

@@ -8,6 +8,7 @@ suffixes, and :func:`fit_cells` trains the same rotations as fitting each cell a
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from abstraction import (
 )
 from abstraction.alignment import staircase
 from abstraction.alignment.das import fit, reproducible
+from abstraction.alignment.result import AlignmentError
 from abstraction.alignment.staircase import (
     evaluate_cells,
     fit_cells,
@@ -212,5 +214,27 @@ def test_staircase_needs_attention_that_takes_its_mask(
     finally:
         module.set_attn_implementation("sdpa")  # type: ignore[operator]
     assert staircase_unsupported(cells) is None
+    for cell in cells:
+        cell.close()
+
+
+def test_a_readout_outside_the_suffix_is_refused(
+    network: Network, bpe_tokenizer: Any, ioi_prompts: Any
+) -> None:
+    """Stacked, a readout before the suffix would read the neighbouring cell's positions."""
+    cells = _cells(network, _task(ioi_prompts, bpe_tokenizer, "left"), "last", ioi_prompts)
+    rows = torch.arange(8)
+    base = cells[0].base.select(rows)
+    stages = []
+    for cell in cells:
+        hidden, _ = cell.suffix_input(rows, None, base)
+        stages.append((cell.cache.cut, hidden))  # type: ignore[union-attr]
+    start = cells[0].cache.start  # type: ignore[union-attr]
+    past = dict(enumerate(cells[0].cache.past(rows), start=1))  # type: ignore[union-attr]
+    assert len(run_staircase(network, base, stages, start=start, past=past)) == LAYERS
+    assert base.readout is not None
+    before = dataclasses.replace(base, readout=base.readout - 1)  # before the suffix
+    with pytest.raises(AlignmentError, match="outside the suffix"):
+        run_staircase(network, before, stages, start=start, past=past)
     for cell in cells:
         cell.close()
