@@ -111,7 +111,7 @@ def staircase_unsupported(cells: Sequence[PreparedInterchanges]) -> str | None:
         return "the network has no known unembedding at a readout position"
     if not _block_calling(first.network):
         return f"{first.network.family} blocks are not supported (GPT-2 in transformers 5 is)"
-    attention = getattr(getattr(first.network.module, "config", None), "_attn_implementation", None)
+    attention = getattr(first.network.config, "_attn_implementation", None)
     if attention not in MASKED_ATTENTION:
         return (
             f"{attention!r} attention does not take the block-diagonal mask the stacked cells "
@@ -315,7 +315,7 @@ def _rows_per_pass(cells: Sequence[PreparedInterchanges]) -> int:
     assert first.cache is not None
     width, cells_n = int(first.network.width or 1), len(cells)
     positions, start = _suffix_positions(first), first.cache.start
-    heads = int(getattr(getattr(first.network.module, "config", None), "n_head", 1) or 1)
+    heads = first.network.n_heads or 1
     # every cell's suffix working set (as PreparedInterchanges), one copy of the past and
     # its concatenation with the stacked keys and values, the stacked mask, and (eager
     # attention) each head's scores and weights over it, which grow with the square of
@@ -450,27 +450,26 @@ def _fit_staircase(
 ) -> list[Alignment]:
     first = cells[0]
     network = first.network
-    spans, rotations, generators = [], [], []
+    spans, rotations = [], []
     drawn: dict[tuple[int, int], tuple[_Rotation, torch.Tensor]] = {}
     for cell in cells:
         width = cell.width_of(variables[0])
         spans.append(_subspaces(method, variables, width, rank, None))
         k = width if method == "das" else max(stop for _, stop in spans[-1].values())
-        generator = torch.Generator().manual_seed(config.seed)
         if (width, k) not in drawn:
-            # as each cell's own fit under `reproducible`: the same global RNG state
+            # as each cell's own fit under `reproducible`: its generator and the global RNG
+            # state; every cell of this shape draws the same start, so it is copied (the
+            # draw is a QR of a width x width matrix)
+            generator = torch.Generator().manual_seed(config.seed)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 drawn[width, k] = (_Rotation(width, k, generator), generator.get_state())
-        # every cell of this shape draws the same start: copy it (a QR of width x width each)
-        rotation, state = drawn[width, k]
-        rotations.append(copy.deepcopy(rotation).to(network.device))
-        generator.set_state(state)
-        generators.append(generator)
-    states = [g.get_state() for g in generators]
+        rotations.append(copy.deepcopy(drawn[width, k][0]).to(network.device))
+    states = [state for _, state in drawn.values()]
     if any(not torch.equal(s, states[0]) for s in states):
         raise AlignmentError("the cells' widths differ, so their shuffles would differ")
-    generator = generators[0]
+    generator = torch.Generator()
+    generator.set_state(states[0])  # where each cell's own fit would shuffle from
     optimizer = torch.optim.Adam([p for r in rotations for p in r.parameters()], lr=config.lr)
     order = torch.randperm(first.rows, generator=generator)
     cuts = [cell.cache.cut if cell.cache is not None else 0 for cell in cells]
