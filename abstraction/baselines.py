@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from torch import nn
 
 from abstraction.alignment.das import TrainingConfig, evaluate, fit_sites
 from abstraction.alignment.masks import Featurizers
@@ -37,7 +38,7 @@ from abstraction.alignment.result import FEATURE_METHODS, Alignment
 from abstraction.counterfactuals import control_model, relabel
 from abstraction.featurizers import Identity, SparseAutoencoder
 from abstraction.interventions import Intervention, MeanAblation, Patch, random_subspace_patches
-from abstraction.network import Network, restore_default_linear_init
+from abstraction.network import Network, restore_default_linear_init, seeded
 from abstraction.task import Task
 
 __all__ = ["BASELINES", "BaselineResult", "random_weights", "run_baselines"]
@@ -77,9 +78,14 @@ class BaselineResult:
 
 
 def random_weights(network: Network, seed: int) -> Network:
-    """The same architecture with freshly initialised weights (the global RNG is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    """The same architecture with freshly initialised weights (the global RNG is left as it was).
+
+    The weights are drawn on the CPU, so a seed gives the same network whatever device
+    ``network`` is on, and then put where ``network``'s are (each parameter and buffer on
+    the device and in the dtype of the original's of the same name): the null runs
+    where, and in the precision, the network runs.
+    """
+    with seeded(seed):
         return _fresh(network)
 
 
@@ -91,14 +97,31 @@ def _fresh(network: Network) -> Network:
     except Exception:
         fresh = None
     if fresh is None:
-        fresh = copy.deepcopy(module)
+        fresh = copy.deepcopy(module).to("cpu")
         for sub in fresh.modules():
             reset = getattr(sub, "reset_parameters", None)
             if callable(reset):
                 reset()
     if network.family == "mlp":
         restore_default_linear_init(fresh)
+    _place_like(fresh, module, network.device)
     return Network(fresh, family=network.family, name=f"{network.name} (random weights)")
+
+
+def _place_like(fresh: nn.Module, original: nn.Module, device: torch.device) -> None:
+    """Move each of ``fresh``'s parameters and buffers to the device (and, for floating
+    tensors, the dtype) of ``original``'s tensor of the same name; to ``device`` when
+    ``original`` has none of that name."""
+    where = {
+        name: (tensor.device, tensor.dtype)
+        for name, tensor in (*original.named_parameters(), *original.named_buffers())
+    }
+    for name, tensor in (*fresh.named_parameters(), *fresh.named_buffers()):
+        target, dtype = where.get(name, (device, tensor.dtype))
+        if not tensor.is_floating_point():
+            dtype = tensor.dtype
+        if tensor.device != target or tensor.dtype != dtype:
+            tensor.data = tensor.data.to(target, dtype)
 
 
 def run_baselines(

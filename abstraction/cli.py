@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
-from types import ModuleType
-from typing import Annotated, Any
+from types import ModuleType, TracebackType
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from abstraction.causal_model import CausalModel
@@ -127,7 +128,8 @@ def _fail(exc: BaseException, code: int, debug: bool) -> None:
     Code 1 marks an internal error: the message says so and how to see the traceback.
     """
     if debug:
-        errors.print(traceback.format_exc(), markup=False, highlight=False)
+        # soft_wrap: a traceback's lines stay whole (``File ..., line N, in name``)
+        errors.print(traceback.format_exc(), markup=False, highlight=False, soft_wrap=True)
     text = str(exc) if code == 2 else f"{type(exc).__name__}: {exc}"
     # soft_wrap: never break a line inside a path or a file:line
     errors.print("error: " + text, highlight=False, markup=False, soft_wrap=True)
@@ -140,6 +142,84 @@ def _fail(exc: BaseException, code: int, debug: bool) -> None:
             soft_wrap=True,
         )
     raise typer.Exit(code)
+
+
+HEARTBEAT = 5.0
+"""Seconds between the lines that say a phase is still running, where output is not a
+terminal (a pipe, a log file, CI): there rich draws no spinner until the run ends."""
+
+
+class _Phases:
+    """Shows which phase a run is in: called with each phase's message.
+
+    On a terminal, a spinner with the elapsed time per phase. Elsewhere rich draws
+    nothing until the end, so each phase is a plain line as it starts, and a line every
+    :data:`HEARTBEAT` seconds says which phase is still running: a run is never silent.
+    """
+
+    def __init__(self, console: Console, *, transient: bool) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=transient,
+        )
+        self.task: TaskID | None = None
+        self.message = ""
+        self.began = self.since = time.perf_counter()
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.beat = threading.Thread(target=self._heartbeat, daemon=True)
+
+    def __enter__(self) -> _Phases:
+        if self.live:
+            self.progress.start()
+        else:
+            self.beat.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.finish()
+        if self.live:
+            self.progress.stop()
+        else:
+            self.done.set()
+            self.beat.join()
+
+    def __call__(self, message: str) -> None:
+        self.finish()
+        if self.live:
+            self.task = self.progress.add_task(message, total=None)
+            return
+        with self.lock:
+            self.message, self.since = message, time.perf_counter()
+            self._line(message)
+
+    def finish(self) -> None:
+        """Mark the current phase done."""
+        if self.live and self.task is not None:
+            self.progress.update(self.task, completed=1, total=1)
+
+    def _line(self, text: str) -> None:
+        elapsed = time.perf_counter() - self.began
+        self.console.print(
+            f"[{elapsed:6.0f} s] {text}", highlight=False, markup=False, soft_wrap=True
+        )
+
+    def _heartbeat(self) -> None:
+        while not self.done.wait(HEARTBEAT):
+            with self.lock:
+                if self.message:
+                    since = time.perf_counter() - self.since
+                    self._line(f"  still {self.message} ({since:.0f} s)")
 
 
 def _run(
@@ -158,29 +238,18 @@ def _run(
     from abstraction import report
 
     try:
-        module = load_file(file)
-        experiment = find_experiment(module, file)
-        if require_search and experiment.search is None:
-            raise BadInput(
-                f"{file}: `abstraction sweep` needs the experiment to declare "
-                "search=Search(layers=..., positions=...)."
-            )
         quiet = as_json
         start = time.perf_counter()
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            console=errors if quiet else console,
-            transient=quiet,
-        ) as progress:
-            current: dict[str, Any] = {}
-
-            def phase(message: str) -> None:
-                if "task" in current:
-                    progress.update(current["task"], completed=1, total=1)
-                current["task"] = progress.add_task(message, total=None)
-
+        with _Phases(errors if quiet else console, transient=quiet) as phase:
+            # importing may take minutes: a zoo network trains on first use
+            phase(f"importing {file}")
+            module = load_file(file)
+            experiment = find_experiment(module, file)
+            if require_search and experiment.search is None:
+                raise BadInput(
+                    f"{file}: `abstraction sweep` needs the experiment to declare "
+                    "search=Search(layers=..., positions=...)."
+                )
             results = runner.run(
                 experiment,
                 seed=seed,
@@ -192,8 +261,6 @@ def _run(
                 device=device,
                 memory_budget=None if memory_budget is None else int(memory_budget * 2**30),
             )
-            if "task" in current:
-                progress.update(current["task"], completed=1, total=1)
         index = report.write(results, out / experiment.name)
     except (BadInput, AbstractionError) as exc:
         _fail(exc, 2, debug)

@@ -200,7 +200,7 @@ def diagnose(
             measured, note="no test pair that intervenes on the variable changes the label"
         )
     rows = torch.from_numpy(rows_np)
-    basis = alignment.variable_basis(variable).detach().double()
+    basis = alignment.variable_basis(variable).detach().cpu().double()
     gradient, base = _margin_gradient(prepared, alignment, rows)
     delta = (natural[rows].double() - base) @ basis @ basis.T
 
@@ -229,13 +229,16 @@ def _margin_gradient(
     grads: list[torch.Tensor] = []
     seen: list[torch.Tensor] = []
     width = prepared.width_of(alignment.variables[0])
+    device = prepared.network.device
     with torch.enable_grad():
         for start in range(0, len(rows), batch):
             chunk = rows[start : start + batch]
-            delta = torch.zeros(len(chunk), width, dtype=torch.float32, requires_grad=True)
+            delta = torch.zeros(
+                len(chunk), width, dtype=torch.float32, device=device, requires_grad=True
+            )
             probe = _Probe(alignment.location, delta=delta)
             logits = prepared.logits(chunk, [probe])
-            index = torch.arange(len(chunk))
+            index = torch.arange(len(chunk), device=logits.device)
             labels = prepared.labels[chunk].to(logits.device)
             base_labels = prepared.base_labels[chunk].to(logits.device)
             margin = logits[index, labels] - logits[index, base_labels]

@@ -36,7 +36,7 @@ from abstraction.alignment.das import TrainingConfig, reproducible
 from abstraction.alignment.prefix_cache import budgeted
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import FEATURE_METHODS, METHODS, library_versions
-from abstraction.alignment.sweep import SweepResult, sweep
+from abstraction.alignment.sweep import Cell, SweepResult, sweep
 from abstraction.baselines import BASELINES, random_weights
 from abstraction.causal_model import CausalModel
 from abstraction.counterfactuals import (
@@ -409,7 +409,9 @@ def run(
         if exp.search is not None
         else time.perf_counter()
     )
-    found = _locate(network, exp, exp.task, (train, validation, test), training, sweep_directory)
+    found = _locate(
+        network, exp, exp.task, (train, validation, test), training, sweep_directory, progress
+    )
     if exp.search is not None:
         timings["sweep"] = time.perf_counter() - start
     sweep_result, sweeps = found.sweep, found.sweeps
@@ -460,7 +462,7 @@ def run(
         # The rival gets the same search as the hypothesis (its own site, on validation),
         # so that it is compared at its best, not at the hypothesis's site.
         rival_found = (
-            _locate(network, exp, rival_task, rival_splits, training, sweep_directory)
+            _locate(network, exp, rival_task, rival_splits, training, sweep_directory, progress)
             if exp.search is not None
             else found
         )
@@ -639,8 +641,20 @@ def _locate(
     splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
     training: TrainingConfig,
     directory: str | Path | None,
+    progress: Callable[[str], None] | None = None,
 ) -> _Located:
-    """The experiment's location, or the one its search chooses on validation for ``task``."""
+    """The experiment's location, or the one its search chooses on validation for ``task``
+    (``progress`` hears of each sweep cell as it finishes)."""
+
+    done = 0
+
+    def cell_done(cell: Cell, val_iia: float) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(
+                f"sweeping: {done} cell(s) done, the last {cell.key} (validation IIA {val_iia:.3f})"
+            )
 
     def run_sweep(
         search: Search, variables: list[str], *pairs: pd.DataFrame, method: str = exp.method
@@ -661,6 +675,7 @@ def _locate(
             test=pairs[2],
             config=training,
             directory=directory,
+            progress=cell_done,
         )
 
     if isinstance(exp.search, Mapping):

@@ -354,7 +354,8 @@ def selected_span(featurizer: Featurizer, mask: torch.Tensor) -> torch.Tensor:
     SAE, whose encoder is not linear, it is the span the swap writes into. Directions
     that are linearly dependent count once (``r`` is their rank).
     """
-    directions = featurizer.directions().detach().double()[:, mask.detach().cpu() > 0.5]
+    # on the CPU, like every alignment's basis, whatever device the featurizer is on
+    directions = featurizer.directions().detach().cpu().double()[:, mask.detach().cpu() > 0.5]
     if directions.shape[1] == 0:
         raise FeaturizerError("the mask selects no feature; select at least one")
     if featurizer.kind in ("identity", "pca"):
@@ -507,18 +508,20 @@ def train_sae(
         k = max(1, features // 8) if k is None else k
         if not 0 < k <= features:
             raise FeaturizerError(f"k must be in 1..{features}, not {k}")
+    # drawn on the CPU (the same start and batches on every device), trained on the
+    # activations' device
     generator = torch.Generator().manual_seed(seed)
-    w_dec = torch.randn(features, d, generator=generator)
+    w_dec = torch.randn(features, d, generator=generator).to(data.device)
     w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
     W_dec = torch.nn.Parameter(w_dec)
     W_enc = torch.nn.Parameter(w_dec.T.clone())
-    b_enc = torch.nn.Parameter(torch.zeros(features))
+    b_enc = torch.nn.Parameter(torch.zeros(features, device=data.device))
     b_dec = torch.nn.Parameter(data.mean(0).clone())
     optimizer = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=lr)
     scale = data.var(0).sum().clamp_min(1e-12)
     for step in range(steps):
         rows = torch.randint(n, (min(batch_size, n),), generator=generator)
-        x = data[rows]
+        x = data[rows.to(data.device)]
         pre = (x - b_dec) @ W_enc + b_enc
         acts = torch.relu(pre)
         if activation == "topk":

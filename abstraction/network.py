@@ -19,7 +19,7 @@ import inspect
 import io
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -39,6 +39,7 @@ __all__ = [
     "NetworkError",
     "import_pyvene",
     "resolve_device",
+    "seeded",
 ]
 
 
@@ -290,8 +291,7 @@ class Network:
         (through a forked RNG: the caller's global RNG state is unchanged).
         """
         model_class = _model_class(config)
-        with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
-            torch.manual_seed(seed)
+        with seeded(seed):  # the caller's global RNG is left as it was
             if isinstance(model_class, type) and issubclass(model_class, nn.Module):
                 module = model_class(config)
             else:
@@ -522,6 +522,23 @@ def resolve_device(device: torch.device | str) -> torch.device:
     elif resolved.type not in ("cpu", "cuda", "mps"):
         raise NetworkError(f"device {device!r} is not supported; use 'cpu', 'cuda' or 'mps'")
     return resolved
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Within the context torch's global random streams start from ``seed``; afterwards
+    the caller's are put back.
+
+    ``torch.manual_seed`` seeds the CPU stream and every CUDA device's, so once CUDA is
+    in use (a network moved to a GPU) the CUDA streams are saved and restored too, not
+    only the CPU's; CUDA is never initialised here (a CPU run stays free of it, and a
+    process may still fork afterwards).
+    """
+    initialised = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    devices = list(range(torch.cuda.device_count())) if initialised else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _config_int(config: Any, name: str) -> int | None:

@@ -54,8 +54,8 @@ def pyvene_component(network: Network, location: Location) -> dict[str, Any]:
 def to_pyvene(intervention: Intervention, network: Network) -> tuple[dict[str, Any], Any]:
     """Convert to pyvene: its representation config fields and an intervention object.
 
-    The returned pyvene intervention carries this intervention's parameters, so
-    ``IntervenableModel`` built from them computes the same outputs.
+    The returned pyvene intervention carries this intervention's parameters, on the
+    network's device, so ``IntervenableModel`` built from them computes the same outputs.
     """
     pyvene = import_pyvene()
     site = resolve(network, intervention.location)
@@ -84,7 +84,8 @@ def to_pyvene(intervention: Intervention, network: Network) -> tuple[dict[str, A
         obj = pyvene.VanillaIntervention(embed_dim=width, source_representation=intervention.mean)
     else:
         raise InterventionError(f"pyvene has no equivalent of {intervention!r}")
-    return component, obj
+    # on the network's device, as IntervenableModel runs it (it does not move interventions)
+    return component, obj.to(network.device)
 
 
 def _typed(obj: Any, like: torch.Tensor) -> Any:

@@ -183,7 +183,8 @@ class VariableRecord(_Record):
     output_agreement: float | None
     """Share of test inputs on which the variable is a function of the output alone."""
     flags: list[str]
-    """``illusion``, ``output_in_disguise``, ``not_necessary`` (see :func:`abstraction.decide`)."""
+    """``illusion``, ``output_in_disguise``, ``not_necessary``, ``borderline`` (the IIA's CI
+    contains the threshold; see :func:`abstraction.decide`)."""
 
     @classmethod
     def of(cls, result: VariableResult) -> VariableRecord:

@@ -78,7 +78,7 @@ __all__ = [
 NULLS = ("random_subspace", "untrained", "control")
 """Baselines the hypothesis must beat significantly (where they are informative)."""
 
-FLAGS = ("illusion", "output_in_disguise", "not_necessary")
+FLAGS = ("illusion", "output_in_disguise", "not_necessary", "borderline")
 """What a variable can be flagged for (see :func:`decide`)."""
 
 Verdict = Literal["faithful", "partial", "unfaithful", "inconclusive"]
@@ -273,6 +273,14 @@ def _judge_variable(
         if passed
         else f"{interval} does not clear the threshold {thresholds.iia:.2f}"
     )
+    if estimate.low <= thresholds.iia <= estimate.high:
+        # the verdict on this variable turns on sampling noise: another seed, machine or
+        # library release can move it across the threshold
+        flags.append("borderline")
+        reasons.append(
+            f"borderline: the CI contains the threshold {thresholds.iia:.2f}, so whether this "
+            "variable passes can change with the seed, the machine or a library release"
+        )
     for name, null in e.nulls.items():
         if not null.informative:
             reasons.append(

@@ -14,6 +14,16 @@ so examples and tests use networks trained on the spot from a config and a seed:
   outputs the queried name's digit, a positional task that needs attention (the
   intermediate variable is the index of the matching pair).
 
+Training runs in a child process whose floating-point kernels are pinned
+(:data:`PINNED_NUMERICS`: ATen's AVX2 kernels, MKL's AVX2 code path, one thread). Left to
+choose, they follow the CPU: the same seed and packages gave ``addition_gpt2`` three
+different sets of weights on three machines (AVX-512 and AVX2 kernels round GELU and
+matrix products differently, and 4,000 training steps amplify the last bit). Pinned,
+an x86-64 machine with AVX2 retrains each network to the hash recorded in its entry
+(:attr:`ZooEntry.reference_hash`) under the versions in ``requirements/test.lock``; a
+network that comes out otherwise is used, with a warning that figures committed about
+the reference network will not reproduce exactly.
+
 Each network is saved with ``save_pretrained`` (safetensors + config.json) under the
 cache directory (``ABSTRACTION_CACHE`` or the user cache dir), keyed by name, config,
 seed and library version, and reloaded through :meth:`Network.from_pretrained`, the
@@ -25,18 +35,24 @@ instead of being used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import platform
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from abstraction import corpus
 from abstraction.causal_model import CausalModel, causal_model
@@ -47,6 +63,7 @@ from abstraction.network import Network, import_pyvene, restore_default_linear_i
 from abstraction.task import EntityVectorTask, Task, TokenTask
 
 __all__ = [
+    "PINNED_NUMERICS",
     "Trained",
     "ZooEntry",
     "cache_dir",
@@ -57,11 +74,34 @@ __all__ = [
     "tokenizer",
 ]
 
-VERSION = "3"
+VERSION = "4"
 """Bump when a zoo recipe changes, so cached networks are retrained.
 
 3: the warmup + cosine schedule is ``transformers.get_cosine_schedule_with_warmup``.
+4: trained in a child process with :data:`PINNED_NUMERICS`.
 """
+
+PINNED_NUMERICS: dict[str, str] = {
+    # ATen's vectorised kernels (GELU, softmax, layer norm, attention) follow the CPU
+    # unless pinned: AVX-512 and AVX2 round differently. Every x86-64 server of the last
+    # decade has AVX2.
+    "ATEN_CPU_CAPABILITY": "avx2",
+    # MKL's matrix products take the AVX2 code path whatever the CPU offers
+    # (conditional numerical reproducibility)
+    "MKL_CBWR": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    # one thread: reductions run in one order
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+"""The environment zoo networks are trained in on x86-64 (a child process: these are
+read once, when torch and MKL start). Elsewhere only the thread count is pinned."""
+
+_WORKER = "ABSTRACTION_ZOO_WORKER"
+"""Set in the child process that trains a zoo network."""
+
+_PROGRESS = "\x00progress "
+"""How the training process reports progress on its standard output."""
 
 
 def cache_dir() -> Path:
@@ -182,6 +222,9 @@ class ZooEntry:
     task: Callable[[], Task] | None
     config: dict[str, Any]
     train: Callable[[ZooEntry, int, Callable[[str, float], None] | None], Trained]
+    reference_hash: str | None = None
+    """The hash seed 0 retrains to on x86-64 under ``requirements/test.lock`` (checked by
+    the test suite); committed reports about this network name it."""
 
     def key(self, seed: int) -> str:
         """The cache key: name, config, seed and recipe version."""
@@ -427,6 +470,8 @@ def _train_language_model(
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = entry.config
+    if progress is not None:
+        progress("training the tokenizer and encoding the training text", 0.0)
     # The tokenizer learns from a fixed sample of the training text, whatever the seed:
     # its vocabulary size is chosen so that every word splits into syllable-like pieces.
     tokenizer = _train_tokenizer(
@@ -482,6 +527,8 @@ def _train_language_model(
         return loss
 
     _optimize(module, loss_of, len(train), cfg, seed, progress)
+    if progress is not None:
+        progress("scoring IOI and binding prompts", 1.0)
     metrics: dict[str, Any] = {}
     for task_name in ("ioi", "binding"):
         for split in ("train", "heldout"):
@@ -596,6 +643,7 @@ _ENTRIES: dict[str, ZooEntry] = {
             "lr": 1e-3,
         },
         _train_hierarchical_equality,
+        reference_hash="8b5538f496b9a8e5",
     ),
     "hierarchical_equality_uniform_mlp": ZooEntry(
         "hierarchical_equality_uniform_mlp",
@@ -613,6 +661,7 @@ _ENTRIES: dict[str, ZooEntry] = {
             "lr": 1e-3,
         },
         _train_hierarchical_equality,
+        reference_hash="b48274a2cc155321",
     ),
     "addition_gpt2": ZooEntry(
         "addition_gpt2",
@@ -632,6 +681,7 @@ _ENTRIES: dict[str, ZooEntry] = {
             "test_fraction": 0.1,
         },
         _train_addition,
+        reference_hash="ef978812579cc6c3",
     ),
     "lookup_gpt2": ZooEntry(
         "lookup_gpt2",
@@ -653,6 +703,7 @@ _ENTRIES: dict[str, ZooEntry] = {
             "positions": 8,
         },
         _train_lookup,
+        reference_hash="2d8b470c80f7993a",
     ),
     "tiny_lm": ZooEntry(
         "tiny_lm",
@@ -683,6 +734,7 @@ _ENTRIES: dict[str, ZooEntry] = {
             "eval_examples": 2000,
         },
         _train_language_model,
+        reference_hash="e4a89cc380e3e4c7",
     ),
 }
 
@@ -745,16 +797,121 @@ def load(
         name: the network (see :func:`entries`).
         seed: the training seed; the same seed gives the same weights on one machine.
         retrain: train again even when cached.
-        progress: called with (message, fraction done) while training.
+        progress: called with (message, fraction done) while training; by default
+            training (seconds to minutes, on first use) is reported on stderr, so
+            that nothing that loads a zoo network - a hypothesis file importing
+            ``zoo.tokenizer("tiny_lm")``, a notebook - sits silent while it trains.
     """
     entry = _entry(name)
     target = path(name, seed)
     target.parent.mkdir(parents=True, exist_ok=True)
     # parallel processes (test workers, notebooks) wait here and train a network once
-    with FileLock(target.with_name(target.name + ".lock")):
+    with _locked(FileLock(target.with_name(target.name + ".lock")), name):
         if retrain or not (target / "zoo.json").is_file():
-            _train_and_save(entry, name, seed, target, progress)
+            _train_pinned(entry, seed, progress or _on_stderr(name, target))
+            network = _load_checked(target, name, seed)
+            if seed == 0 and entry.reference_hash not in (None, network.hash):
+                warnings.warn(
+                    f"zoo network {name!r} trained to weights that hash to {network.hash}, not "
+                    f"to the reference {entry.reference_hash}: this machine's CPU or package "
+                    "versions differ from requirements/test.lock's, so figures committed "
+                    "about the reference network will not reproduce exactly here",
+                    stacklevel=2,
+                )
+            return network
         return _load_checked(target, name, seed)
+
+
+REPORT_EVERY = 5.0
+"""Seconds between the lines that report a zoo network's training on stderr."""
+
+
+def _say(text: str) -> None:
+    print(f"zoo: {text}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _locked(lock: FileLock, name: str) -> Iterator[None]:
+    """Hold ``lock``, saying so on stderr when another process holds it (and trains)."""
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        _say(f"waiting for another process that is training or loading {name} ({lock.lock_file})")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _on_stderr(name: str, target: Path) -> Callable[[str, float], None]:
+    """A training progress callback that reports on stderr: a line when training starts,
+    one per phase, and one per :data:`REPORT_EVERY` seconds in between."""
+    _say(f"training {name} on first use (then cached in {target}); this takes a while")
+    last = time.monotonic()
+
+    def report(message: str, fraction: float) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if 0.0 < fraction < 1.0 and now - last < REPORT_EVERY:
+            return
+        last = now
+        _say(f"{name}: {message} ({fraction:.0%})")
+
+    return report
+
+
+def _train_pinned(
+    entry: ZooEntry, seed: int, progress: Callable[[str, float], None] | None
+) -> None:
+    """Train and save ``entry`` in a child process with :data:`PINNED_NUMERICS`."""
+    if os.environ.get(_WORKER) == "1":  # already the child
+        _train_and_save(entry, entry.name, seed, path(entry.name, seed), progress)
+        return
+    env = {**os.environ, _WORKER: "1"}
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        env.update(PINNED_NUMERICS)
+    else:
+        env.update({k: PINNED_NUMERICS[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from abstraction.zoo import _work; _work(sys.argv[1], int(sys.argv[2]))",
+        entry.name,
+        str(seed),
+    ]
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=errors, text=True
+        )
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                if line.startswith(_PROGRESS) and progress is not None:
+                    fraction, _, message = line[len(_PROGRESS) :].rstrip("\n").partition(" ")
+                    progress(message, float(fraction))
+            code = process.wait()
+        except BaseException:  # an interrupted parent leaves no orphan training
+            process.kill()
+            process.wait()
+            raise
+        if code != 0:
+            errors.seek(0)
+            tail = "\n".join(errors.read().strip().splitlines()[-20:])
+            raise AbstractionError(
+                f"training zoo network {entry.name!r} (seed {seed}) failed in its child "
+                f"process (exit code {code}):\n{tail}"
+            )
+
+
+def _work(name: str, seed: int) -> None:
+    """The child process of :func:`_train_pinned`: train, save, report progress."""
+
+    def report(message: str, fraction: float) -> None:
+        print(f"{_PROGRESS}{fraction} {message}", flush=True)
+
+    entry = _entry(name)
+    _train_and_save(entry, name, seed, path(name, seed), report)
 
 
 def _load_checked(target: Path, name: str, seed: int) -> Network:

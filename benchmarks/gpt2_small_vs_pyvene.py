@@ -27,12 +27,19 @@ the repeats with ranges; the ideal speed-up from counted FLOPs of one training s
 achieved one; our training time per layer against the blocks its suffix runs; the
 FLOP rate of our training phase against this machine's matmul rate (a plain torch
 matmul of the model's shapes, timed in the same run); peak RSS of each tool (each
-runs in its own forked process); IIA of both with a paired test. The last line is the
-last-position sweep's speed-up.
+runs in its own forked process), and on a GPU its peak device memory; IIA of both with
+a paired test. The last line is the last-position sweep's speed-up.
+
+On a GPU (``--device cuda``) the parent process never initialises CUDA (its device
+check reads NVML): each forked run moves the network to the GPU itself and runs one
+small forward pass before its clocks start, every clock read waits for the GPU's
+queued work (``torch.cuda.synchronize``), and the matmul rate is measured on the GPU
+in a forked process too. On the CPU nothing changes.
 
     python benchmarks/gpt2_small_vs_pyvene.py            # 2,000 pairs, 3 repeats: hours here
     python benchmarks/gpt2_small_vs_pyvene.py --quick    # 64 pairs, 1 repeat: minutes
     python benchmarks/gpt2_small_vs_pyvene.py --quick --repeats 3 --positions last --epochs 8
+    python benchmarks/gpt2_small_vs_pyvene.py --quick --device cuda   # on a GPU
 
 At one epoch our activations phase (each source and base through all 12 blocks once)
 bounds the last position's speed-up (the "ceiling" line); more epochs amortise it.
@@ -66,7 +73,7 @@ from abstraction import (
 from abstraction.alignment.das import _Rotation, fit, reproducible
 from abstraction.alignment.staircase import evaluate_cells, fit_cells, fitted_apart
 from abstraction.locations import resolve_positions
-from abstraction.network import Batch, import_pyvene
+from abstraction.network import Batch, import_pyvene, resolve_device
 from abstraction.pyvene_interop import to_pyvene
 from abstraction.statistics import iia, paired_test
 from abstraction.task import Task
@@ -75,6 +82,16 @@ LAYERS, WIDTH, HEADS, VOCAB = 12, 768, 12, 50257
 SHORTEST, LONGEST = 16, 24
 KEY_TOKENS = (1000, 2000)
 POSITIONS: dict[str, int | str] = {"first": 0, "middle": "key", "last": "last"}
+DEVICE = torch.device("cpu")
+"""Where both tools run (``--device``); set in ``main`` before any process forks."""
+
+
+def now() -> float:
+    """``time.perf_counter()`` once the GPU's queued work is done (on a GPU, kernels run
+    asynchronously: a clock read without waiting would time their launch only)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return time.perf_counter()
 
 
 @causal_model(inputs={"prompt": range(1_000_000), "key": range(2)})
@@ -223,40 +240,40 @@ def run_ours(
 ) -> dict[str, Any]:
     locations = cell_locations(position)
     times: dict[str, float] = {}
-    clock = time.perf_counter()
+    clock = now()
     prepared = {
         split: PreparedInterchanges.for_locations(
             network, task, frames[split], locations, ["answer"], memory_budget=budget
         )
         for split in ("train", "test")
     }
-    times["activations"] = time.perf_counter() - clock
+    times["activations"] = now() - clock
     train = prepared["train"]
     cache = train[0].cache
     layer_seconds = []
     alignments = []
-    clock = time.perf_counter()
+    clock = now()
     staircase = fitted_apart(train, None, "low_rank", config) is None
     if staircase:  # all cells train together: no time per cell to report
         alignments = reproducible(fit_cells)(
             train, None, task, ["answer"], method="low_rank", rank=1, config=config
         )
     for cell in [] if staircase else train:
-        began = time.perf_counter()
+        began = now()
         alignments.append(
             reproducible(fit)(
                 cell, None, task, ["answer"], method="low_rank", rank=1, config=config
             )
         )
-        layer_seconds.append(time.perf_counter() - began)
-    times["training"] = time.perf_counter() - clock
-    clock = time.perf_counter()
+        layer_seconds.append(now() - began)
+    times["training"] = now() - clock
+    clock = now()
     correct = [hits.numpy() for hits in evaluate_cells(alignments, prepared["test"])]
-    times["evaluation"] = time.perf_counter() - clock
+    times["evaluation"] = now() - clock
     for cell in train if staircase else []:  # each cell alone, outside the timed sweep
-        began = time.perf_counter()
+        began = now()
         reproducible(fit)(cell, None, task, ["answer"], method="low_rank", rank=1, config=config)
-        layer_seconds.append(time.perf_counter() - began)
+        layer_seconds.append(now() - began)
     out = {
         "times": times,
         "layer_seconds": layer_seconds,
@@ -298,7 +315,7 @@ def run_pyvene(
     times = {"activations": 0.0, "training": 0.0, "evaluation": 0.0}
     layer_seconds, correct = [], []
     for location in cell_locations(position):
-        began = time.perf_counter()
+        began = now()
         component, intervention = to_pyvene(
             LowRankPatch(location, initial_basis(config.seed)), network
         )
@@ -322,24 +339,25 @@ def run_pyvene(
             for first in range(0, len(order), config.batch_size):
                 rows = order[first : first + config.batch_size]
                 loss = torch.nn.functional.cross_entropy(
-                    pyvene_logits(model, rows, base, source, base_at, source_at), labels[rows]
+                    pyvene_logits(model, rows, base, source, base_at, source_at),
+                    labels[rows].to(DEVICE),
                 )
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-        seconds = time.perf_counter() - began
+        seconds = now() - began
         layer_seconds.append(seconds)
         times["training"] += seconds
-        began = time.perf_counter()
+        began = now()
         base, source, base_at, source_at, labels = tensors["test"]
         predictions = []
         with torch.no_grad():
             for first in range(0, len(labels), config.batch_size):
                 rows = torch.arange(first, min(first + config.batch_size, len(labels)))
                 out = pyvene_logits(model, rows, base, source, base_at, source_at)
-                predictions.append(out.argmax(-1))
+                predictions.append(out.argmax(-1).cpu())
         correct.append((torch.cat(predictions) == labels).numpy())
-        times["evaluation"] += time.perf_counter() - began
+        times["evaluation"] += now() - began
     return {"times": times, "layer_seconds": layer_seconds, "correct": correct}
 
 
@@ -352,22 +370,35 @@ def pyvene_logits(
     source_at: torch.Tensor,
 ) -> torch.Tensor:
     """pyvene's interchange of ``rows``: source position -> base position, candidate logits."""
-    b, s = base.select(rows), source.select(rows)
+    b, s = base.select(rows).to(DEVICE), source.select(rows).to(DEVICE)
     units = ([[[int(p)] for p in source_at[rows]]], [[[int(p)] for p in base_at[rows]]])
     _, out = model(b.inputs, [s.inputs], unit_locations={"sources->base": units})
-    logits: torch.Tensor = out.logits[torch.arange(len(rows)), LONGEST - 1]
-    return logits[:, torch.tensor(KEY_TOKENS)]
+    every = torch.arange(len(rows), device=out.logits.device)
+    logits: torch.Tensor = out.logits[every, LONGEST - 1]
+    return logits[:, torch.tensor(KEY_TOKENS, device=logits.device)]
 
 
 def _child(conn: Any, fn: Any, args: tuple[Any, ...]) -> None:
+    if DEVICE.type == "cuda":
+        # CUDA starts here, in the child: a process forked after CUDA started cannot use it
+        for arg in args:
+            if isinstance(arg, Network):
+                arg.to(DEVICE)
+                with torch.no_grad():  # warm: CUDA context, cuBLAS, the kernels' first load
+                    arg.module(input_ids=torch.zeros(2, LONGEST, dtype=torch.long, device=DEVICE))
+        torch.cuda.synchronize(DEVICE)
+        torch.cuda.reset_peak_memory_stats(DEVICE)
     result = fn(*args)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if DEVICE.type == "cuda":
+        result["peak_device_mib"] = torch.cuda.max_memory_allocated(DEVICE) / 2**20
     conn.send(result)
     conn.close()
 
 
 def forked(fn: Any, *args: Any) -> dict[str, Any]:
-    """``fn(*args)`` in a forked process (its own peak RSS), its result sent back."""
+    """``fn(*args)`` in a forked process (its own peak RSS and, on a GPU, peak device
+    memory), its result sent back."""
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(send, fn, args))
@@ -379,15 +410,20 @@ def forked(fn: Any, *args: Any) -> dict[str, Any]:
 
 def matmul_rate(rows: int) -> float:
     """FLOP/s of a plain torch matmul of the model's MLP shape on ``rows`` positions."""
-    a, b = torch.randn(rows, WIDTH), torch.randn(WIDTH, 4 * WIDTH)
+    a = torch.randn(rows, WIDTH).to(DEVICE)
+    b = torch.randn(WIDTH, 4 * WIDTH).to(DEVICE)
     a @ b
     best = float("inf")
     for _ in range(5):
-        began = time.perf_counter()
+        began = now()
         for _ in range(10):
             a @ b
-        best = min(best, (time.perf_counter() - began) / 10)
+        best = min(best, (now() - began) / 10)
     return 2 * rows * WIDTH * 4 * WIDTH / best
+
+
+def _matmul_rate(rows: int) -> dict[str, Any]:
+    return {"rate": matmul_rate(rows)}
 
 
 def median_range(values: list[float]) -> str:
@@ -406,7 +442,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both tools")
     parser.add_argument("--memory-budget", type=float, default=2.0, help="GiB for our cache")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda, cuda:N")
     args = parser.parse_args()
+    global DEVICE
+    if args.device != "cpu":
+        # the parent checks the device through NVML and never initialises CUDA (which
+        # would leave the forked runs unable to use it)
+        os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    DEVICE = resolve_device(args.device)
     pairs = args.pairs or (64 if args.quick else 2000)
     repeats = args.repeats or (1 if args.quick else 3)
     held_out = max(32, pairs // 4)
@@ -435,6 +478,7 @@ def main() -> None:
         f"{args.epochs} epoch(s), batch "
         f"{args.batch_size}, Adam {args.lr}; {repeats} repeat(s); torch threads {args.threads}; "
         f"our memory budget {args.memory_budget} GiB"
+        + (f"; device {DEVICE}" if DEVICE.type != "cpu" else "")
     )
     speedups: dict[str, float] = {}
     for name in args.positions.split(","):
@@ -496,7 +540,9 @@ def main() -> None:
         steps = args.epochs * -(-pairs // args.batch_size)
         flops = sum(our_step_flops(layer, LONGEST, start) for layer in range(LAYERS))
         flops *= pairs * args.epochs
-        rate = matmul_rate(args.batch_size * (LONGEST - start))
+        rows = args.batch_size * (LONGEST - start)
+        # on a GPU in a forked process, like the runs: this process never starts CUDA
+        rate = matmul_rate(rows) if DEVICE.type == "cpu" else forked(_matmul_rate, rows)["rate"]
         print(
             f"our training phase: {flops / trained / 1e9:.2f} GFLOP/s counted; a "
             f"({args.batch_size * (LONGEST - start)} x {WIDTH}) @ ({WIDTH} x {4 * WIDTH}) matmul "
@@ -515,6 +561,12 @@ def main() -> None:
             f"peak RSS MiB: abstraction {max(r['peak_rss_mib'] for r in ours):,.0f}, pyvene "
             f"{max(r['peak_rss_mib'] for r in theirs):,.0f}"
         )
+        if DEVICE.type == "cuda":
+            print(
+                f"peak device memory MiB (torch.cuda.max_memory_allocated): abstraction "
+                f"{max(r['peak_device_mib'] for r in ours):,.0f}, pyvene "
+                f"{max(r['peak_device_mib'] for r in theirs):,.0f}"
+            )
         bases = frames["test"]["base_id"].to_numpy() if "base_id" in frames["test"] else None
         a_correct = np.concatenate(ours[0]["correct"])
         b_correct = np.concatenate(theirs[0]["correct"])

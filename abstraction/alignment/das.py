@@ -30,7 +30,7 @@ from abstraction.alignment.result import FEATURE_METHODS, METHODS, Alignment, Al
 from abstraction.errors import UnknownNameError, nearest
 from abstraction.interventions import BoundlessPatch, Intervention, LowRankPatch, boundary_mask
 from abstraction.locations import Location
-from abstraction.network import Network
+from abstraction.network import Network, seeded
 from abstraction.task import Task
 
 __all__ = [
@@ -84,8 +84,7 @@ def reproducible(function: Callable[_P, _R]) -> Callable[_P, _R]:
     @functools.wraps(function)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         before = torch.get_num_threads()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # any draw from the global RNG inside is the same every run
+        with seeded(0):  # any draw from the global RNG inside is the same every run
             torch.set_num_threads(threads())
             try:
                 return function(*args, **kwargs)
@@ -713,7 +712,7 @@ def _final_bases(
     if method == "boundless":
         mask = boundary_mask(width, boundary.detach(), torch.tensor(0.1, device=weight.device))
         keep = (mask > 0.5).nonzero().flatten()
-        return {variables[0]: weight[:, keep if len(keep) else torch.tensor([0])]}
+        return {variables[0]: weight[:, keep if len(keep) else keep.new_zeros(1)]}
     return {v: weight[:, a:b] for v, (a, b) in spans.items()}
 
 

@@ -159,14 +159,20 @@ def _causal_mask(
         cache = _past_cache(later, cut, len(blocks), start, hidden)
     length = start + hidden.shape[1]
     positions = torch.arange(start, length, device=hidden.device).unsqueeze(0)
-    mask = create_causal_mask(
-        config=base.config,
-        inputs_embeds=hidden,
-        attention_mask=batch.inputs.get("attention_mask"),
-        cache=cache,
-        position_ids=positions,
-        allow_is_causal_skip=False,
-    )
+    # transformers renamed create_causal_mask's `past_key_values` to `cache` (5.2x) and
+    # `input_embeds` to `inputs_embeds`; older releases also take `cache_position`
+    parameters = inspect.signature(create_causal_mask).parameters
+    kwargs: dict[str, Any] = {
+        "config": base.config,
+        "attention_mask": batch.inputs.get("attention_mask"),
+        "position_ids": positions,
+        "allow_is_causal_skip": False,
+        ("inputs_embeds" if "inputs_embeds" in parameters else "input_embeds"): hidden,
+        ("cache" if "cache" in parameters else "past_key_values"): cache,
+    }
+    if "cache_position" in parameters:
+        kwargs["cache_position"] = positions[0]
+    mask = create_causal_mask(**kwargs)
     if not isinstance(mask, torch.Tensor):
         raise AlignmentError(f"a {type(mask).__name__} attention mask cannot be stacked")
     return mask

@@ -53,7 +53,7 @@ from abstraction.errors import DamagedFileError
 from abstraction.files import atomic_write_json, read_json, remove_temporaries, sha256_file
 from abstraction.interventions import random_subspace_patches
 from abstraction.locations import Location, LocationError, resolve
-from abstraction.network import Network
+from abstraction.network import Network, resolve_device
 from abstraction.statistics import adjust, paired_test
 from abstraction.task import Task
 
@@ -274,7 +274,8 @@ def sweep(
         test: held-out pairs on which only the chosen cell is evaluated.
         config: training configuration for every cell.
         directory: where finished cells are written (and read back on resume).
-        workers: run cells in parallel on a local Ray instance with this many workers.
+        workers: run cells in parallel on a local Ray instance with this many workers
+            (CPU workers: a network on a GPU is refused).
         address: run cells on the Ray cluster at this address.
         progress: called after each finished cell with its validation IIA.
         device: move the network there first (default: where it is).
@@ -284,6 +285,13 @@ def sweep(
             their own ``ABSTRACTION_MEMORY_BUDGET``.
     """
     config = config or TrainingConfig()
+    where = resolve_device(device) if device is not None else network.device
+    if (workers or address) and where.type != "cpu":
+        raise AlignmentError(
+            f"the network runs on {where}, and Ray sweeps run their cells on CPU workers "
+            "(a network on a GPU cannot be shipped to them); run the sweep without "
+            "workers/address, which runs it on that device, or on the CPU"
+        )
     if device is not None:
         network.to(device)
     layers = list(range(network.n_layers)) if layers is None else list(layers)

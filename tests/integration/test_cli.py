@@ -146,7 +146,7 @@ def test_sweep_example_quick(tmp_path: Path) -> None:
     validate(results)
     # the carry needs a0 and b0: under causal attention it can appear at b0 or after
     assert results["sweep"]["chosen"]["position"] in ("b0", "equals")
-    assert results["sweep"]["test_iia"] > 0.7
+    assert results["sweep"]["test_iia"] > 0.6  # a no-op scores about 0.5 (see test_das_and_sweep)
     assert (tmp_path / "addition_carry" / "figures" / "sweep_heatmap.png").is_file()
 
 
@@ -351,17 +351,24 @@ def test_internal_errors_exit_1_with_a_hint(
 ) -> None:
     import abstraction.experiment
 
-    def broken(*args: object, **kwargs: object) -> None:
+    # a name long enough that its traceback line overflows 80 columns wherever the
+    # checkout lies: the line must still be printed whole
+    def broken_by_an_internal_bug_in_a_function_with_a_long_name(
+        *args: object, **kwargs: object
+    ) -> None:
         raise KeyError("an internal bug")  # not an AbstractionError: the library's fault
 
-    monkeypatch.setattr(abstraction.experiment, "run", broken)
+    monkeypatch.setattr(
+        abstraction.experiment, "run", broken_by_an_internal_bug_in_a_function_with_a_long_name
+    )
     (tmp_path / "tiny.py").write_text(TINY)
     args = ["run", str(tmp_path / "tiny.py"), "--out", str(tmp_path)]
     code, output = _run(*args)
     assert code == 1, output
     assert "KeyError: 'an internal bug'" in output and "--debug" in " ".join(output.split())
     code, output = _run(*args, "--debug")
-    assert code == 1 and "Traceback" in output and "in broken" in output
+    assert code == 1 and "Traceback" in output
+    assert "in broken_by_an_internal_bug_in_a_function_with_a_long_name\n" in output
 
 
 def _copy_report(tmp_path: Path) -> Path:

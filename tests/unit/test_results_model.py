@@ -182,7 +182,7 @@ def test_repr_html_shows_verdict_and_variables_escaped() -> None:
         assert f">{name}<" in html and f"{variable.iia:.3f}" in html
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "random_subspace" in html or "control" in html  # the best null is named
-    assert "partial" in repr(result) and len(repr(result)) < 200
+    assert f"verdict={result.verdict!r}" in repr(result) and len(repr(result)) < 200
 
 
 def test_heatmap_from_a_results_file(tmp_path: Path) -> None:
