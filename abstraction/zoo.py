@@ -910,8 +910,7 @@ def _work(name: str, seed: int) -> None:
     def report(message: str, fraction: float) -> None:
         print(f"{_PROGRESS}{fraction} {message}", flush=True)
 
-    entry = _entry(name)
-    _train_and_save(entry, name, seed, path(name, seed), report)
+    _train_pinned(_entry(name), seed, report)  # in the child: trains in this process
 
 
 def _load_checked(target: Path, name: str, seed: int) -> Network:
