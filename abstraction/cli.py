@@ -457,17 +457,21 @@ def zoo(
         except Exception as exc:
             _fail(exc, 1, debug)
             return
-        console.print(
-            f"{network!r}\ntest accuracy {metrics['test_accuracy']:.4f}, trained in "
-            f"{metrics['train_seconds']} s, cached at {zoo_module.path(train, seed)}"
-        )
+        if "convert_seconds" in metrics:
+            done = f"converted from {metrics['gguf_file']} in {metrics['convert_seconds']} s"
+        else:
+            done = (
+                f"test accuracy {metrics['test_accuracy']:.4f}, trained in "
+                f"{metrics['train_seconds']} s"
+            )
+        console.print(f"{network!r}\n{done}, cached at {zoo_module.path(train, seed)}")
         return
     table = Table(title=f"reference networks (cache: {zoo_module.cache_dir()})")
     table.add_column("name")
     table.add_column("description")
     table.add_column("cached")
     for entry in zoo_module.entries():
-        cached = (zoo_module.path(entry.name, seed) / "zoo.json").is_file()
+        cached = zoo_module.cached(entry.name, seed)
         table.add_row(entry.name, entry.description, "yes" if cached else "no")
     console.print(table)
 

@@ -36,7 +36,7 @@ from abstraction.alignment.das import TrainingConfig, reproducible
 from abstraction.alignment.prefix_cache import budgeted
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import FEATURE_METHODS, METHODS, library_versions
-from abstraction.alignment.sweep import Cell, SweepResult, sweep
+from abstraction.alignment.sweep import Cell, SweepResult, planned_cells, sweep
 from abstraction.baselines import BASELINES, random_weights
 from abstraction.causal_model import CausalModel
 from abstraction.counterfactuals import (
@@ -84,6 +84,8 @@ class Search:
         components: components, e.g. ``("residual", "mlp_output", "head")``.
         ranks: dimensions per variable.
         heads: heads tried for the ``"head"`` component (default: every head).
+        head_positions: positions where the ``"head"`` component is tried (default:
+            ``positions``), e.g. ``["last"]`` for every head at the last token only.
         modules: submodule-path patterns with ``{layer}`` (``"blocks.{layer}.mlp"``,
             ``":input"`` for a module's input), for networks of any family; set
             ``components=()`` to search only these.
@@ -100,6 +102,7 @@ class Search:
     heads: Sequence[int] | None = None
     modules: Sequence[str] = ()
     methods: Sequence[str] | None = None
+    head_positions: Sequence[int | str | None] | None = None
 
 
 @dataclass
@@ -131,7 +134,8 @@ class Experiment:
             variable in ``results.json`` (``methods``) and the report, and the verdict of
             the method with the best validation IIA. ``method``'s own verdict is the
             experiment's.
-        rank: dimensions per variable (when ``subspaces`` is not given).
+        rank: dimensions per variable (when ``subspaces`` is not given); default 1 for
+            DAS, as a :class:`Search` tries by default (the report states it).
         subspaces: explicit column ranges per variable, e.g. ``{"wx": (0, 8)}``.
         interventions: intervention sets (default: each variable, and all together).
         pairs: counterfactual pairs generated (split by base into train/val/test).
@@ -289,6 +293,7 @@ class Experiment:
         for search in searches:
             if search is not None:
                 wanted.extend(search.positions)
+                wanted.extend(search.head_positions or ())
         for position in wanted:
             if not isinstance(position, str):
                 continue
@@ -313,7 +318,8 @@ class Experiment:
 
 
 def load_network(spec: str | Path | Network | Callable[[], Network], seed: int = 0) -> Network:
-    """A network from a zoo name, a local checkpoint directory, a Network, or a factory."""
+    """A network from a zoo name, a local checkpoint directory, a GGUF file, a Network, or a
+    factory."""
     from abstraction import zoo
 
     if isinstance(spec, Network):
@@ -326,6 +332,8 @@ def load_network(spec: str | Path | Network | Callable[[], Network], seed: int =
     path = Path(spec)
     if path.is_dir():
         return Network.from_pretrained(path)
+    if path.suffix.lower() == ".gguf":
+        return Network.from_gguf(path)
     return zoo.load(str(spec), seed=seed)
 
 
@@ -379,6 +387,10 @@ def run(
         network.to(device)
     exp.task.check_network(network)  # output width and inputs, before any data is made
     timings["network"] = time.perf_counter() - start
+    if quick:
+        exp, thinned = _quick_layers(exp, network.n_layers)
+        if thinned and progress is not None:
+            progress(f"quick: sweeping layers {thinned} of {network.n_layers}")
     sets = (
         [list(s) for s in exp.interventions]
         if exp.interventions
@@ -647,13 +659,20 @@ def _locate(
     (``progress`` hears of each sweep cell as it finishes)."""
 
     done = 0
+    started = time.perf_counter()
+    total = _planned(network, exp)
 
     def cell_done(cell: Cell, val_iia: float) -> None:
         nonlocal done
         done += 1
         if progress is not None:
+            elapsed = time.perf_counter() - started
+            left = (
+                f"; about {_duration(elapsed / done * (total - done))} left" if total > done else ""
+            )
             progress(
-                f"sweeping: {done} cell(s) done, the last {cell.key} (validation IIA {val_iia:.3f})"
+                f"sweeping: cell {done} of {total} done, {cell.key} (validation IIA "
+                f"{val_iia:.3f}){left}"
             )
 
     def run_sweep(
@@ -669,6 +688,7 @@ def _locate(
             positions=search.positions,
             components=search.components,
             heads=search.heads,
+            head_positions=search.head_positions,
             modules=search.modules,
             ranks=search.ranks[:1] if method in FEATURE_METHODS else search.ranks,
             method=method,
@@ -706,7 +726,70 @@ def _locate(
         result = results[chosen]
         return _Located(result.best.location, result.best.rank, chosen, sweep=result)
     assert exp.location is not None
-    return _Located(exp.location, exp.rank, exp.method)
+    return _Located(exp.location, _rank(exp), exp.method)
+
+
+QUICK_LAYERS = 8
+"""A quick run's sweep over every layer of a deeper network tries this many, evenly spaced."""
+
+
+def _quick_layers(exp: Experiment, n_layers: int) -> tuple[Experiment, list[int]]:
+    """The experiment with each search over every layer thinned to :data:`QUICK_LAYERS`
+    evenly spaced layers (a quick run on a 30-layer model stays quick), and those layers."""
+    if exp.search is None or n_layers <= QUICK_LAYERS:
+        return exp, []
+    step = n_layers / QUICK_LAYERS
+    layers = sorted({round(step * (i + 0.5)) for i in range(QUICK_LAYERS)})
+
+    def thin(search: Search) -> Search:
+        return replace(search, layers=layers) if search.layers is None else search
+
+    if isinstance(exp.search, Mapping):
+        searches = {v: thin(s) for v, s in exp.search.items()}
+        changed = any(s.layers is None for s in exp.search.values())
+        return replace(exp, search=searches), layers if changed else []
+    if exp.search.layers is not None:
+        return exp, []
+    return replace(exp, search=thin(exp.search)), layers
+
+
+def _rank(exp: Experiment) -> int | Mapping[str, int] | None:
+    """The rank a fixed location is aligned with: ``exp.rank``, else 1 per variable for DAS
+    (as :class:`Search` defaults to), never the whole site, which is a full patch."""
+    if exp.rank is None and exp.subspaces is None and exp.method == "das":
+        return 1
+    return exp.rank
+
+
+def _planned(network: Network, exp: Experiment) -> int:
+    """How many sweep cells the experiment's search trains (every method, every search)."""
+    if exp.search is None:
+        return 0
+    searches = list(exp.search.values()) if isinstance(exp.search, Mapping) else [exp.search]
+    total = 0
+    for search in searches:
+        methods = list(search.methods or [exp.method])
+        for method in methods:
+            total += planned_cells(
+                network,
+                layers=search.layers,
+                positions=search.positions,
+                components=search.components,
+                heads=search.heads,
+                modules=search.modules,
+                head_positions=search.head_positions,
+                ranks=search.ranks[:1] if method in FEATURE_METHODS else search.ranks,
+            )
+    return total
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``3 min``, ``1.5 h``: an estimate, rounded to what it is worth."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _every_heldout_pair(

@@ -38,6 +38,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
+    "cache_dir",
     "file_mode",
     "fsync_directory",
     "read_json",
@@ -82,6 +83,17 @@ def fsync_directory(directory: str | Path) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def cache_dir() -> Path:
+    """Where the library caches networks it trains or converts (the zoo, GGUF files):
+    ``$ABSTRACTION_CACHE`` or the user cache directory."""
+    env = os.environ.get("ABSTRACTION_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("abstraction"))
 
 
 def sha256_file(path: str | Path) -> str:

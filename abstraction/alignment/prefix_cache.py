@@ -8,15 +8,21 @@ runs through the model's own ``forward`` with the blocks before the cut replaced
 stand-ins that pass their input through (and the block at the cut by one that returns
 the cached, possibly edited, activation); the embeddings still run, which costs one lookup.
 
-**Key/value reuse** (GPT-2): under causal attention an edit at position ``p`` cannot
-change any later block's activations at positions before ``p``. A cache built with
-``start=p`` therefore keeps block ``cut``'s output only at positions ``p..`` and, for
-every block after the cut, the base run's attention keys and values at positions
-``..p-1``; the suffix then runs only on positions ``p..`` with those keys and values as
-its past (a ``transformers`` ``DynamicCache``), so an intervention at the last token
-runs the suffix on one position instead of all of them. For known causal language
-models the suffix also stops at the final hidden state and reads the logits at the
-readout position from the candidate answers' rows of the unembedding only.
+**Key/value reuse** (:data:`KV_FAMILIES`: GPT-2, GPT-NeoX, and the Llama family's
+model types, with rotary position embeddings and grouped-query attention): under causal
+attention an edit at position ``p`` cannot change any later block's activations at
+positions before ``p``. A cache built with ``start=p`` therefore keeps block ``cut``'s
+output only at positions ``p..`` and, for every block after the cut, the base run's
+attention keys and values at positions ``..p-1`` (as attention stores them: rotated, and
+``num_key_value_heads`` of them under grouped-query attention); the suffix then runs only
+on positions ``p..`` with those keys and values as its past (a ``transformers``
+``DynamicCache``, whose length makes the model number the suffix's positions ``p..``, so
+rotary models rotate its queries and keys by their true positions), so an intervention
+at the last token runs the suffix on one position instead of all of them. For known
+causal language models the suffix also stops at the final hidden state and reads the
+logits at the readout position from the candidate answers' rows of the unembedding
+only; models whose logits are not ``hidden @ W.T`` (Gemma 2's logit softcapping) get
+neither shortcut.
 
 The cache honours a memory budget: above it, activations (and keys and values) are
 written to memory-mapped files in chunks instead of held in RAM.
@@ -42,7 +48,7 @@ from torch import nn
 
 from abstraction.errors import AbstractionError
 from abstraction.locations import ResolvedLocation
-from abstraction.network import Batch, Network, readout_logits
+from abstraction.network import FAMILIES, Batch, Network, readout_logits
 from abstraction.runtime import Edit, hooked
 
 __all__ = [
@@ -57,6 +63,7 @@ __all__ = [
     "run_suffix",
     "stub_blocks",
     "supports_kv_reuse",
+    "tested_model_type",
 ]
 
 _P = ParamSpec("_P")
@@ -127,23 +134,36 @@ def budgeted(function: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
-KV_FAMILIES = ("gpt2",)
-"""Model families whose suffix can reuse the base run's keys and values (tested exact).
-Other families run the suffix on every position."""
+KV_FAMILIES = ("gpt2", "gpt_neox", "llama")
+"""Model families whose suffix can reuse the base run's keys and values (tested exact for
+every model type each lists, in tests/integration/test_kv_suffix.py). Other families,
+and model types a family does not list (a network wrapped with ``family=``), run the
+suffix on every position."""
 
 _READOUT_FAMILIES = ("gpt2", "gpt_neox", "llama")
-"""Causal language models whose logits are ``lm_head(base_model(...))`` exactly, so the
-suffix may stop at the final hidden state and unembed only the readout position."""
+"""Causal language models whose logits are ``lm_head(base_model(...))`` exactly (for the
+model types they list: another model wrapped as one may scale its logits), so the suffix
+may stop at the final hidden state and unembed only the readout position."""
 
 
 def supports_kv_reuse(network: Network) -> bool:
     """Whether :class:`PrefixCache` may keep keys and values for ``network`` (``start > 0``)."""
-    return network.family in KV_FAMILIES and _unembedding(network) is not None
+    return tested_model_type(network, KV_FAMILIES) and _unembedding(network) is not None
+
+
+def tested_model_type(network: Network, families: Sequence[str]) -> bool:
+    """Whether ``network`` is of one of ``families`` and its ``config.model_type`` is one
+    that family lists: a fast path is on only for the model types its tests cover, not
+    for another model wrapped with ``family=``."""
+    family = FAMILIES.get(network.family)
+    if family is None or family.name not in families:
+        return False
+    return getattr(network.config, "model_type", None) in family.model_types
 
 
 def _unembedding(network: Network) -> nn.Linear | None:
     """The output embedding when the logits are exactly ``hidden @ W.T (+ b)``."""
-    if network.family not in _READOUT_FAMILIES or network.base_model is None:
+    if not tested_model_type(network, _READOUT_FAMILIES) or network.base_model is None:
         return None
     config = network.config
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
@@ -238,7 +258,9 @@ def run_suffix(
         tuple_len: how many elements the real blocks return (0 for a bare tensor).
         start: the first position the suffix runs on (see :class:`PrefixCache`).
         past: for ``start > 0``, the base run's ``(keys, values)`` at positions
-            ``..start-1`` of every block after the cut, each ``(batch, heads, start, dim)``.
+            ``..start-1`` of every block after the cut, each ``(batch, kv_heads, start,
+            dim)`` (``kv_heads``: the key/value heads, fewer than the query heads under
+            grouped-query attention).
     """
     batch = batch.to(network.device)
     head = _unembedding(network) if batch.readout is not None else None
@@ -299,7 +321,12 @@ def _past_cache(
     hidden: torch.Tensor,
 ) -> Any:
     """A ``DynamicCache`` holding ``past`` for blocks ``cut+1..``; the skipped blocks hold
-    a one-wide stand-in of length ``start`` (read only for the cache's length)."""
+    a one-wide stand-in of length ``start`` (read only for the cache's length, from which
+    the model numbers the suffix's positions and sizes its masks).
+
+    Every layer is a plain (full) ``DynamicLayer``, also for sliding-window layers: the
+    keys before ``start`` are all kept, and the sliding-window mask the model builds
+    hides those outside the window, as in a full forward."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
@@ -574,17 +601,21 @@ def _keys_values(
     network: Network, chunk: Batch, later: Sequence[int], start: int
 ) -> dict[int, torch.Tensor]:
     """Blocks ``later``'s keys and values at positions ``..start-1``, each
-    ``(rows, 2, heads, start, dim)`` on the CPU."""
+    ``(rows, 2, kv_heads, start, dim)`` on the CPU (as attention caches them: after the
+    rotary embedding, before grouped-query attention repeats them per query head)."""
+    from transformers import DynamicCache
+
     base = network.base_model
     assert base is not None
-    output = base(**chunk.inputs, use_cache=True)
-    if not later:
-        return {}
-    cache = getattr(output, "cache", None) or output.past_key_values
+    # a cache without the config: every layer keeps every position (one built from the
+    # config keeps only the window of a sliding-window layer)
+    cache = DynamicCache()
+    base(**chunk.inputs, **{_cache_keyword(base): cache}, use_cache=True)
+    layers: list[Any] = list(cache.layers)  # DynamicLayer: .keys and .values
     return {
-        i: torch.stack(
-            [cache.layers[i].keys[:, :, :start], cache.layers[i].values[:, :, :start]], dim=1
-        ).to("cpu")
+        i: torch.stack([layers[i].keys[:, :, :start], layers[i].values[:, :, :start]], dim=1).to(
+            "cpu"
+        )
         for i in later
     }
 

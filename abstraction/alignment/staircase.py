@@ -11,6 +11,14 @@ along the sequence: cells join as the blocks pass their cuts, and a block-diagon
 attention mask lets every cell read the one copy of the base run's keys and values
 before the intervened position, and its own positions, but no other cell's.
 
+It runs on the families in :data:`STAIRCASE_FAMILIES` (GPT-2, GPT-NeoX and the Llama
+family's model types), calling their blocks directly as their base model does: every
+stacked cell's positions carry their true positions (``start..start+length-1`` once per
+cell), as GPT-2's position ids or as the rotary embeddings (``base.rotary_emb``) Llama
+and GPT-NeoX blocks take; grouped-query attention needs nothing more, since the mask is
+broadcast over heads; sliding-window layers get the sliding-window mask, stacked the
+same way; the final norm is the family's (:data:`FINAL_NORMS`).
+
 :func:`fit_cells` trains each cell's own rotation with its own early stopping; the
 summed loss gives each rotation exactly its own gradient and Adam updates every
 parameter on its own, so the result is the cells' :func:`~abstraction.alignment.das.fit`
@@ -39,7 +47,12 @@ from abstraction.alignment.das import (
     fit,
     reproducible,
 )
-from abstraction.alignment.prefix_cache import _past_cache, _unembed, _unembedding
+from abstraction.alignment.prefix_cache import (
+    _past_cache,
+    _unembed,
+    _unembedding,
+    tested_model_type,
+)
 from abstraction.alignment.prepared import PASS_BYTES, Interventions, PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError
 from abstraction.interventions import LowRankPatch
@@ -47,6 +60,8 @@ from abstraction.network import Batch, Network
 from abstraction.task import Task
 
 __all__ = [
+    "FINAL_NORMS",
+    "STAIRCASE_FAMILIES",
     "evaluate_cells",
     "fit_cells",
     "fitted_apart",
@@ -56,6 +71,16 @@ __all__ = [
 
 STAIRCASE_METHODS = ("das", "low_rank")
 """Alignment methods :func:`fit_cells` trains as a staircase (others: one cell at a time)."""
+
+FINAL_NORMS = {"gpt2": "ln_f", "gpt_neox": "final_layer_norm", "llama": "norm"}
+"""The base model's final norm in each family the staircase runs on."""
+
+STAIRCASE_FAMILIES = tuple(FINAL_NORMS)
+"""Families whose blocks the staircase calls (tested equal to each cell's own suffix,
+for every model type each lists, in tests/integration/test_staircase.py)."""
+
+CACHE_KEYWORDS = ("cache", "past_key_values", "layer_past")
+"""The names under which blocks take their key/value cache (GPT-NeoX: ``layer_past``)."""
 
 MASKED_ATTENTION = ("sdpa", "eager")
 """Attention implementations that apply an arbitrary 4-D mask (flash attention does not)."""
@@ -71,15 +96,18 @@ positions in the suffix, 13.7 s against 12.6 s)."""
 
 
 def _block_calling(network: Network) -> bool:
-    """Whether the blocks take ``(hidden, cache, attention_mask, ...)`` and return the hidden
-    state (GPT-2 in transformers 5), and the causal mask can be built for them."""
-    if network.family != "gpt2" or network.blocks is None or len(network.blocks) == 0:
+    """Whether the staircase can call ``network``'s blocks: a tested family and model type
+    whose blocks take the hidden state, an attention mask, position ids and a cache by
+    keyword (and the rotary embeddings where the base model computes them), and a
+    ``transformers`` whose causal mask can be built for them."""
+    if not tested_model_type(network, STAIRCASE_FAMILIES) or not network.blocks:
         return False
-    names = list(inspect.signature(network.blocks[0].forward).parameters)
-    if names[:3] not in (
-        ["hidden_states", "cache", "attention_mask"],
-        ["hidden_states", "past_key_values", "attention_mask"],
-    ):
+    base = network.base_model
+    if base is None or not isinstance(getattr(base, FINAL_NORMS[network.family], None), nn.Module):
+        return False
+    names = set(inspect.signature(network.blocks[0].forward).parameters)
+    needed = {"attention_mask"} | ({"position_embeddings"} if _rotary(network) else set())
+    if not needed <= names or not names & set(CACHE_KEYWORDS):
         return False
     try:
         from transformers.masking_utils import create_causal_mask
@@ -88,12 +116,32 @@ def _block_calling(network: Network) -> bool:
     return "allow_is_causal_skip" in inspect.signature(create_causal_mask).parameters
 
 
+def _rotary(network: Network) -> nn.Module | None:
+    """The base model's rotary embedding (``None``: positions are embedded before the
+    blocks, as GPT-2's)."""
+    rotary = getattr(network.base_model, "rotary_emb", None)
+    return rotary if isinstance(rotary, nn.Module) else None
+
+
+def _layer_type(config: Any, layer: int) -> str:
+    """Block ``layer``'s attention: ``"full_attention"`` or ``"sliding_attention"``, as its
+    base model chooses the mask (``config.layer_types``; else Mistral's rule: every layer
+    slides when ``config.sliding_window`` is set)."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return str(types[layer])
+    if getattr(config, "sliding_window", None) is not None:
+        return "sliding_attention"
+    return "full_attention"
+
+
 def staircase_unsupported(cells: Sequence[PreparedInterchanges]) -> str | None:
     """Why ``cells`` cannot run as one staircase, or ``None`` when they can.
 
     They can when they were prepared together (one shared prefix cache, so the same
-    base rows), on a GPT-2-family network with a known unembedding, and every
-    variable of every cell lives at the cached block output (no hooks after the cut).
+    base rows), on a network of :data:`STAIRCASE_FAMILIES` (a model type its family
+    lists) with a known unembedding, and every variable of every cell lives at the
+    cached block output (no hooks after the cut).
     """
     if len(cells) < 2:
         return "a staircase needs two or more cells"
@@ -110,7 +158,11 @@ def staircase_unsupported(cells: Sequence[PreparedInterchanges]) -> str | None:
     if first.base.readout is None or _unembedding(first.network) is None:
         return "the network has no known unembedding at a readout position"
     if not _block_calling(first.network):
-        return f"{first.network.family} blocks are not supported (GPT-2 in transformers 5 is)"
+        model_type = getattr(first.network.config, "model_type", None)
+        return (
+            f"{first.network.family} blocks ({model_type}) are not supported (the model types "
+            f"of {', '.join(STAIRCASE_FAMILIES)} in transformers 5 are)"
+        )
     attention = getattr(first.network.config, "_attn_implementation", None)
     if attention not in MASKED_ATTENTION:
         return (
@@ -147,9 +199,11 @@ def _causal_mask(
     start: int,
     cut: int,
     past: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
+    layer_type: str = "full_attention",
 ) -> torch.Tensor:
-    """The attention mask the model itself builds for one cell's positions ``start..``."""
-    from transformers.masking_utils import create_causal_mask
+    """The attention mask the model itself builds for one cell's positions ``start..``
+    (for ``"sliding_attention"`` layers, the sliding-window mask)."""
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
     base, blocks = network.base_model, network.blocks
     assert base is not None and blocks is not None
@@ -172,7 +226,12 @@ def _causal_mask(
     }
     if "cache_position" in parameters:
         kwargs["cache_position"] = positions[0]
-    mask = create_causal_mask(**kwargs)
+    build = (
+        create_sliding_window_causal_mask
+        if layer_type == "sliding_attention"
+        else create_causal_mask
+    )
+    mask = build(**kwargs)
     if not isinstance(mask, torch.Tensor):
         raise AlignmentError(f"a {type(mask).__name__} attention mask cannot be stacked")
     return mask
@@ -225,11 +284,29 @@ def run_staircase(
     lowest = min(cut for cut, _ in stages)
     first_hidden = stages[0][1]
     length = first_hidden.shape[1]
-    mask = _stacked_mask(
-        _causal_mask(network, batch, first_hidden, start, lowest, past), len(stages), start
-    )
+    config = network.config
+    layer_types = {j: _layer_type(config, j) for j in range(lowest + 1, len(blocks))}
+    masks = {
+        kind: _stacked_mask(
+            _causal_mask(network, batch, first_hidden, start, lowest, past, kind),
+            len(stages),
+            start,
+        )
+        for kind in sorted(set(layer_types.values()))
+    }
     cache = _SharedPast({j: (k.to(device), v.to(device)) for j, (k, v) in past.items()})
-    positions = torch.arange(start, start + length, device=device)
+    # every cell's positions are start..start+length-1: the stacked sequence repeats them
+    positions = torch.arange(start, start + length, device=device).repeat(len(stages))
+    positions = positions.unsqueeze(0)
+    rotary = _rotary(network)
+    embeddings: dict[str, Any] = {}
+    if rotary is not None:
+        takes_type = "layer_type" in inspect.signature(rotary.forward).parameters
+        for kind in masks:
+            extra = (kind,) if takes_type else ()
+            embeddings[kind] = rotary(first_hidden, positions, *extra)
+    parameters = inspect.signature(blocks[0].forward).parameters
+    cache_keyword = next(name for name in CACHE_KEYWORDS if name in parameters)
     order = sorted(range(len(stages)), key=lambda i: stages[i][0])
     joined: list[int] = []
     state: torch.Tensor | None = None
@@ -245,19 +322,21 @@ def run_staircase(
         join(j)
         assert state is not None
         width = len(joined) * length
-        out = blocks[j](
-            state,
-            cache if start else None,
-            mask[:, :, :width, : start + width],
-            None,
-            encoder_attention_mask=None,
-            use_cache=False,
-            position_ids=positions.repeat(len(joined)).unsqueeze(0),
-        )
+        kind = layer_types[j]
+        kwargs: dict[str, Any] = {
+            "attention_mask": masks[kind][:, :, :width, : start + width],
+            "position_ids": positions[:, :width],
+            cache_keyword: cache if start else None,
+            "use_cache": False,
+        }
+        if kind in embeddings:
+            cos, sin = embeddings[kind]
+            kwargs["position_embeddings"] = (cos[:, :width], sin[:, :width])
+        out = blocks[j](state, **kwargs)
         state = out[0] if isinstance(out, tuple) else out
     join(len(blocks))
     assert state is not None
-    final = base.get_submodule("ln_f")(state)
+    final = base.get_submodule(FINAL_NORMS[network.family])(state)
     slots = torch.arange(len(joined), device=device) * length
     assert batch.readout is not None
     readout = batch.readout.to(device)

@@ -57,7 +57,7 @@ from abstraction.network import Network, resolve_device
 from abstraction.statistics import adjust, paired_test
 from abstraction.task import Task
 
-__all__ = ["Cell", "SweepResult", "run_key", "sweep"]
+__all__ = ["Cell", "SweepResult", "planned_cells", "run_key", "sweep"]
 
 CELL_FORMAT = 1
 """Version of the cell record; part of the run key, so a new format never reads an old one."""
@@ -246,6 +246,7 @@ def sweep(
     ranks: Sequence[int] = (1,),
     method: str = "das",
     test: pd.DataFrame | None = None,
+    head_positions: Sequence[int | str | None] | None = None,
     config: TrainingConfig | None = None,
     directory: str | Path | None = None,
     workers: int | None = None,
@@ -272,6 +273,9 @@ def sweep(
         ranks: subspace dimensions per variable to try.
         method: the alignment method.
         test: held-out pairs on which only the chosen cell is evaluated.
+        head_positions: the positions where the ``"head"`` component is tried (default:
+            ``positions``); e.g. every head at the last token only, where a sweep of
+            heads at every position would multiply the cells by the positions.
         config: training configuration for every cell.
         directory: where finished cells are written (and read back on resume).
         workers: run cells in parallel on a local Ray instance with this many workers
@@ -295,7 +299,9 @@ def sweep(
     if device is not None:
         network.to(device)
     layers = list(range(network.n_layers)) if layers is None else list(layers)
-    searched = _search_locations(network, layers, components, positions, heads, modules)
+    searched = _search_locations(
+        network, layers, components, positions, heads, modules, head_positions
+    )
     locations = [loc for _, loc in searched]
     layer_of = dict(zip(locations, (layer for layer, _ in searched), strict=True))
     task.check_network(network)  # fail before training anything
@@ -488,6 +494,46 @@ def _hash_batch(digest: Any, batch: Any) -> None:
         _hash_tensor(digest, batch.readout)
 
 
+def planned_cells(
+    network: Network,
+    *,
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int | str | None] = (None,),
+    components: Sequence[str] = ("residual",),
+    heads: Sequence[int] | None = None,
+    modules: Sequence[str] = (),
+    head_positions: Sequence[int | str | None] | None = None,
+    ranks: Sequence[int] = (1,),
+) -> int:
+    """How many cells :func:`sweep` trains with these arguments (cells already on disk
+    from an earlier run included): for progress reports and estimates."""
+    layers = list(range(network.n_layers)) if layers is None else list(layers)
+    found = _search_locations(
+        network, layers, components, positions, heads, modules, head_positions
+    )
+    return len(found) * len(ranks)
+
+
+def _cells_at(
+    network: Network,
+    layer: int,
+    component: str,
+    position: int | str | None,
+    heads: Sequence[int] | None,
+) -> list[tuple[int, Location]]:
+    """The locations of one layer, component and position (one per head for heads)."""
+    if component != "head":
+        return [(layer, Location(layer=layer, component=component, position=position))]
+    if network.n_heads is None:
+        raise LocationError(
+            f"{network.name} has no attention heads to search; drop 'head' from components"
+        )
+    return [
+        (layer, Location(layer=layer, component="head", head=head, position=position))
+        for head in (range(network.n_heads) if heads is None else heads)
+    ]
+
+
 def _search_locations(
     network: Network,
     layers: Sequence[int],
@@ -495,6 +541,7 @@ def _search_locations(
     positions: Sequence[int | str | None],
     heads: Sequence[int] | None,
     modules: Sequence[str],
+    head_positions: Sequence[int | str | None] | None = None,
 ) -> list[tuple[int, Location]]:
     """Every location a sweep tries, with the layer it is searched as."""
     if not layers:
@@ -503,17 +550,10 @@ def _search_locations(
             "search; give layers=[0, 1, ...] (they fill {layer} in module patterns)"
         )
     out: list[tuple[int, Location]] = []
-    for layer, component, position in itertools.product(layers, components, positions):
-        if component == "head":
-            if network.n_heads is None:
-                raise LocationError(
-                    f"{network.name} has no attention heads to search; drop 'head' from components"
-                )
-            for head in range(network.n_heads) if heads is None else heads:
-                where = Location(layer=layer, component="head", head=head, position=position)
-                out.append((layer, where))
-        else:
-            out.append((layer, Location(layer=layer, component=component, position=position)))
+    at_heads = positions if head_positions is None else head_positions
+    for layer, component in itertools.product(layers, components):
+        for position in at_heads if component == "head" else positions:
+            out.extend(_cells_at(network, layer, component, position, heads))
     for pattern, layer, position in itertools.product(modules, layers, positions):
         if "{layer}" not in pattern:
             raise LocationError(

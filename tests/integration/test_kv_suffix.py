@@ -5,7 +5,10 @@ unchanged at positions before ``p`` (causal attention), so the prefix cache keep
 base run's keys and values there and the suffix runs only on positions from ``p`` on.
 These tests compare that suffix with a full forward through the hook runtime
 (:func:`abstraction.intervene`) at the first, a middle and the last position, with
-left and right padding, at the first, a middle and the last layer.
+left and right padding, at the first, a middle and the last layer: on GPT-2, and on
+every other model type of :data:`~abstraction.alignment.prefix_cache.KV_FAMILIES`
+(rotary position embeddings; grouped-query attention; sliding-window layers with a
+window shorter than the prompts).
 """
 
 from __future__ import annotations
@@ -22,15 +25,70 @@ from abstraction import (
     PreparedInterchanges,
     intervene,
 )
-from abstraction.alignment.prefix_cache import PrefixCache, supports_kv_reuse
+from abstraction.alignment.prefix_cache import KV_FAMILIES, PrefixCache, supports_kv_reuse
+from abstraction.network import FAMILIES
 
 LAYERS = 4
+
+SLIDING = {
+    "mistral": {"sliding_window": 12},
+    "qwen2": {"use_sliding_window": True, "sliding_window": 12, "max_window_layers": 2},
+}
+"""Settings of the tiny models beyond their sizes: a window of 12 hides the first keys
+from the last queries of the 14-token prompts, while the 11-token ones still reach their
+first token (Qwen2: layers 2.. slide)."""
+
+SOFTCAPPED = ("gemma2",)
+"""Llama-family model types whose logits are softcapped (not ``hidden @ W.T``): no fast path."""
+
+ROTARY_KINDS = (
+    "gpt_neox",
+    *(kind for kind in FAMILIES["llama"].model_types if kind not in SOFTCAPPED),
+)
+"""Every model type of the key/value-reusing families but GPT-2 (whose own tests follow)
+and the softcapped ones."""
+
+
+def tiny_causal_lm(model_type: str, tokenizer: Any, layers: int = LAYERS) -> Network:
+    """A random causal LM of ``model_type`` over ``tokenizer``: width 32, 4 query heads of
+    width 8 and (rotary families but GPT-NeoX) 2 key/value heads."""
+    import transformers
+
+    sizes: dict[str, Any] = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 64,
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    if model_type != "gpt_neox":  # GPT-NeoX has neither setting
+        sizes.update(num_key_value_heads=2, head_dim=8)
+    config = transformers.AutoConfig.for_model(model_type, **sizes, **SLIDING.get(model_type, {}))
+    return Network.from_config(config, seed=0)
 
 
 @pytest.fixture(scope="module")
 def network(bpe_tokenizer: Any, ioi_prompts: Any) -> Network:
     network: Network = ioi_prompts.gpt2(bpe_tokenizer, LAYERS)
     return network
+
+
+@pytest.fixture(scope="module", params=ROTARY_KINDS)
+def rotary(request: pytest.FixtureRequest, bpe_tokenizer: Any) -> Network:
+    """A tiny network of each rotary model type (one at a time, module-scoped)."""
+    return tiny_causal_lm(request.param, bpe_tokenizer)
+
+
+def test_every_family_with_key_value_reuse_is_tested() -> None:
+    """KV_FAMILIES lists only families every model type of which the tests here build."""
+    assert set(KV_FAMILIES) == {"gpt2", "gpt_neox", "llama"}
+    tested = {"gpt2", *ROTARY_KINDS, *SOFTCAPPED}
+    for family in KV_FAMILIES:
+        assert set(FAMILIES[family].model_types) <= tested, family
 
 
 @pytest.mark.parametrize("padding", ["left", "right"])
@@ -70,9 +128,73 @@ def test_kv_suffix_equals_a_full_forward(
     prepared.close()
 
 
-def test_gradients_flow_through_the_kv_suffix(
-    network: Network, bpe_tokenizer: Any, ioi_prompts: Any
+@pytest.mark.parametrize("padding", ["left", "right"])
+@pytest.mark.parametrize("position", [0, "s.last", "last"], ids=["first", "middle", "last"])
+def test_kv_suffix_equals_a_full_forward_on_rotary_families(
+    rotary: Network, bpe_tokenizer: Any, ioi_prompts: Any, padding: str, position: int | str
 ) -> None:
+    """As above, for each rotary model type: the first, a middle and the last layer's
+    cells prepared together (one cache, one start) each equal a full forward."""
+    network = rotary
+    assert supports_kv_reuse(network)
+    task = ioi_prompts.task(bpe_tokenizer, padding)
+    data = ioi_prompts.data(48)
+    layers = [0, 1, LAYERS - 1]
+    locations = [Location(layer=layer, position=position) for layer in layers]
+    cells = PreparedInterchanges.for_locations(network, task, data, locations, ["s"])
+    base = task.batch(data, "base.")
+    source = task.batch(data, "source.s.")
+    length = base.inputs["input_ids"].shape[1]
+    plain = intervene(network, base, [])
+    for layer, location, prepared in zip(layers, locations, cells, strict=True):
+        assert prepared.cache is not None
+        if position == "last" and padding == "left":
+            assert prepared.start == length - 1
+        if position != 0:
+            assert prepared.start > 0
+            past = prepared.cache.past(slice(0, 2))
+            assert len(past) == LAYERS - 1 - layer
+            # the keys and values stored are the key/value heads', not the query heads'
+            for keys, values in past:
+                assert keys.shape == values.shape == (2, network.kv_heads, prepared.start, 8)
+        basis = torch.linalg.qr(torch.randn(32, 2, generator=torch.Generator().manual_seed(1)))[0]
+        patch = LowRankPatch(location, basis)
+        cached = prepared.logits(slice(None), {"s": patch})
+        reference = intervene(network, base, [patch], [source])
+        torch.testing.assert_close(cached, reference, rtol=1e-5, atol=1e-5)
+        if layer < LAYERS - 1 or position == "last":
+            assert not torch.allclose(reference, plain, atol=1e-4)
+        prepared.close()
+
+
+@pytest.mark.parametrize("kind", SOFTCAPPED)
+def test_softcapped_logits_run_the_whole_suffix(
+    bpe_tokenizer: Any, ioi_prompts: Any, kind: str
+) -> None:
+    """Gemma 2 is laid out as Llama, but its logits are softcapped: no key/value reuse,
+    and the suffix (on every position, through the model's own head) is still exact."""
+    network = tiny_causal_lm(kind, bpe_tokenizer)
+    assert network.family == "llama" and not supports_kv_reuse(network)
+    task = ioi_prompts.task(bpe_tokenizer, "left")
+    data = ioi_prompts.data(24)
+    location = Location(layer=1, position="last")
+    prepared = PreparedInterchanges(network, task, data, location, ["s"])
+    assert prepared.start == 0
+    patch = LowRankPatch(location, torch.eye(32)[:, :2])
+    reference = intervene(
+        network, task.batch(data, "base."), [patch], [task.batch(data, "source.s.")]
+    )
+    cached = prepared.logits(slice(None), {"s": patch})
+    torch.testing.assert_close(cached, reference, rtol=1e-5, atol=1e-5)
+    prepared.close()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", *ROTARY_KINDS])
+def test_gradients_flow_through_the_kv_suffix(
+    network: Network, bpe_tokenizer: Any, ioi_prompts: Any, kind: str
+) -> None:
+    if kind != "gpt2":
+        network = tiny_causal_lm(kind, bpe_tokenizer)
     task = ioi_prompts.task(bpe_tokenizer, "left")
     data = ioi_prompts.data(96)
     location = Location(layer=1, position="last")
@@ -129,26 +251,38 @@ def test_disk_spilled_prepared_interchanges_give_the_same_logits(
     memory.close()
 
 
-def test_other_families_fall_back_to_the_whole_suffix() -> None:
-    from transformers import LlamaConfig
+def test_other_families_fall_back_to_the_whole_suffix(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model type no family lists (generic), one wrapped as a family it is not listed
+    in, and one whose logits are softcapped get no key/value reuse."""
+    import transformers
 
-    config = LlamaConfig(
-        num_hidden_layers=2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=40,
-    )
-    llama = Network.from_config(config, seed=0)
-    assert not supports_kv_reuse(llama)
+    from abstraction import network as network_module
     from abstraction.errors import AbstractionError
-
-    batch_ids = torch.randint(0, 40, (3, 6), generator=torch.Generator().manual_seed(0))
     from abstraction.network import Batch
 
-    with pytest.raises(AbstractionError, match="cannot reuse keys and values"):
-        PrefixCache(llama, Batch({"input_ids": batch_ids}), 0, start=2)
+    monkeypatch.setattr(network_module, "_warned_model_types", set())
+
+    sizes = {
+        "num_hidden_layers": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "vocab_size": 40,
+    }
+    with pytest.warns(UserWarning, match="generic"):
+        starcoder = Network.from_config(transformers.Starcoder2Config(**sizes), seed=0)
+    assert starcoder.family == "generic"
+    wrapped = Network.wrap(starcoder.module, family="llama")  # its layout, but not tested
+    # logits that are not hidden @ W.T (Gemma 2 softcaps them): no readout-only unembedding
+    capped = Network.from_config(transformers.LlamaConfig(**sizes), seed=0)
+    capped.module.config.final_logit_softcapping = 30.0  # type: ignore[union-attr]
+    batch_ids = torch.randint(0, 40, (3, 6), generator=torch.Generator().manual_seed(0))
+    for other in (starcoder, wrapped, capped):
+        assert not supports_kv_reuse(other), other.name
+        with pytest.raises(AbstractionError, match="cannot reuse keys and values"):
+            PrefixCache(other, Batch({"input_ids": batch_ids}), 0, start=2)
 
 
 @pytest.mark.parametrize("position", [0, "last"], ids=["first", "last"])

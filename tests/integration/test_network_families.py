@@ -1,14 +1,19 @@
 """Every known family, built from a tiny config: sizes come from the config, locations resolve.
 
+Families are recognised from ``config.model_type`` only: a model type no family lists
+is ``"generic"`` (its blocks found by count, the residual stream named, and a warning
+saying what it lacks), however much its module paths look like a known family's.
 Nothing is downloaded: ``transformers`` builds each model from a config here.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,8 @@ import torch
 import transformers
 from torch import nn
 
+from abstraction import network as network_module
+from abstraction.alignment.prefix_cache import supports_kv_reuse
 from abstraction.locations import Location, LocationError, resolve
 from abstraction.network import FAMILIES, Batch, Network, NetworkError, import_pyvene
 
@@ -37,6 +44,16 @@ CONFIGS: dict[str, Callable[[], Any]] = {
         intermediate_size=64, vocab_size=40, max_position_embeddings=16, bos_token_id=0,
         eos_token_id=0,
     ),
+    **{
+        model_type: functools.partial(
+            transformers.AutoConfig.for_model, model_type, num_hidden_layers=2,
+            hidden_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+            intermediate_size=64, vocab_size=40, max_position_embeddings=16,
+            bos_token_id=0, eos_token_id=0,
+        )
+        for model_type in FAMILIES["llama"].model_types
+        if model_type != "llama"
+    },
     "bert": lambda: transformers.BertConfig(
         num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
         vocab_size=40, max_position_embeddings=16,
@@ -46,13 +63,40 @@ CONFIGS: dict[str, Callable[[], Any]] = {
         vocab_size=40, max_position_embeddings=20, pad_token_id=1,
     ),
 }  # fmt: skip
-FAMILY = {"roberta": "bert"}
+FAMILY = {"roberta": "bert", **{t: "llama" for t in FAMILIES["llama"].model_types}}
 HEAD_MAPPING = {
-    "gpt2": transformers.MODEL_FOR_CAUSAL_LM_MAPPING,
-    "gpt_neox": transformers.MODEL_FOR_CAUSAL_LM_MAPPING,
-    "llama": transformers.MODEL_FOR_CAUSAL_LM_MAPPING,
+    **{kind: transformers.MODEL_FOR_CAUSAL_LM_MAPPING for kind in CONFIGS},
     "bert": transformers.MODEL_FOR_MASKED_LM_MAPPING,
     "roberta": transformers.MODEL_FOR_MASKED_LM_MAPPING,
+}
+
+UNLISTED: dict[str, Callable[[], Any]] = {
+    # model.layers with self_attn.dense: taken for GPT-NeoX by its paths before
+    "phi": lambda: transformers.PhiConfig(
+        num_hidden_layers=3, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+        vocab_size=40,
+    ),
+    # transformer.h: taken for GPT-2 by its paths before
+    "falcon": lambda: transformers.FalconConfig(
+        num_hidden_layers=3, hidden_size=32, num_attention_heads=4, vocab_size=40,
+    ),
+    # Llama's paths (self_attn.o_proj, mlp), but an untested model type
+    "starcoder2": lambda: transformers.Starcoder2Config(
+        num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, vocab_size=40,
+    ),
+    # model.decoder.layers
+    "opt": lambda: transformers.OPTConfig(
+        num_hidden_layers=3, hidden_size=32, num_attention_heads=4, ffn_dim=64,
+        word_embed_proj_dim=32, vocab_size=40,
+    ),
+}  # fmt: skip
+"""Model types no family lists, each with the block paths found for it."""
+UNLISTED_BLOCKS = {
+    "phi": "model.layers",
+    "falcon": "transformer.h",
+    "starcoder2": "model.layers",
+    "opt": "model.decoder.layers",
 }
 
 
@@ -100,6 +144,69 @@ def test_head_width_follows_config_head_dim() -> None:
     assert network.head_width == 16
     site = resolve(network, Location(layer=0, component="head", head=3))
     assert site.head == (3, 16) and site.width == 16
+
+
+def test_heads_of_grouped_query_attention_are_query_heads() -> None:
+    """``head=h`` is query head ``h`` (a slice of ``o_proj``'s input); under grouped-query
+    attention it reads key/value head ``h // (heads // kv_heads)``."""
+    network = Network.from_config(CONFIGS["llama"]())  # 4 query heads, 2 key/value heads
+    assert (network.n_heads, network.kv_heads, network.head_width) == (4, 2, 12)
+    assert Network.from_config(CONFIGS["gpt2"]()).kv_heads == 4  # no grouping: one each
+    site = resolve(network, Location(layer=0, component="head", head=3))
+    assert site.module_path == "model.layers.0.self_attn.o_proj" and site.hook == "input"
+    assert site.head == (3, 12)
+    with pytest.raises(LocationError, match=r"2 key/value head\(s\).*h // 2"):
+        resolve(network, Location(layer=0, component="head", head=4))
+    # silencing key/value head 1's values silences query heads 2 and 3, and only them
+    blocks = network.blocks
+    assert blocks is not None
+    attention = blocks[0].self_attn
+    seen: list[torch.Tensor] = []
+    hook = attention.o_proj.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    try:
+        network.logits(_batch())
+        with torch.no_grad():
+            attention.v_proj.weight[12:24] = 0.0
+        network.logits(_batch())
+    finally:
+        hook.remove()
+    before, after = (activation.view(3, 6, 4, 12) for activation in seen)
+    assert torch.equal(before[:, :, :2], after[:, :, :2])
+    assert float(before[:, :, 2:].abs().max()) > 0 and float(after[:, :, 2:].abs().max()) == 0
+
+
+@pytest.mark.parametrize("kind", list(UNLISTED))
+def test_unlisted_model_types_are_generic(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(network_module, "_warned_model_types", set())
+    config = UNLISTED[kind]()
+    with pytest.warns(UserWarning, match=r"family 'generic'.*key/value reuse.*family="):
+        network = Network.from_config(config)
+    assert network.family == "generic" and network.layout is network_module.GENERIC
+    assert network.blocks_path == UNLISTED_BLOCKS[kind]
+    assert network.n_layers == config.num_hidden_layers == 3
+    assert not supports_kv_reuse(network)
+    for component in ("residual", "residual_input"):
+        site = resolve(network, Location(layer=-1, component=component, position="last"))
+        assert site.module_path == f"{UNLISTED_BLOCKS[kind]}.2" and site.width == 32
+    for component in ("attention_output", "mlp_output", "head"):
+        with pytest.raises(LocationError, match=r"'generic'.*key/value reuse.*family="):
+            resolve(network, Location(layer=0, component=component, head=0))
+    assert network.logits(_batch()).shape == (3, 40)  # it still runs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Network.from_config(config)  # the warning is said once per model type
+
+
+def test_an_unlisted_model_type_wrapped_as_a_family_resolves_its_components(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(network_module, "_warned_model_types", set())
+    with pytest.warns(UserWarning, match="generic"):
+        module = Network.from_config(UNLISTED["starcoder2"]()).module
+    wrapped = Network.wrap(module, family="llama")
+    site = resolve(wrapped, Location(layer=1, component="attention_output"))
+    assert site.module_path == "model.layers.1.self_attn"
+    assert not supports_kv_reuse(wrapped)  # its fast paths are not tested: still off
 
 
 def test_pyvene_mlp_sizes_come_from_its_blocks(small_mlp: Network) -> None:

