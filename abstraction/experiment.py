@@ -86,6 +86,7 @@ class Search:
         heads: heads tried for the ``"head"`` component (default: every head).
         head_positions: positions where the ``"head"`` component is tried (default:
             ``positions``), e.g. ``["last"]`` for every head at the last token only.
+        head_layers: layers where the ``"head"`` component is tried (default: ``layers``).
         modules: submodule-path patterns with ``{layer}`` (``"blocks.{layer}.mlp"``,
             ``":input"`` for a module's input), for networks of any family; set
             ``components=()`` to search only these.
@@ -103,6 +104,7 @@ class Search:
     modules: Sequence[str] = ()
     methods: Sequence[str] | None = None
     head_positions: Sequence[int | str | None] | None = None
+    head_layers: Sequence[int] | None = None
 
 
 @dataclass
@@ -154,7 +156,10 @@ class Experiment:
         seeds: alignment seeds (seed variability is reported when more than one).
         baselines: baselines to run.
         rivals: alternative causal models (same variable names) compared on the same
-            pairs.
+            pairs, each at its own site chosen by the same search.
+        rival_search: the search that chooses each rival's site, when it should be
+            narrower than ``search`` (a rival's sweep costs as much as the
+            hypothesis's); the report names each rival's chosen site.
         shifts: distribution-shifted test sets, reported separately: name -> another
             encoding of the same inputs (unseen entity vectors, another template).
         quick: overrides applied by ``--quick`` (e.g. ``{"pairs": 20000}``).
@@ -184,6 +189,7 @@ class Experiment:
     seeds: int = 1
     baselines: Sequence[str] = BASELINES
     rivals: Sequence[CausalModel] = ()
+    rival_search: Search | Mapping[str, Search] | None = None
     shifts: Mapping[str, Task] = field(default_factory=dict)
     quick: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
@@ -473,9 +479,14 @@ def run(
         rival_splits = (relabel(train, rival), relabel(validation, rival), relabel(test, rival))
         # The rival gets the same search as the hypothesis (its own site, on validation),
         # so that it is compared at its best, not at the hypothesis's site.
+        # (rival_search, when given, narrows it: a rival's sweep costs as much as the
+        # hypothesis's)
+        searched = exp if exp.rival_search is None else replace(exp, search=exp.rival_search)
         rival_found = (
-            _locate(network, exp, rival_task, rival_splits, training, sweep_directory, progress)
-            if exp.search is not None
+            _locate(
+                network, searched, rival_task, rival_splits, training, sweep_directory, progress
+            )
+            if searched.search is not None
             else found
         )
         rival_verification = verify(
@@ -689,6 +700,7 @@ def _locate(
             components=search.components,
             heads=search.heads,
             head_positions=search.head_positions,
+            head_layers=search.head_layers,
             modules=search.modules,
             ranks=search.ranks[:1] if method in FEATURE_METHODS else search.ranks,
             method=method,
@@ -778,6 +790,7 @@ def _planned(network: Network, exp: Experiment) -> int:
                 heads=search.heads,
                 modules=search.modules,
                 head_positions=search.head_positions,
+                head_layers=search.head_layers,
                 ranks=search.ranks[:1] if method in FEATURE_METHODS else search.ranks,
             )
     return total

@@ -24,6 +24,7 @@ alignment code). Writes are atomic: the new report replaces the old one in one r
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -40,7 +41,15 @@ from abstraction.results import (
     results_schema,
 )
 
-__all__ = ["draw_causal_graph", "draw_heatmap", "render", "rerender", "validate", "write"]
+__all__ = [
+    "draw_causal_graph",
+    "draw_head_heatmap",
+    "draw_heatmap",
+    "render",
+    "rerender",
+    "validate",
+    "write",
+]
 
 
 def validate(results: ExperimentResult | Mapping[str, Any]) -> None:
@@ -111,28 +120,57 @@ def draw_heatmap(cells: pd.DataFrame, path: str | Path, *, title: str = "validat
     that layer and position; ``cells`` is e.g. ``SweepResult.cells`` or
     ``result.to_frame("sweep")``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     table = cells.copy()
     table["position"] = table["position"].astype(str)
     grid = table.pivot_table(
         index="layer", columns="position", values="val_iia", aggfunc="max", sort=False
     )
-    values = grid.to_numpy()
-    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * grid.shape[1], 1.4 + 0.6 * grid.shape[0]))
+    return _grid_figure(grid, path, title, "position")
+
+
+def draw_head_heatmap(
+    cells: pd.DataFrame, path: str | Path, *, title: str = "validation IIA per head"
+) -> Path | None:
+    """Draw a sweep's attention-head cells as a layer x head heatmap PNG (one per position
+    would need several figures: the best over positions is drawn); ``None`` without heads."""
+    heads = cells[cells["component"] == "head"] if "component" in cells else cells.iloc[:0]
+    if heads.empty:
+        return None
+    grid = heads.pivot_table(index="layer", columns="head", values="val_iia", aggfunc="max")
+    grid.columns = [int(c) for c in grid.columns]
+    return _grid_figure(grid, path, title, "head")
+
+
+def _grid_figure(grid: pd.DataFrame, path: str | Path, title: str, xlabel: str) -> Path:
+    """A heatmap of ``grid`` (rows: layers) with each value written in its square; cells
+    not tried are blank and marked "–"; the title wraps to the figure's width."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = grid.to_numpy(dtype=float)
+    width = max(4.5, 1.5 + 0.8 * grid.shape[1])
+    height = max(2.5, 1.6 + 0.32 * grid.shape[0])
+    fig, ax = plt.subplots(figsize=(width, height))
     image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
     ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
     ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
-    ax.set_xlabel("position")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("layer")
+    small = 8 if grid.shape[0] <= 16 else 6
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            colour = "white" if values[i, j] < 0.6 else "black"
-            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color=colour, fontsize=8)
-    ax.set_title(title, fontsize=9)
+            value = values[i, j]
+            if math.isnan(value):
+                ax.text(j, i, "–", ha="center", va="center", color="grey", fontsize=small)
+                continue
+            colour = "white" if value < 0.6 else "black"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color=colour, fontsize=small)
+    characters = max(30, int(width * 11))
+    ax.set_title("\n".join(textwrap.wrap(title, characters)), fontsize=9)
     fig.colorbar(image, ax=ax, label="validation IIA")
     fig.tight_layout()
     out = Path(path)
@@ -241,8 +279,16 @@ def _figures(results: ExperimentResult, directory: Path) -> dict[str, Path]:
         figures["sweep"] = draw_heatmap(
             cells,
             directory / "sweep_heatmap.png",
-            title=f"validation IIA; chosen: layer {chosen.layer}, position {chosen.position}",
+            title=f"validation IIA (best over components; – not tried); chosen: layer "
+            f"{chosen.layer}, position {chosen.position}",
         )
+        heads = draw_head_heatmap(
+            cells,
+            directory / "sweep_heads.png",
+            title="validation IIA per attention head (– not tried)",
+        )
+        if heads is not None:
+            figures["heads"] = heads
         by_rank = cells.groupby("rank")["val_iia"].max()
         if len(by_rank) > 1:
             fig, ax = plt.subplots(figsize=(4.5, 3))

@@ -419,7 +419,8 @@ class Counterexample:
 
     Attributes:
         group: what the pairs share: the intervention set (``intervened``), the
-            values of the causal variables, the base label and the counterfactual label.
+            values of the causal variables, and the base and counterfactual labels (or,
+            when labels are many, e.g. names, whether the label changes: ``changed``).
         failures: failing pairs in the group.
         pairs: all test pairs in the group.
         example: the inputs (``base.*``, ``source.*``) of one failing pair.
@@ -537,17 +538,24 @@ def _rows_for(test: pd.DataFrame, variable: str) -> np.ndarray:
     return mask
 
 
+COUNTEREXAMPLE_LABELS = 10
+"""Counterexamples are grouped by base and counterfactual label when the test pairs have
+at most this many distinct labels; otherwise by whether the label changes."""
+
+
 def _counterexamples(
     test: pd.DataFrame, correct: np.ndarray, variables: Sequence[str], top: int
 ) -> list[Counterexample]:
     failing = test[~correct]
     if len(failing) == 0:
         return []
+    # Labels that are entities (IOI's names) would make every group one pair: group such
+    # failures by whether the intervention should change the output instead.
+    by_label = test["label"].nunique() <= COUNTEREXAMPLE_LABELS or "changed" not in test
     keys = [
         "intervened",
         *[f"value.{v}" for v in variables if f"value.{v}" in test],
-        "base_label",
-        "label",
+        *(["base_label", "label"] if by_label else ["changed"]),
     ]
     groups = failing.groupby(keys, observed=True, sort=False)
     totals = test.groupby(keys, observed=True, sort=False).size()

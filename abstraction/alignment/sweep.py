@@ -247,6 +247,7 @@ def sweep(
     method: str = "das",
     test: pd.DataFrame | None = None,
     head_positions: Sequence[int | str | None] | None = None,
+    head_layers: Sequence[int] | None = None,
     config: TrainingConfig | None = None,
     directory: str | Path | None = None,
     workers: int | None = None,
@@ -276,6 +277,8 @@ def sweep(
         head_positions: the positions where the ``"head"`` component is tried (default:
             ``positions``); e.g. every head at the last token only, where a sweep of
             heads at every position would multiply the cells by the positions.
+        head_layers: the layers where the ``"head"`` component is tried (default:
+            ``layers``).
         config: training configuration for every cell.
         directory: where finished cells are written (and read back on resume).
         workers: run cells in parallel on a local Ray instance with this many workers
@@ -300,7 +303,7 @@ def sweep(
         network.to(device)
     layers = list(range(network.n_layers)) if layers is None else list(layers)
     searched = _search_locations(
-        network, layers, components, positions, heads, modules, head_positions
+        network, layers, components, positions, heads, modules, head_positions, head_layers
     )
     locations = [loc for _, loc in searched]
     layer_of = dict(zip(locations, (layer for layer, _ in searched), strict=True))
@@ -503,13 +506,14 @@ def planned_cells(
     heads: Sequence[int] | None = None,
     modules: Sequence[str] = (),
     head_positions: Sequence[int | str | None] | None = None,
+    head_layers: Sequence[int] | None = None,
     ranks: Sequence[int] = (1,),
 ) -> int:
     """How many cells :func:`sweep` trains with these arguments (cells already on disk
     from an earlier run included): for progress reports and estimates."""
     layers = list(range(network.n_layers)) if layers is None else list(layers)
     found = _search_locations(
-        network, layers, components, positions, heads, modules, head_positions
+        network, layers, components, positions, heads, modules, head_positions, head_layers
     )
     return len(found) * len(ranks)
 
@@ -542,6 +546,7 @@ def _search_locations(
     heads: Sequence[int] | None,
     modules: Sequence[str],
     head_positions: Sequence[int | str | None] | None = None,
+    head_layers: Sequence[int] | None = None,
 ) -> list[tuple[int, Location]]:
     """Every location a sweep tries, with the layer it is searched as."""
     if not layers:
@@ -551,9 +556,13 @@ def _search_locations(
         )
     out: list[tuple[int, Location]] = []
     at_heads = positions if head_positions is None else head_positions
-    for layer, component in itertools.product(layers, components):
-        for position in at_heads if component == "head" else positions:
-            out.extend(_cells_at(network, layer, component, position, heads))
+    head_layers = layers if head_layers is None else head_layers
+    for layer in sorted({*layers, *(head_layers if "head" in components else ())}):
+        for component in components:
+            if layer not in (head_layers if component == "head" else layers):
+                continue
+            for position in at_heads if component == "head" else positions:
+                out.extend(_cells_at(network, layer, component, position, heads))
     for pattern, layer, position in itertools.product(modules, layers, positions):
         if "{layer}" not in pattern:
             raise LocationError(

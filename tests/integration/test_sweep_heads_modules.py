@@ -105,6 +105,14 @@ def test_heads_can_be_swept_at_their_own_positions() -> None:
         network, positions=["s.last", "last"], head_positions=["last"], **common
     )
     assert at_last == 2 * (2 * 1 + 1 * 4) * 2  # residual at both positions, heads at one
+    some_layers = planned_cells(
+        network, positions=["s.last", "last"], head_positions=["last"], head_layers=[2], **common
+    )
+    assert some_layers == (2 * 2 * 1 + 1 * 1 * 4) * 2  # heads in layer 2 only
+    only_heads = planned_cells(
+        network, layers=[0], components=["head"], positions=["last"], head_layers=[1, 2]
+    )
+    assert only_heads == 2 * 4  # head_layers replaces layers for the head component
 
 
 def test_a_quick_run_thins_a_sweep_over_every_layer_of_a_deep_network(

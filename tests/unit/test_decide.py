@@ -197,3 +197,28 @@ def test_a_curve_still_rising_at_its_last_epoch_is_flagged_undertrained() -> Non
     assert failing.verdict == "inconclusive"
     assert any("still improving" in r for r in failing.reasons)
     assert decide(evidence(variable("wx", iia=low))).verdict == "unfaithful"
+
+
+def test_counterexamples_with_entity_labels_group_by_whether_the_label_changes() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from abstraction.verdict import _counterexamples
+
+    names = [f"name{i}" for i in range(40)]
+    test = pd.DataFrame(
+        {
+            "intervened": ["s_position"] * 40,
+            "value.s_position": [1, 2] * 20,
+            "base_label": names,
+            "label": names[1:] + names[:1],
+            "changed": [True, False] * 20,
+            "base.a": names,
+        }
+    )
+    groups = _counterexamples(test, np.zeros(40, dtype=bool), ["s_position"], top=10)
+    assert [g.pairs for g in groups] == [20, 20]  # not 40 groups of one name pair each
+    assert all(set(g.group) == {"intervened", "value.s_position", "changed"} for g in groups)
+    few = test.assign(base_label=["x", "y"] * 20, label=["y", "x"] * 20)
+    grouped = _counterexamples(few, np.zeros(40, dtype=bool), ["s_position"], top=10)
+    assert all("label" in g.group for g in grouped)  # few labels: grouped by them
