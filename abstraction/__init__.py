@@ -14,6 +14,7 @@ Modules, in the order data flows (each imports only modules above it):
 ``causal_model``     :class:`CausalModel`: variables, graph, ``run``, ``interchange``
 ``counterfactuals``  factual and counterfactual datasets (pandas), samplers, splits
 ``corpus``           the zoo language model's tasks: IOI and binding templates, words
+``gguf_checkpoint``  GGUF files -> dequantized safetensors checkpoints, cached by hash
 ``network``          :class:`Network`: wrap / load / build a model; family module paths
 ``locations``        :class:`Location`: where an activation is, checked before running
 ``task``             causal-model values -> network inputs and labels
@@ -26,6 +27,7 @@ Modules, in the order data flows (each imports only modules above it):
 ``runtime``          the hook runtime every intervention runs through; ``intervene``
 ``pyvene_interop``   ``to_pyvene`` / ``from_pyvene``
 ``statistics``       clustered bootstrap, permutation tests, corrections (arrays only)
+``op_counts``        operations dispatched and host reads of a step (what a GPU pays)
 ``alignment/``       ``prefix_cache`` -> ``prepared`` (data ready at one site) ->
                      ``result`` (:class:`Alignment`, saved) -> ``masks`` (DBM over
                      neurons, PCA, SAE features) -> ``das`` (training) ->

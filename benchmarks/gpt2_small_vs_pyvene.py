@@ -28,7 +28,10 @@ achieved one; our training time per layer against the blocks its suffix runs; th
 FLOP rate of our training phase against this machine's matmul rate (a plain torch
 matmul of the model's shapes, timed in the same run); peak RSS of each tool (each
 runs in its own forked process), and on a GPU its peak device memory; IIA of both with
-a paired test. The last line is the last-position sweep's speed-up.
+a paired test; per training step of the sweep, the operations each tool
+dispatches and its host reads (``abstraction.op_counts``: a kernel launch at most and a
+GPU synchronisation each, counted the same on any device). The last line is the
+last-position sweep's speed-up.
 
 On a GPU (``--device cuda``) the parent process never initialises CUDA (its device
 check reads NVML): each forked run moves the network to the GPU itself and runs one
@@ -54,6 +57,7 @@ import resource
 import statistics
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -74,6 +78,7 @@ from abstraction.alignment.das import _Rotation, fit, reproducible
 from abstraction.alignment.staircase import evaluate_cells, fit_cells, fitted_apart
 from abstraction.locations import resolve_positions
 from abstraction.network import Batch, import_pyvene, resolve_device
+from abstraction.op_counts import per_step
 from abstraction.pyvene_interop import to_pyvene
 from abstraction.statistics import iia, paired_test
 from abstraction.task import Task
@@ -250,22 +255,8 @@ def run_ours(
     times["activations"] = now() - clock
     train = prepared["train"]
     cache = train[0].cache
-    layer_seconds = []
-    alignments = []
     clock = now()
-    staircase = fitted_apart(train, None, "low_rank", config) is None
-    if staircase:  # all cells train together: no time per cell to report
-        alignments = reproducible(fit_cells)(
-            train, None, task, ["answer"], method="low_rank", rank=1, config=config
-        )
-    for cell in [] if staircase else train:
-        began = now()
-        alignments.append(
-            reproducible(fit)(
-                cell, None, task, ["answer"], method="low_rank", rank=1, config=config
-            )
-        )
-        layer_seconds.append(now() - began)
+    alignments, layer_seconds, staircase = train_ours(train, task, config)
     times["training"] = now() - clock
     clock = now()
     correct = [hits.numpy() for hits in evaluate_cells(alignments, prepared["test"])]
@@ -291,6 +282,126 @@ def run_ours(
     return out
 
 
+def train_ours(
+    train: list[PreparedInterchanges], task: RandomPrompts, config: TrainingConfig
+) -> tuple[list[Any], list[float], bool]:
+    """Our training phase: the cells as one staircase where that is faster, else one by
+    one (then with each cell's seconds)."""
+    layer_seconds: list[float] = []
+    alignments: list[Any] = []
+    staircase = fitted_apart(train, None, "low_rank", config) is None
+    if staircase:  # all cells train together: no time per cell to report
+        alignments = reproducible(fit_cells)(
+            train, None, task, ["answer"], method="low_rank", rank=1, config=config
+        )
+    for cell in [] if staircase else train:
+        began = now()
+        alignments.append(
+            reproducible(fit)(
+                cell, None, task, ["answer"], method="low_rank", rank=1, config=config
+            )
+        )
+        layer_seconds.append(now() - began)
+    return alignments, layer_seconds, staircase
+
+
+PyveneInputs = tuple[Batch, Batch, list[int], list[int], torch.Tensor]
+
+
+def pyvene_tensors(task: RandomPrompts, frame: pd.DataFrame, position: int | str) -> PyveneInputs:
+    """pyvene's inputs for ``frame``: base and source batches, their intervened positions
+    (Python ints, as pyvene's ``unit_locations`` takes them) and labels."""
+    base = task.batch(frame, "base.")
+    source = task.batch(frame, "source.answer.")
+    return (
+        base,
+        source,
+        resolve_positions(position, base, LONGEST).tolist(),
+        resolve_positions(position, source, LONGEST).tolist(),
+        task.labels(frame, "label"),
+    )
+
+
+def epoch_orders(rows: int, config: TrainingConfig) -> list[list[int]]:
+    """The order of the training rows in each epoch, drawn before training (as a data
+    loader would hand them over: nothing read back from the device per step)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    return [torch.randperm(rows, generator=generator).tolist() for _ in range(config.epochs)]
+
+
+def train_pyvene(
+    network: Network,
+    location: Location,
+    tensors: PyveneInputs,
+    config: TrainingConfig,
+    orders: list[list[int]] | None = None,
+) -> Any:
+    """One cell trained as pyvene's tutorials do (``orders``: each epoch's row order,
+    default :func:`epoch_orders`); its ``IntervenableModel``."""
+    pyvene = import_pyvene()
+    component, intervention = to_pyvene(LowRankPatch(location, initial_basis(config.seed)), network)
+    model = pyvene.IntervenableModel(
+        pyvene.IntervenableConfig(
+            representations=[
+                pyvene.RepresentationConfig(
+                    **component, max_number_of_units=1, intervention=intervention
+                )
+            ]
+        ),
+        network.module,
+    )
+    model.disable_model_gradients()
+    optimizer = torch.optim.Adam(model.get_trainable_parameters(), lr=config.lr)
+    base, source, base_at, source_at, labels = tensors
+    for order in epoch_orders(len(labels), config) if orders is None else orders:
+        for first in range(0, len(order), config.batch_size):
+            rows = order[first : first + config.batch_size]
+            loss = torch.nn.functional.cross_entropy(
+                pyvene_logits(model, rows, base, source, base_at, source_at),
+                labels[torch.tensor(rows)].to(DEVICE),
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model
+
+
+def count_steps(
+    network: Network,
+    task: RandomPrompts,
+    frames: dict[str, pd.DataFrame],
+    position: int | str,
+    config: TrainingConfig,
+    budget: int,
+) -> dict[str, Any]:
+    """Operations dispatched and host reads per training step of the sweep (one step of
+    every cell), for both tools, counted on two batches of training pairs (a second
+    epoch's counts minus the first's, halved: set-up cancels)."""
+    rows = frames["train"].iloc[: 2 * config.batch_size]
+    locations = cell_locations(position)
+    train = PreparedInterchanges.for_locations(
+        network, task, rows, locations, ["answer"], memory_budget=budget
+    )
+
+    def ours(epochs: int) -> None:
+        train_ours(train, task, replace(config, epochs=epochs))
+
+    tensors = pyvene_tensors(task, rows, position)
+    orders = epoch_orders(len(rows), replace(config, epochs=2))
+
+    def theirs(epochs: int) -> None:
+        for location in locations:
+            train_pyvene(network, location, tensors, config, orders[:epochs])
+
+    counted = {"ours": per_step(ours, 1, 1) / 2, "pyvene": per_step(theirs, 1, 1) / 2}
+    for cell in train:
+        cell.close()
+    return {
+        name: {"operations": c.operations, "host_reads": c.host_reads, "reads": c.by_host_read}
+        for name, c in counted.items()
+    }
+
+
 def run_pyvene(
     network: Network,
     task: RandomPrompts,
@@ -298,53 +409,12 @@ def run_pyvene(
     position: int | str,
     config: TrainingConfig,
 ) -> dict[str, Any]:
-    pyvene = import_pyvene()
-    module = network.module
-    train, test = frames["train"], frames["test"]
-    tensors = {}
-    for split, frame in (("train", train), ("test", test)):
-        base = task.batch(frame, "base.")
-        source = task.batch(frame, "source.answer.")
-        tensors[split] = (
-            base,
-            source,
-            resolve_positions(position, base, LONGEST),
-            resolve_positions(position, source, LONGEST),
-            task.labels(frame, "label"),
-        )
+    tensors = {split: pyvene_tensors(task, frames[split], position) for split in ("train", "test")}
     times = {"activations": 0.0, "training": 0.0, "evaluation": 0.0}
     layer_seconds, correct = [], []
     for location in cell_locations(position):
         began = now()
-        component, intervention = to_pyvene(
-            LowRankPatch(location, initial_basis(config.seed)), network
-        )
-        model = pyvene.IntervenableModel(
-            pyvene.IntervenableConfig(
-                representations=[
-                    pyvene.RepresentationConfig(
-                        **component, max_number_of_units=1, intervention=intervention
-                    )
-                ]
-            ),
-            module,
-        )
-        model.disable_model_gradients()
-        optimizer = torch.optim.Adam(model.get_trainable_parameters(), lr=config.lr)
-        base, source, base_at, source_at, labels = tensors["train"]
-        generator = torch.Generator().manual_seed(config.seed)
-
-        for _ in range(config.epochs):
-            order = torch.randperm(len(labels), generator=generator)
-            for first in range(0, len(order), config.batch_size):
-                rows = order[first : first + config.batch_size]
-                loss = torch.nn.functional.cross_entropy(
-                    pyvene_logits(model, rows, base, source, base_at, source_at),
-                    labels[rows].to(DEVICE),
-                )
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        model = train_pyvene(network, location, tensors["train"], config)
         seconds = now() - began
         layer_seconds.append(seconds)
         times["training"] += seconds
@@ -353,7 +423,7 @@ def run_pyvene(
         predictions = []
         with torch.no_grad():
             for first in range(0, len(labels), config.batch_size):
-                rows = torch.arange(first, min(first + config.batch_size, len(labels)))
+                rows = list(range(first, min(first + config.batch_size, len(labels))))
                 out = pyvene_logits(model, rows, base, source, base_at, source_at)
                 predictions.append(out.argmax(-1).cpu())
         correct.append((torch.cat(predictions) == labels).numpy())
@@ -363,15 +433,16 @@ def run_pyvene(
 
 def pyvene_logits(
     model: Any,
-    rows: torch.Tensor,
+    rows: list[int],
     base: Batch,
     source: Batch,
-    base_at: torch.Tensor,
-    source_at: torch.Tensor,
+    base_at: list[int],
+    source_at: list[int],
 ) -> torch.Tensor:
     """pyvene's interchange of ``rows``: source position -> base position, candidate logits."""
-    b, s = base.select(rows).to(DEVICE), source.select(rows).to(DEVICE)
-    units = ([[[int(p)] for p in source_at[rows]]], [[[int(p)] for p in base_at[rows]]])
+    index = torch.tensor(rows)
+    b, s = base.select(index).to(DEVICE), source.select(index).to(DEVICE)
+    units = ([[[source_at[r]] for r in rows]], [[[base_at[r]] for r in rows]])
     _, out = model(b.inputs, [s.inputs], unit_locations={"sources->base": units})
     every = torch.arange(len(rows), device=out.logits.device)
     logits: torch.Tensor = out.logits[every, LONGEST - 1]
@@ -548,6 +619,16 @@ def main() -> None:
             f"({args.batch_size * (LONGEST - start)} x {WIDTH}) @ ({WIDTH} x {4 * WIDTH}) matmul "
             f"here: {rate / 1e9:.2f} GFLOP/s; ratio {flops / trained / rate:.2f} "
             f"({steps} steps per layer)"
+        )
+        counts = forked(count_steps, network, task, frames, position, config, budget)
+        mine, other = counts["ours"], counts["pyvene"]
+        print(
+            "per training step of the sweep (one step of each of the 12 cells; counted with "
+            "torch's dispatch mode, the same on any device): operations dispatched "
+            f"abstraction {mine['operations']:,.0f}, pyvene {other['operations']:,.0f} "
+            f"({other['operations'] / LAYERS:,.0f} per cell); host reads (a GPU "
+            f"synchronisation each) abstraction {mine['host_reads']:.1f} {mine['reads']}, "
+            f"pyvene {other['host_reads']:.1f} {other['reads']}"
         )
         alone = " (each cell alone, timed apart from the staircase)" if ours[0]["staircase"] else ""
         print(f"per layer (median s): layer, suffix blocks, ours{alone}, ours per block, pyvene")

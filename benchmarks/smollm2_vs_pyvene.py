@@ -28,6 +28,9 @@ scores each cell on the suffix after its layer, keeping the last epoch with noth
 scored between epochs as pyvene's loop does (``TrainingConfig(select_epoch=False)``).
 Where a cell's step is small (the last position) ours trains the cells as one staircase
 (``fit_cells``) and times each cell alone apart from the sweep.
+Per training step of the sweep it also prints the operations each tool dispatches and
+its host reads (``abstraction.op_counts``: a kernel launch at most and a GPU
+synchronisation each, counted the same on any device).
 
 pyvene's cell: ``abstraction.pyvene_interop.to_pyvene`` maps our locations to pyvene's
 components for GPT-2 and pyvene's MLP only; it refuses Llama ("no pyvene component is
@@ -87,7 +90,7 @@ import os
 import resource
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -110,6 +113,7 @@ from abstraction.alignment.staircase import evaluate_cells, fit_cells, fitted_ap
 from abstraction.interventions import InterventionError
 from abstraction.locations import resolve_positions
 from abstraction.network import Batch, import_pyvene, resolve_device
+from abstraction.op_counts import per_step
 from abstraction.pyvene_interop import to_pyvene
 from abstraction.runtime import intervene
 from abstraction.statistics import iia, paired_test
@@ -379,22 +383,8 @@ def run_ours(
     times["activations"] = now() - clock
     train = prepared["train"]
     cache = train[0].cache
-    layer_seconds = []
-    alignments = []
     clock = now()
-    staircase = fitted_apart(train, None, "low_rank", config) is None
-    if staircase:  # all cells train together: no time per cell to report
-        alignments = reproducible(fit_cells)(
-            train, None, task, [VARIABLE], method="low_rank", rank=1, config=config
-        )
-    for cell in [] if staircase else train:
-        began = now()
-        alignments.append(
-            reproducible(fit)(
-                cell, None, task, [VARIABLE], method="low_rank", rank=1, config=config
-            )
-        )
-        layer_seconds.append(now() - began)
+    alignments, layer_seconds, staircase = train_ours(train, task, config)
     times["training"] = now() - clock
     clock = now()
     correct = [hits.numpy() for hits in evaluate_cells(alignments, prepared["test"])]
@@ -420,19 +410,115 @@ def run_ours(
     return out
 
 
-def pyvene_tensors(
-    task: PromptTask, frame: pd.DataFrame, position: int | str
-) -> tuple[Batch, Batch, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A frame's base and source batches, the intervened position in each, the labels."""
+def train_ours(
+    train: list[PreparedInterchanges], task: PromptTask, config: TrainingConfig
+) -> tuple[list[Any], list[float], bool]:
+    """Our training phase: the cells as one staircase where that is faster, else one by
+    one (then with each cell's seconds)."""
+    layer_seconds: list[float] = []
+    alignments: list[Any] = []
+    staircase = fitted_apart(train, None, "low_rank", config) is None
+    if staircase:  # all cells train together: no time per cell to report
+        alignments = reproducible(fit_cells)(
+            train, None, task, [VARIABLE], method="low_rank", rank=1, config=config
+        )
+    for cell in [] if staircase else train:
+        began = now()
+        alignments.append(
+            reproducible(fit)(
+                cell, None, task, [VARIABLE], method="low_rank", rank=1, config=config
+            )
+        )
+        layer_seconds.append(now() - began)
+    return alignments, layer_seconds, staircase
+
+
+PyveneInputs = tuple[Batch, Batch, list[int], list[int], torch.Tensor]
+
+
+def pyvene_tensors(task: PromptTask, frame: pd.DataFrame, position: int | str) -> PyveneInputs:
+    """A frame's base and source batches, the intervened position in each (Python ints,
+    as pyvene's ``unit_locations`` takes them), the labels."""
     base = task.batch(frame, "base.")
     source = task.batch(frame, f"source.{VARIABLE}.")
     return (
         base,
         source,
-        positions(position, base),
-        positions(position, source),
+        positions(position, base).tolist(),
+        positions(position, source).tolist(),
         task.labels(frame, "label"),
     )
+
+
+def epoch_orders(rows: int, config: TrainingConfig) -> list[list[int]]:
+    """The order of the training rows in each epoch, drawn before training (as a data
+    loader would hand them over: nothing read back from the device per step)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    return [torch.randperm(rows, generator=generator).tolist() for _ in range(config.epochs)]
+
+
+def train_pyvene(
+    network: Network,
+    layer: int,
+    tensors: PyveneInputs,
+    config: TrainingConfig,
+    orders: list[list[int]] | None = None,
+) -> Any:
+    """One cell trained as pyvene's tutorials do (``orders``: each epoch's row order,
+    default :func:`epoch_orders`); its ``IntervenableModel``."""
+    torch.manual_seed(config.seed)  # pyvene completes the basis from torch's global stream
+    model = pyvene_model(network, layer, initial_basis(int(network.width or 0), config.seed))
+    model.disable_model_gradients()
+    optimizer = torch.optim.Adam(model.get_trainable_parameters(), lr=config.lr)
+    base, source, base_at, source_at, labels = tensors
+    for order in epoch_orders(len(labels), config) if orders is None else orders:
+        for first in range(0, len(order), config.batch_size):
+            rows = order[first : first + config.batch_size]
+            loss = torch.nn.functional.cross_entropy(
+                pyvene_logits(model, rows, base, source, base_at, source_at),
+                labels[torch.tensor(rows)].to(DEVICE),
+            )
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+    return model
+
+
+def count_steps(
+    network: Network,
+    task: PromptTask,
+    frames: dict[str, pd.DataFrame],
+    position: int | str,
+    layers: list[int],
+    config: TrainingConfig,
+    budget: int,
+) -> dict[str, Any]:
+    """Operations dispatched and host reads per training step of the sweep (one step of
+    every cell), for both tools, counted on two batches of training pairs (a second
+    epoch's counts minus the first's, halved: set-up cancels)."""
+    rows = frames["train"].iloc[: 2 * config.batch_size]
+    locations = [Location(layer=layer, position=position) for layer in layers]
+    train = PreparedInterchanges.for_locations(
+        network, task, rows, locations, [VARIABLE], memory_budget=budget
+    )
+
+    def ours(epochs: int) -> None:
+        train_ours(train, task, replace(config, epochs=epochs))
+
+    tensors = pyvene_tensors(task, rows, position)
+    orders = epoch_orders(len(rows), replace(config, epochs=2))
+
+    def theirs(epochs: int) -> None:
+        for layer in layers:
+            train_pyvene(network, layer, tensors, config, orders[:epochs])
+
+    counted = {"ours": per_step(ours, 1, 1) / 2, "pyvene": per_step(theirs, 1, 1) / 2}
+    for cell in train:
+        cell.close()
+    return {
+        name: {"operations": c.operations, "host_reads": c.host_reads, "reads": c.by_host_read}
+        for name, c in counted.items()
+    }
 
 
 def run_pyvene(
@@ -448,23 +534,7 @@ def run_pyvene(
     layer_seconds, correct = [], []
     for layer in layers:
         began = now()
-        torch.manual_seed(config.seed)  # pyvene completes the basis from torch's global stream
-        model = pyvene_model(network, layer, initial_basis(int(network.width or 0), config.seed))
-        model.disable_model_gradients()
-        optimizer = torch.optim.Adam(model.get_trainable_parameters(), lr=config.lr)
-        base, source, base_at, source_at, labels = tensors["train"]
-        generator = torch.Generator().manual_seed(config.seed)
-        for _ in range(config.epochs):
-            order = torch.randperm(len(labels), generator=generator)
-            for first in range(0, len(order), config.batch_size):
-                rows = order[first : first + config.batch_size]
-                loss = torch.nn.functional.cross_entropy(
-                    pyvene_logits(model, rows, base, source, base_at, source_at),
-                    labels[rows].to(DEVICE),
-                )
-                optimizer.zero_grad()
-                loss.backward()  # type: ignore[no-untyped-call]
-                optimizer.step()
+        model = train_pyvene(network, layer, tensors["train"], config)
         seconds = now() - began
         layer_seconds.append(seconds)
         times["training"] += seconds
@@ -473,7 +543,7 @@ def run_pyvene(
         predictions = []
         with torch.no_grad():
             for first in range(0, len(labels), config.batch_size):
-                rows = torch.arange(first, min(first + config.batch_size, len(labels)))
+                rows = list(range(first, min(first + config.batch_size, len(labels))))
                 out = pyvene_logits(model, rows, base, source, base_at, source_at)
                 predictions.append(out.argmax(-1).cpu())
         correct.append((torch.cat(predictions) == labels).numpy())
@@ -483,16 +553,17 @@ def run_pyvene(
 
 def pyvene_logits(
     model: Any,
-    rows: torch.Tensor,
+    rows: list[int],
     base: Batch,
     source: Batch,
-    base_at: torch.Tensor,
-    source_at: torch.Tensor,
+    base_at: list[int],
+    source_at: list[int],
 ) -> torch.Tensor:
     """pyvene's interchange of ``rows``: source position -> base position; the logits of
     each base prompt's two candidate names at its readout (the last token)."""
-    b, s = base.select(rows).to(DEVICE), source.select(rows).to(DEVICE)
-    units = ([[[int(p)] for p in source_at[rows]]], [[[int(p)] for p in base_at[rows]]])
+    index = torch.tensor(rows)
+    b, s = base.select(index).to(DEVICE), source.select(index).to(DEVICE)
+    units = ([[[source_at[r]] for r in rows]], [[[base_at[r]] for r in rows]])
     _, out = model(b.inputs, [s.inputs], unit_locations={"sources->base": units})
     every = torch.arange(len(rows), device=out.logits.device)
     assert b.readout is not None and b.candidates is not None
@@ -514,7 +585,7 @@ def conformance(
             ours = intervene(network, base, [patch], source)
             theirs = pyvene_logits(
                 pyvene_model(network, layers[0], basis),
-                torch.arange(len(frame)),
+                list(range(len(frame))),
                 base,
                 source,
                 base_at,
@@ -744,6 +815,16 @@ def main() -> None:
             f"our training phase: {ours_rate / 1e9:.2f} GFLOP/s counted; a ({rows} x "
             f"{shape.width}) @ ({shape.width} x {shape.mlp}) matmul here: {rate / 1e9:.2f} "
             f"GFLOP/s; ratio {ours_rate / rate:.2f} ({steps} steps per layer)"
+        )
+        counts = forked(count_steps, network, task, frames, position, layers, config, budget)
+        mine, other = counts["ours"], counts["pyvene"]
+        print(
+            f"per training step of the sweep (one step of each of the {len(layers)} cells; "
+            "counted with torch's dispatch mode, the same on any device): operations "
+            f"dispatched abstraction {mine['operations']:,.0f}, pyvene "
+            f"{other['operations']:,.0f} ({other['operations'] / len(layers):,.0f} per cell); "
+            f"host reads (a GPU synchronisation each) abstraction {mine['host_reads']:.1f} "
+            f"{mine['reads']}, pyvene {other['host_reads']:.1f} {other['reads']}"
         )
         alone = " (each cell alone, timed apart from the staircase)" if ours[0]["staircase"] else ""
         print(f"per layer (median s): layer, suffix blocks, ours{alone}, ours per block, pyvene")

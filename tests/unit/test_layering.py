@@ -27,6 +27,7 @@ ORDER = [
     "runtime",
     "pyvene_interop",
     "statistics",
+    "op_counts",
     "alignment.prefix_cache",
     "alignment.prepared",
     "alignment.result",
