@@ -233,6 +233,7 @@ def _run(
     require_search: bool,
     device: str | None = None,
     memory_budget: float | None = None,
+    dtype: str | None = None,
 ) -> None:
     from abstraction import experiment as runner
     from abstraction import report
@@ -260,6 +261,7 @@ def _run(
                 alignment_path=alignments / experiment.name,
                 device=device,
                 memory_budget=None if memory_budget is None else int(memory_budget * 2**30),
+                dtype=dtype,
             )
         index = report.write(results, out / experiment.name)
     except (BadInput, AbstractionError) as exc:
@@ -351,6 +353,13 @@ BudgetOption = Annotated[
         "files (default 2, or $ABSTRACTION_MEMORY_BUDGET)",
     ),
 ]
+DtypeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="cast the network's weights (and caches): bfloat16, float16 or float32 "
+        "(default: as loaded, float32)"
+    ),
+]
 FileArgument = Annotated[Path, typer.Argument(help="a hypothesis file, e.g. hypotheses/x.py")]
 
 
@@ -365,6 +374,7 @@ def run(
     debug: DebugOption = False,
     device: DeviceOption = None,
     memory_budget: BudgetOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Run the experiment declared in FILE and write its report."""
     _run(
@@ -378,6 +388,7 @@ def run(
         require_search=False,
         device=device,
         memory_budget=memory_budget,
+        dtype=dtype,
     )
 
 
@@ -392,6 +403,7 @@ def sweep(
     debug: DebugOption = False,
     device: DeviceOption = None,
     memory_budget: BudgetOption = None,
+    dtype: DtypeOption = None,
 ) -> None:
     """Run FILE's location sweep (resumable), choose on validation, verify on test."""
     _run(
@@ -405,6 +417,7 @@ def sweep(
         require_search=True,
         device=device,
         memory_budget=memory_budget,
+        dtype=dtype,
     )
 
 

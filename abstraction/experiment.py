@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import platform
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +34,7 @@ import pandas as pd
 import torch
 
 from abstraction.alignment.das import TrainingConfig, reproducible
-from abstraction.alignment.prefix_cache import budgeted
+from abstraction.alignment.prefix_cache import MemoryWarning, budgeted, memory_shortfall
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import FEATURE_METHODS, METHODS, library_versions
 from abstraction.alignment.sweep import Cell, SweepResult, planned_cells, sweep
@@ -50,7 +51,7 @@ from abstraction.errors import AbstractionError, DeclarationError, DomainError, 
 from abstraction.featurizers import Featurizer
 from abstraction.interventions import Patch
 from abstraction.locations import Location, resolve, split_position
-from abstraction.network import Network, resolve_device
+from abstraction.network import Network, resolve_device, resolve_dtype
 from abstraction.results import (
     CausalModelRecord,
     ConfigRecord,
@@ -355,6 +356,7 @@ def run(
     alignment_path: str | Path | None = None,
     device: str | torch.device | None = None,
     memory_budget: int | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> ExperimentResult:
     """Run an experiment end to end and return its results.
 
@@ -376,6 +378,9 @@ def run(
         memory_budget: bytes of cached activations each prefix cache holds in RAM
             before it moves to memory-mapped files (default:
             :func:`~abstraction.alignment.prefix_cache.memory_budget`, 2 GiB).
+        dtype: cast the network's weights to this dtype (``"bfloat16"``, ``"float16"``,
+            ``"float32"``; default: as loaded, float32 for zoo names and checkpoints);
+            caches take it too, alignments train in float32. Recorded in the report.
     """
     exp = experiment.quick_version() if quick else experiment
     timings: dict[str, float] = {}
@@ -388,11 +393,16 @@ def run(
     start = phase("loading the network")
     if device is not None:
         resolve_device(device)  # a bad device fails before the network is loaded
-    network = load_network(exp.network)
-    if device is not None:
-        network.to(device)
+    if dtype is not None:
+        dtype = resolve_dtype(dtype)
+    network = load_network(exp.network).to(device, dtype=dtype)
     exp.task.check_network(network)  # output width and inputs, before any data is made
     timings["network"] = time.perf_counter() - start
+    shortfall = memory_shortfall(network, memory_budget)
+    if shortfall is not None:  # said up front, not discovered by the OOM killer
+        warnings.warn(shortfall, MemoryWarning, stacklevel=2)
+        if progress is not None:
+            progress(f"warning: {shortfall}")
     if quick:
         exp, thinned = _quick_layers(exp, network.n_layers)
         if thinned and progress is not None:
@@ -536,6 +546,7 @@ def run(
             ),
             training=training.to_dict(),
             baselines=list(exp.baselines),
+            dtype=None if network.dtype == torch.float32 else str(network.dtype).split(".")[-1],
         ),
         versions=Versions.model_validate(
             {**library_versions(), "python": platform.python_version()}

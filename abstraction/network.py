@@ -32,6 +32,7 @@ from abstraction.errors import AbstractionError, DamagedFileError, UnknownNameEr
 from abstraction.files import read_json
 
 __all__ = [
+    "DTYPES",
     "FAMILIES",
     "Batch",
     "Family",
@@ -39,6 +40,7 @@ __all__ = [
     "NetworkError",
     "import_pyvene",
     "resolve_device",
+    "resolve_dtype",
     "seeded",
 ]
 
@@ -438,13 +440,26 @@ class Network:
                 return p.dtype
         return torch.float32
 
-    def to(self, device: torch.device | str) -> Network:
-        """Move the module to ``device`` (CUDA when present; never required).
+    def to(
+        self, device: torch.device | str | None = None, *, dtype: torch.dtype | str | None = None
+    ) -> Network:
+        """Move the module to ``device`` (CUDA when present; never required) and/or cast its
+        floating weights to ``dtype`` (``"bfloat16"``/``"bf16"``, ``"float16"``/``"fp16"``,
+        ``"float32"``).
 
         Caches and intervention weights follow the network: prefix caches stay in host
-        memory (or on disk) and each batch of rows is moved to the network's device.
+        memory (or on disk) and each batch of rows is moved to the network's device;
+        cached activations and keys/values take the network's dtype (half the memory in
+        bf16 or fp16), while rotations train in float32. The hash is recomputed for the
+        cast weights.
         """
-        self.module.to(resolve_device(device))
+        if dtype is not None:
+            resolved = resolve_dtype(dtype)
+            if resolved != self.dtype:
+                self.module.to(dtype=resolved)
+                self._hash = None
+        if device is not None:
+            self.module.to(resolve_device(device))
         return self
 
     # -- structure --------------------------------------------------------------------
@@ -576,8 +591,15 @@ class Network:
     # -- running ----------------------------------------------------------------------
 
     def call(self, inputs: Mapping[str, torch.Tensor]) -> Any:
-        """Call the module on keyword inputs (without a KV cache, for modules that keep one)."""
-        return self.module(**inputs, **self._call_options)
+        """Call the module on keyword inputs (without a KV cache, for modules that keep one);
+        floating inputs (embeddings) take the network's dtype."""
+        return self.module(**self._typed(inputs), **self._call_options)
+
+    def _typed(self, inputs: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        dtype = self.dtype
+        if all(not v.is_floating_point() or v.dtype == dtype for v in inputs.values()):
+            return inputs
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
 
     def call_reaching(self, inputs: Mapping[str, torch.Tensor], paths: Sequence[str]) -> Any:
         """Call the module far enough to reach the submodules at ``paths``.
@@ -590,7 +612,7 @@ class Network:
         base = self.base_model
         prefix = getattr(self.module, "base_model_prefix", "")
         if base is not None and paths and all(p.startswith(f"{prefix}.") for p in paths):
-            return base(**inputs, **_call_options(base))
+            return base(**self._typed(inputs), **_call_options(base))
         return self.call(inputs)
 
     @property
@@ -619,6 +641,32 @@ class Network:
             f"Network({self.name!r}, family={self.family!r}, layers={self.n_layers}, "
             f"width={self.width}, hash={self.hash})"
         )
+
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+"""The weight dtypes a network runs in, by name."""
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``dtype`` (a name in :data:`DTYPES` or a floating ``torch.dtype`` among them).
+
+    Raises:
+        NetworkError: anything else, listing the names.
+    """
+    found = DTYPES.get(dtype.lower()) if isinstance(dtype, str) else dtype
+    if found not in DTYPES.values():
+        raise NetworkError(
+            f"dtype {dtype!r} is not a weight dtype networks run in; use one of {', '.join(DTYPES)}"
+        )
+    assert isinstance(found, torch.dtype)
+    return found
 
 
 def resolve_device(device: torch.device | str) -> torch.device:

@@ -553,6 +553,8 @@ class ConfigRecord(_Record):
     training: dict[str, JsonValue]
     """The alignment's training configuration."""
     baselines: list[str]
+    dtype: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    """The network's weight dtype when it was not float32 (e.g. ``"bfloat16"``)."""
 
 
 class Versions(_Record):

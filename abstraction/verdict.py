@@ -316,6 +316,13 @@ def _judge_variable(
             reasons.append(
                 f"beats the {name} null (IIA {null.iia:.3f}, Holm p = {null.p_value:.3g})"
             )
+    missing = [n for n in NULLS if n not in e.nulls]
+    if missing:
+        reasons.append(
+            f"decided without the {', '.join(missing)} null{'s' if len(missing) > 1 else ''}: "
+            "nothing shows that this IIA is more than what the method finds where there is "
+            "nothing to find (run every baseline: baselines=BASELINES)"
+        )
     unnecessary = False
     if e.task_accuracy is not None and e.ablated_accuracy is not None:
         drop = e.task_accuracy - e.ablated_accuracy

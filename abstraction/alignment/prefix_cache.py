@@ -55,11 +55,14 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "KV_FAMILIES",
     "MEMORY_BUDGET_VARIABLE",
+    "MemoryWarning",
     "PrefixCache",
+    "available_memory",
     "budgeted",
     "cut_layer",
     "memory_budget",
     "memory_budget_scope",
+    "memory_shortfall",
     "run_suffix",
     "stub_blocks",
     "supports_kv_reuse",
@@ -100,6 +103,54 @@ def memory_budget(value: int | None = None) -> int:
             "a unit: 512MiB, 4GiB"
         )
     return int(float(found.group(1)) * _UNITS[unit])
+
+
+class MemoryWarning(UserWarning):
+    """A run is likely to need more memory than the machine has available."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give a process now (Linux ``MemAvailable``, else
+    free pages); ``None`` where neither can be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_shortfall(
+    network: Network, budget: int | None = None, available: int | None = None
+) -> str | None:
+    """Why a run on ``network`` may not fit in memory, or ``None`` when it should.
+
+    A run holds the network's weights, and its training and validation caches hold up to
+    ``budget`` bytes each in RAM (the rest goes to memory-mapped files); when that is
+    more than ``available`` (default: :func:`available_memory`), the message says how
+    much and how to fit.
+    """
+    budget = memory_budget(budget)
+    available = available_memory() if available is None else available
+    if available is None:
+        return None
+    weights = sum(p.numel() * p.element_size() for p in network.module.parameters())
+    needed = weights + 2 * budget
+    if needed <= available:
+        return None
+    gib = 1024**3
+    return (
+        f"this run may need about {needed / gib:.1f} GiB of memory (weights "
+        f"{weights / gib:.1f} GiB, and up to {budget / gib:.1f} GiB of cached activations "
+        f"for each of training and validation) but {available / gib:.1f} GiB is available: "
+        "lower the cache budget (--memory-budget / memory_budget=, e.g. 0.5; caches beyond "
+        "it go to memory-mapped files) or free memory"
+    )
 
 
 @contextlib.contextmanager
@@ -573,7 +624,7 @@ class _Filled:
                 if isinstance(target, torch.Tensor):
                     target[first : first + len(chunk)] = chunk
                 else:
-                    target[first : first + len(chunk)] = chunk.numpy()
+                    target[first : first + len(chunk)] = _to_numpy(chunk)
 
     def _allocate(
         self, name: str, shape: tuple[int, ...], dtype: torch.dtype, nbytes: int
@@ -586,7 +637,10 @@ class _Filled:
                 self._tmp = tempfile.TemporaryDirectory(prefix="abstraction-cache-")
             directory = self._tmp.name
         path = Path(directory) / f"prefix-{name}.npy"
-        return np.lib.format.open_memmap(path, mode="w+", dtype=_numpy_dtype(dtype), shape=shape)
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=_numpy_dtype(dtype), shape=shape)
+        if dtype in _STAND_INS:
+            array.torch_dtype = dtype  # type: ignore[attr-defined]  # read back by _rows
+        return array
 
     def release(self) -> None:
         self.users -= 1
@@ -628,9 +682,21 @@ def _rows(data: Array, rows: torch.Tensor | slice) -> torch.Tensor:
         order = np.argsort(index, kind="stable")
         inverse = np.argsort(order, kind="stable")
         # memory-mapped reads are faster in file order
-        return torch.from_numpy(np.ascontiguousarray(data[index[order]][inverse]))
-    return torch.from_numpy(np.ascontiguousarray(data[rows]))
+        read = torch.from_numpy(np.ascontiguousarray(data[index[order]][inverse]))
+    else:
+        read = torch.from_numpy(np.ascontiguousarray(data[rows]))
+    dtype = getattr(data, "torch_dtype", None)
+    return read if dtype is None else read.view(dtype)
+
+
+_STAND_INS = {torch.bfloat16: torch.int16}
+"""Torch dtypes numpy lacks, stored in memory-mapped files as integers of their width."""
 
 
 def _numpy_dtype(dtype: torch.dtype) -> Any:
-    return torch.empty(0, dtype=dtype).numpy().dtype
+    return torch.empty(0, dtype=_STAND_INS.get(dtype, dtype)).numpy().dtype
+
+
+def _to_numpy(chunk: torch.Tensor) -> np.ndarray:
+    stand_in = _STAND_INS.get(chunk.dtype)
+    return (chunk if stand_in is None else chunk.view(stand_in)).numpy()

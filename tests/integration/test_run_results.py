@@ -104,3 +104,25 @@ def test_report_written_from_the_object_rerenders_unchanged(
     assert result.verdict in index.read_text()
     rerender(tmp_path / "tiny")
     assert (tmp_path / "tiny" / "results.json").read_text() == written
+
+
+def test_a_run_in_bf16_records_its_dtype_and_refuses_unknown_ones() -> None:
+    from abstraction.network import NetworkError
+
+    experiment = Experiment(
+        name="tiny_bf16",
+        model=hierarchical_equality,
+        task=zoo.task("hierarchical_equality_mlp"),
+        network="hierarchical_equality_mlp",
+        variables=["wx"],
+        location=Location(layer=0),
+        pairs=1000,
+        baselines=("random_subspace",),
+        training=TrainingConfig(epochs=1, batch_size=256, lr=5e-3),
+    )
+    with pytest.raises(NetworkError, match="bfloat16"):
+        run(experiment, dtype="int4")
+    half = run(experiment, dtype="bf16")
+    assert half.config.dtype == "bfloat16"
+    assert '"dtype": "bfloat16"' in half.to_json()
+    assert run(experiment).config.dtype is None  # float32: not recorded, files unchanged

@@ -222,3 +222,21 @@ def test_counterexamples_with_entity_labels_group_by_whether_the_label_changes()
     few = test.assign(base_label=["x", "y"] * 20, label=["y", "x"] * 20)
     grouped = _counterexamples(few, np.zeros(40, dtype=bool), ["s_position"], top=10)
     assert all("label" in g.group for g in grouped)  # few labels: grouped by them
+
+
+def test_a_verdict_reached_without_a_standard_null_says_which() -> None:
+    missing_control = decide(evidence(variable("wx")))  # the helper runs two of the three
+    assert any(
+        "decided without the control null" in r for r in missing_control.variable_reasons["wx"]
+    )
+    none = decide(evidence(variable("wx", nulls={})))
+    assert any(
+        "without the random_subspace, untrained, control nulls" in r
+        for r in none.variable_reasons["wx"]
+    )
+    every = {
+        n: NullEvidence(0.5, p_value=0.001, raw_p_value=0.0005)
+        for n in ("random_subspace", "untrained", "control")
+    }
+    complete = decide(evidence(variable("wx", nulls=every)))
+    assert not any("decided without" in r for r in complete.variable_reasons["wx"])
