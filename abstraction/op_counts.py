@@ -9,7 +9,9 @@ can be counted without a GPU, which makes launch- and sync-bound code measurable
   none, so this is an upper bound on launches).
 * **host reads**: calls that need a value on the host, so on a GPU they wait for every
   queued kernel: ``.item()``, ``bool()``/``float()``/``int()`` of a tensor, ``.tolist()``,
-  ``.cpu()`` and ``.to("cpu")``, and operations whose output size depends on the data
+  ``.cpu()`` and ``.to("cpu")`` (the string: ``.to(device)`` with a device object is
+  taken for a move to the network's device, which on a CPU-only machine it cannot be
+  told from), and operations whose output size depends on the data
   (``nonzero``, ``masked_select``, ``unique``). A ``.cpu()`` of a tensor already on the
   host is counted too: the count is what the code asks for, whatever the device. Reads
   inside ``torch.optim`` optimizers' ``step`` are not (their step count is a host tensor).
@@ -27,7 +29,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -125,11 +126,9 @@ class _HostReads(TorchFunctionMode):
 
 
 def _to_host(args: Any, kwargs: Mapping[str, Any]) -> bool:
-    targets = [*args, kwargs.get("device")]
-    return any(
-        (isinstance(t, str) and t == "cpu") or (isinstance(t, torch.device) and t.type == "cpu")
-        for t in targets
-    )
+    # only the literal "cpu": a torch.device("cpu") is usually a network's device, and on
+    # a CPU-only machine a move there cannot be told from a read back to the host
+    return any(isinstance(t, str) and t == "cpu" for t in (*args, kwargs.get("device")))
 
 
 class _Counter:
@@ -173,12 +172,18 @@ def counting() -> Iterator[_Counter]:
         yield _Counter(operations, host_reads)
 
 
-def per_step(run: Callable[[int], object], steps: int, more: int) -> OpCounts:
+def per_step(
+    run: Callable[[int], object], steps: int, more: int, *, warm_up: bool = True
+) -> OpCounts:
     """The counts of one step of a loop: ``run(n)`` runs the loop for ``n`` steps (e.g.
     epochs of known length); it is counted at ``steps`` and ``steps + more`` and the
-    difference divided by ``more``, so work outside the loop cancels."""
+    difference divided by ``more``, so work outside the loop cancels. ``warm_up`` first
+    runs ``run(steps)`` uncounted, so what is computed once and cached (a network's hash,
+    a lazily built table) falls in neither count."""
     if steps < 0 or more < 1:
         raise ValueError(f"per_step needs steps >= 0 and more >= 1, got {steps} and {more}")
+    if warm_up:
+        run(steps)
     with counting() as short:
         run(steps)
     with counting() as long:

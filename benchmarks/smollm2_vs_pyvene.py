@@ -411,13 +411,17 @@ def run_ours(
 
 
 def train_ours(
-    train: list[PreparedInterchanges], task: PromptTask, config: TrainingConfig
+    train: list[PreparedInterchanges],
+    task: PromptTask,
+    config: TrainingConfig,
+    staircase: bool | None = None,
 ) -> tuple[list[Any], list[float], bool]:
     """Our training phase: the cells as one staircase where that is faster, else one by
-    one (then with each cell's seconds)."""
+    one (then with each cell's seconds); ``staircase`` overrides that choice."""
     layer_seconds: list[float] = []
     alignments: list[Any] = []
-    staircase = fitted_apart(train, None, "low_rank", config) is None
+    if staircase is None:
+        staircase = fitted_apart(train, None, "low_rank", config) is None
     if staircase:  # all cells train together: no time per cell to report
         alignments = reproducible(fit_cells)(
             train, None, task, [VARIABLE], method="low_rank", rank=1, config=config
@@ -484,41 +488,68 @@ def train_pyvene(
     return model
 
 
+COUNT_BATCH = 8
+"""Rows per batch when counting operations (see :func:`count_steps`)."""
+
+
 def count_steps(
     network: Network,
     task: PromptTask,
-    frames: dict[str, pd.DataFrame],
+    counting: pd.DataFrame,
     position: int | str,
     layers: list[int],
     config: TrainingConfig,
     budget: int,
 ) -> dict[str, Any]:
     """Operations dispatched and host reads per training step of the sweep (one step of
-    every cell), for both tools, counted on two batches of training pairs (a second
-    epoch's counts minus the first's, halved: set-up cancels)."""
-    rows = frames["train"].iloc[: 2 * config.batch_size]
+    every cell), for both tools: one epoch over 4 batches of ``counting`` pairs counted
+    against one over 2, the difference halved, so set-up and once-an-epoch work cancel.
+    :data:`COUNT_BATCH` rows per batch."""
+    # the operations of a step do not depend on its rows: count on small batches (fast),
+    # on the path (staircase or cell by cell) the real batch size takes
+    bs = COUNT_BATCH
     locations = [Location(layer=layer, position=position) for layer in layers]
-    train = PreparedInterchanges.for_locations(
-        network, task, rows, locations, [VARIABLE], memory_budget=budget
-    )
+    one_epoch = replace(config, epochs=1, batch_size=bs)
+    frames_by_batches = {n: counting.iloc[: n * bs] for n in (2, 4)}
+    prepared = {
+        n: PreparedInterchanges.for_locations(
+            network, task, rows, locations, [VARIABLE], memory_budget=budget
+        )
+        for n, rows in frames_by_batches.items()
+    }
+    tensors = {n: pyvene_tensors(task, rows, position) for n, rows in frames_by_batches.items()}
+    orders = {n: epoch_orders(n * bs, one_epoch) for n in frames_by_batches}
 
-    def ours(epochs: int) -> None:
-        train_ours(train, task, replace(config, epochs=epochs))
+    staircase = fitted_apart(prepared[2], None, "low_rank", config) is None
 
-    tensors = pyvene_tensors(task, rows, position)
-    orders = epoch_orders(len(rows), replace(config, epochs=2))
+    def ours(batches: int) -> None:
+        train_ours(prepared[batches], task, one_epoch, staircase)
 
-    def theirs(epochs: int) -> None:
+    def theirs(batches: int) -> None:
         for layer in layers:
-            train_pyvene(network, layer, tensors, config, orders[:epochs])
+            train_pyvene(network, layer, tensors[batches], one_epoch, orders[batches])
 
-    counted = {"ours": per_step(ours, 1, 1) / 2, "pyvene": per_step(theirs, 1, 1) / 2}
-    for cell in train:
-        cell.close()
+    counted = {"ours": per_step(ours, 2, 2), "pyvene": per_step(theirs, 2, 2)}
+    for cells in prepared.values():
+        for cell in cells:
+            cell.close()
     return {
         name: {"operations": c.operations, "host_reads": c.host_reads, "reads": c.by_host_read}
         for name, c in counted.items()
     }
+
+
+def print_counts(counts: dict[str, Any], cells: int = 30) -> None:
+    """One line: operations dispatched and host reads per training step of the sweep."""
+    mine, other = counts["ours"], counts["pyvene"]
+    print(
+        f"per training step of the sweep (one step of each of the {cells} cells; counted "
+        "with torch's dispatch mode, the same on any device): operations dispatched "
+        f"abstraction {mine['operations']:,.0f}, pyvene {other['operations']:,.0f} "
+        f"({other['operations'] / cells:,.0f} per cell); host reads (a GPU synchronisation "
+        f"each) abstraction {mine['host_reads']:.1f} {mine['reads']}, pyvene "
+        f"{other['host_reads']:.1f} {other['reads']}"
+    )
 
 
 def run_pyvene(
@@ -681,6 +712,11 @@ def main() -> None:
     parser.add_argument("--memory-budget", type=float, default=2.0, help="GiB for our cache")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda, cuda:N")
+    parser.add_argument(
+        "--counts-only",
+        action="store_true",
+        help="print only the operations and host reads per training step (minutes)",
+    )
     args = parser.parse_args()
     global DEVICE
     if args.device != "cpu":
@@ -710,6 +746,15 @@ def main() -> None:
         )
         for split, n, seed in (("train", pairs, args.seed), ("test", held_out, args.seed + 1))
     }
+    # pairs apart from the training set, enough for 4 batches whatever --pairs says
+    counting = counterfactual_dataset(
+        ioi,
+        4 * args.batch_size,
+        [[VARIABLE]],
+        sampler=ioi_inputs,
+        source_sampler=ioi_inputs,
+        seed=args.seed + 2,
+    )
     network.hash  # noqa: B018 - hashed once here, not in every forked run
     config = TrainingConfig(
         epochs=args.epochs,
@@ -738,6 +783,13 @@ def main() -> None:
     accuracy = network_accuracy(network, task, frames["test"])
     print(f"{network.name} on the {held_out} test bases (no intervention): accuracy {accuracy:.3f}")
     print(conformance(network, task, frames["test"].iloc[:4], layers, args.seed))
+    if args.counts_only:
+        for name in names:
+            print(f"\n== position {name} ({POSITIONS[name]!r})")
+            position = POSITIONS[name]
+            counts = forked(count_steps, network, task, counting, position, layers, config, budget)
+            print_counts(counts, len(layers))
+        return
     speedups: dict[str, float] = {}
     of_ideal: dict[str, tuple[float, float]] = {}
     for name in names:
@@ -816,15 +868,9 @@ def main() -> None:
             f"{shape.width}) @ ({shape.width} x {shape.mlp}) matmul here: {rate / 1e9:.2f} "
             f"GFLOP/s; ratio {ours_rate / rate:.2f} ({steps} steps per layer)"
         )
-        counts = forked(count_steps, network, task, frames, position, layers, config, budget)
-        mine, other = counts["ours"], counts["pyvene"]
-        print(
-            f"per training step of the sweep (one step of each of the {len(layers)} cells; "
-            "counted with torch's dispatch mode, the same on any device): operations "
-            f"dispatched abstraction {mine['operations']:,.0f}, pyvene "
-            f"{other['operations']:,.0f} ({other['operations'] / len(layers):,.0f} per cell); "
-            f"host reads (a GPU synchronisation each) abstraction {mine['host_reads']:.1f} "
-            f"{mine['reads']}, pyvene {other['host_reads']:.1f} {other['reads']}"
+        print_counts(
+            forked(count_steps, network, task, counting, position, layers, config, budget),
+            len(layers),
         )
         alone = " (each cell alone, timed apart from the staircase)" if ours[0]["staircase"] else ""
         print(f"per layer (median s): layer, suffix blocks, ours{alone}, ours per block, pyvene")

@@ -613,26 +613,31 @@ def fit_sites(
     # in a new random order. Re-copying the data every epoch cost more than training.
     shuffled = prepared.reordered(torch.randperm(prepared.rows, generator=generator))
     starts = torch.arange(0, prepared.rows, config.batch_size)
+    schedule = temperatures.tolist()
     for epoch in range(config.epochs):
-        losses = []
-        for s in starts[torch.randperm(len(starts), generator=generator)].tolist():
+        # the losses add up where they are computed and are read once an epoch: reading
+        # each step's loss (or checking it for NaN) would make a GPU wait every step
+        loss_sum = torch.zeros((), device=network.device)
+        batches = starts[torch.randperm(len(starts), generator=generator)].tolist()
+        for s in batches:
             rows = slice(s, s + config.batch_size)
-            temperature = float(temperatures[min(step, total - 1)])
+            temperature = schedule[min(step, total - 1)]
             weights = {location: r.weight for location, r in rotations.items()}
             logits = shuffled.logits(rows, interventions_now(weights, temperature))
             loss = nn.functional.cross_entropy(logits, shuffled.labels[rows].to(logits.device))
             if method == "boundless":
                 loss = loss + config.boundary_coef * torch.clamp(boundary, 1e-3, 1.0)
-            if not torch.isfinite(loss):
-                raise AlignmentError(
-                    f"the loss became {loss.item()} at epoch {epoch}, step {step}; lower the "
-                    "learning rate or check the network's outputs for NaN"
-                )
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
-            losses.append(float(loss.detach()))
+            loss_sum = loss_sum + loss.detach()
             step += 1
+        mean_loss = float(loss_sum) / len(batches)
+        if not math.isfinite(mean_loss):
+            raise AlignmentError(
+                f"the loss became {mean_loss} in epoch {epoch} (by step {step}); lower the "
+                "learning rate or check the network's outputs for NaN"
+            )
         with torch.no_grad():
             snapshot = {loc: r.weight.detach().clone() for loc, r in rotations.items()}
             scored = validation if validation is not None else prepared
@@ -644,7 +649,7 @@ def fit_sites(
         entry: dict[str, float | None] = {
             "epoch": float(epoch + 1),
             "step": float(step),
-            "loss": sum(losses) / len(losses),
+            "loss": mean_loss,
             "val_iia": val_iia,
             "seconds": time.perf_counter() - start_time,
         }

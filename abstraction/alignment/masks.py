@@ -207,24 +207,28 @@ def fit_masks(
     shuffled = prepared.reordered(torch.randperm(prepared.rows, generator=generator))
     starts = torch.arange(0, prepared.rows, config.batch_size)
     for epoch in range(config.epochs):
-        losses = []
-        for s in starts[torch.randperm(len(starts), generator=generator)].tolist():
+        # losses add up where they are computed and are read once an epoch (no GPU wait
+        # every step)
+        loss_sum = torch.zeros((), device=prepared.network.device)
+        batches = starts[torch.randperm(len(starts), generator=generator)].tolist()
+        for s in batches:
             rows = slice(s, s + config.batch_size)
             temperature = t0 * (t1 / t0) ** (min(step, total - 1) / max(1, total - 1))
             soft = {v: torch.sigmoid(p / temperature) for v, p in logits.items()}
             out = shuffled.logits(rows, interventions(soft))
             loss = nn.functional.cross_entropy(out, shuffled.labels[rows].to(out.device))
             loss = loss + config.sparsity * torch.stack([m.mean() for m in soft.values()]).mean()
-            if not torch.isfinite(loss):
-                raise AlignmentError(
-                    f"the loss became {loss.item()} at epoch {epoch}, step {step}; lower "
-                    "mask_lr or check the network's outputs for NaN"
-                )
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
-            losses.append(float(loss.detach()))
+            loss_sum = loss_sum + loss.detach()
             step += 1
+        mean_loss = float(loss_sum) / len(batches)
+        if not math.isfinite(mean_loss):
+            raise AlignmentError(
+                f"the loss became {mean_loss} in epoch {epoch} (by step {step}); lower "
+                "mask_lr or check the network's outputs for NaN"
+            )
         with torch.no_grad():
             hard = {v: _hard(p).cpu() for v, p in logits.items()}
             scored = validation if validation is not None else prepared
@@ -233,7 +237,7 @@ def fit_masks(
         entry: dict[str, float | None] = {
             "epoch": float(epoch + 1),
             "step": float(step),
-            "loss": sum(losses) / len(losses),
+            "loss": mean_loss,
             "val_iia": val_iia,
             "seconds": time.perf_counter() - started,
             "units": float(kept),

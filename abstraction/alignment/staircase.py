@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -574,8 +575,11 @@ def _fit_staircase(
         return {v: LowRankPatch(location, weight[:, a:b]) for v, (a, b) in spans[i].items()}
 
     for epoch in range(config.epochs):
-        losses: dict[int, list[float]] = {i: [] for i in active}
-        for s in starts[torch.randperm(len(starts), generator=generator)].tolist():
+        # each cell's losses add up where they are computed and are read once an epoch:
+        # reading them every step would make a GPU wait every step
+        loss_sums = torch.zeros(len(active), device=network.device)
+        batches = starts[torch.randperm(len(starts), generator=generator)].tolist()
+        for s in batches:
             rows = slice(s, s + config.batch_size)
             logits = staircase_logits(
                 [shuffled[i] for i in active],
@@ -584,19 +588,22 @@ def _fit_staircase(
                 past_from=shuffled[keeper],
             )
             target = labels[rows].to(network.device)
-            cell_losses = [nn.functional.cross_entropy(x, target) for x in logits]
-            for i, loss in zip(active, cell_losses, strict=True):
-                if not torch.isfinite(loss):
-                    raise AlignmentError(
-                        f"the loss of cell {cells[i].site.location} became {loss.item()} at "
-                        f"epoch {epoch}, step {step}; lower the learning rate or check the "
-                        "network's outputs for NaN"
-                    )
-                losses[i].append(float(loss.detach()))
+            cell_losses = torch.stack([nn.functional.cross_entropy(x, target) for x in logits])
             optimizer.zero_grad()
-            torch.stack(cell_losses).sum().backward()  # type: ignore[no-untyped-call]
+            cell_losses.sum().backward()  # type: ignore[no-untyped-call]
             optimizer.step()
+            loss_sums = loss_sums + cell_losses.detach()
             step += 1
+        mean_losses = {
+            i: total / len(batches) for i, total in zip(active, loss_sums.tolist(), strict=True)
+        }
+        for i, loss in mean_losses.items():
+            if not math.isfinite(loss):
+                raise AlignmentError(
+                    f"the loss of cell {cells[i].site.location} became {loss} in epoch "
+                    f"{epoch} (by step {step}); lower the learning rate or check the "
+                    "network's outputs for NaN"
+                )
         with torch.no_grad():
             snapshots = {i: rotations[i].weight.detach().clone() for i in active}
             correct: list[torch.Tensor | None] = [None] * len(active)
@@ -613,7 +620,7 @@ def _fit_staircase(
             entry: dict[str, float | None] = {
                 "epoch": float(epoch + 1),
                 "step": float(step),
-                "loss": sum(losses[i]) / len(losses[i]),
+                "loss": mean_losses[i],
                 "val_iia": val_iia,
                 "seconds": time.perf_counter() - began,
             }

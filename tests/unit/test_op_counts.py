@@ -28,7 +28,7 @@ def test_host_reads_are_the_calls_that_wait_for_a_device() -> None:
         x.tolist()
         x.cpu()
         x.to("cpu")
-        x.to(torch.device("cpu"))
+        x.to(torch.device("cpu"))  # a device object: taken for the network's device
         x.nonzero()
         x.to(torch.float64)  # a cast on the device: no read
         x + 1
@@ -38,7 +38,7 @@ def test_host_reads_are_the_calls_that_wait_for_a_device() -> None:
         "__bool__": 1,
         "__float__": 1,
         "tolist": 1,
-        "cpu": 3,
+        "cpu": 2,
         "nonzero": 1,
     }
 
