@@ -146,26 +146,39 @@ def select(act: torch.Tensor, site: ResolvedLocation, batch: Batch) -> torch.Ten
 
 
 def site_edit(
-    site: ResolvedLocation, batch: Batch, applied: Sequence[Applied], *, offset: int = 0
+    site: ResolvedLocation,
+    batch: Batch,
+    applied: Sequence[Applied],
+    *,
+    offset: int = 0,
+    positions: torch.Tensor | None = None,
 ) -> Edit:
     """An :data:`Edit` that applies ``applied`` to the part of the activation ``site`` selects.
 
     ``offset``: the activation holds positions ``offset..`` of ``batch``'s sequences
     only (a suffix that reuses the keys and values before them).
+    ``positions``: each row's position in the activation (``offset`` already taken
+    off), resolved and checked beforehand; without it they are resolved from
+    ``batch`` at every call, which reads the attention mask back to the host (a GPU
+    synchronisation) and checks the positions there.
     """
 
     def edit(act: torch.Tensor) -> torch.Tensor:
-        positions = _positions(site, batch, act, offset)
+        at = (
+            positions
+            if positions is not None and act.dim() >= 3
+            else _positions(site, batch, act, offset)
+        )
         view = _view(act, site)
-        if positions is not None:
+        if at is not None:
             rows = torch.arange(view.shape[0], device=view.device)
-            positions = positions.to(view.device)
-            view = view[rows, positions]
+            at = at.to(view.device)
+            view = view[rows, at]
         new = apply_all(view, applied)
         out = act.clone()
         target = _view(out, site, writable=True)
-        if positions is not None:
-            target[rows, positions] = new.to(target.dtype)
+        if at is not None:
+            target[rows, at] = new.to(target.dtype)
         else:
             target[...] = new.to(target.dtype)
         return out

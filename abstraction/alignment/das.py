@@ -23,6 +23,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 import pandas as pd
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from abstraction.alignment.masks import Featurizers, fit_masks
 from abstraction.alignment.prepared import PreparedInterchanges
@@ -226,6 +227,35 @@ class _Rotation(nn.Module):
         nn.init.orthogonal_(weight, generator=generator)
         self.weight = nn.Parameter(weight)
         nn.utils.parametrizations.orthogonal(self, "weight")
+
+
+class _RotationStack:
+    """The weights of several same-shaped rotations, computed as one batched map.
+
+    Each :class:`_Rotation` recomputes its orthogonal parametrisation (a Householder
+    product or a matrix exponential, then its fixed base) at every step; a staircase of
+    cells would pay it, forward and backward, once per cell. Stacked, the same map runs
+    once for all of them, so a step dispatches the same number of operations for 2 cells
+    or 30. Each weight equals its rotation's own ``weight`` up to rounding (batched
+    products sum in another order), and each parameter gets exactly its own gradient.
+    """
+
+    def __init__(self, rotations: Sequence[_Rotation]) -> None:
+        # torch types a parametrised module's attributes loosely: name what they are
+        parametrized: list[Any] = [
+            r.parametrizations.weight  # type: ignore[union-attr]
+            for r in rotations
+        ]
+        self._map: nn.Module = parametrized[0][0]
+        self._originals: list[torch.Tensor] = [p.original for p in parametrized]
+        with torch.no_grad():  # the bases are fixed buffers: stacked once
+            self._bases = torch.stack([p[0].base for p in parametrized])
+
+    def weights(self) -> torch.Tensor:
+        """``(rotations, width, k)``: every rotation's current weight."""
+        originals = torch.stack(self._originals)
+        out: torch.Tensor = functional_call(self._map, {"base": self._bases}, (originals,))
+        return out
 
 
 def _subspaces(

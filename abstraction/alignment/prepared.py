@@ -40,6 +40,12 @@ that variable's source activation, on the rows that intervene on it), a sequence
 source-free interventions applied to every row (ablations), or ``None`` (no edit)."""
 
 
+def _rows(at: torch.Tensor | None, rows: torch.Tensor | slice) -> torch.Tensor | None:
+    if at is None or isinstance(rows, slice):
+        return None if at is None else at[rows]
+    return at[rows.to(at.device)]
+
+
 _Encoded = tuple[Batch, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
 
 
@@ -166,6 +172,7 @@ class PreparedInterchanges:
             if self.cut is not None
             else None
         )
+        self._resolve_positions()
 
     @classmethod
     def for_locations(
@@ -209,6 +216,7 @@ class PreparedInterchanges:
             for item in prepared:
                 item.start = 0
                 item.cache = None
+                item._resolve_positions()
             return prepared
         caches = PrefixCache.shared(
             network,
@@ -221,7 +229,35 @@ class PreparedInterchanges:
         for item, cache in zip(prepared, caches, strict=True):
             item.start = start
             item.cache = cache
+            item._resolve_positions()
         return prepared
+
+    def _resolve_positions(self) -> None:
+        """Each site's position in every row, resolved and checked once.
+
+        An edit then indexes these (on the network's device) instead of resolving
+        positions from the attention mask at every step, which would read the mask back
+        to the host and check it there: a GPU synchronisation per cell and step. Sites
+        at the cut count positions from the suffix's first one.
+        """
+        self._positions: dict[Location, torch.Tensor] = {}
+        first = next(iter(self.base.inputs.values()), None)
+        if first is None or first.dim() < 2:
+            return
+        length = int(first.shape[1])
+        for site in self._distinct:
+            if not site.sequence:
+                continue
+            at = resolve_positions(site.location.position, self.base, length)
+            if at is None:
+                continue
+            offset = self.start if self._at_cut(site) else 0
+            if offset and bool((at < offset).any()):
+                raise InterventionError(
+                    f"at {site.location}: a row's position is before {offset}, the first "
+                    "position this suffix runs on; prepare the data at this location"
+                )
+            self._positions[site.location] = (at - offset).to(self.network.device)
 
     def _setup(
         self,
@@ -255,6 +291,8 @@ class PreparedInterchanges:
         by_location = {site.location: site for site in (self.site, *self.sites.values())}
         self._distinct = tuple(by_location.values())
         self.base, self.labels, self.base_labels, self.changed, self.do = encoded
+        # variables every row intervenes on (read once here): their edits need no row mask
+        self._everywhere = frozenset(v for v, m in self.do.items() if bool(m.all()))
         self.sources = {}
         cuts = [cut_layer(site) for site in self._distinct]
         self.cut = (
@@ -351,7 +389,8 @@ class PreparedInterchanges:
                     + nearest(variable, self.variables)
                 )
             source = self.sources[variable][rows] if iv.needs_source else None
-            out.append(Applied(iv, source, self.do[variable][rows]))
+            mask = None if variable in self._everywhere else self.do[variable][rows]
+            out.append(Applied(iv, source, mask))
         return out
 
     def logits(
@@ -403,11 +442,17 @@ class PreparedInterchanges:
         self, base: Batch, rows: torch.Tensor | slice, interventions: Interventions, start: int
     ) -> list[tuple[ResolvedLocation, Edit]]:
         applied = self.applied(rows, interventions)
-        return [
-            (site, site_edit(site, base, here, offset=start if self._at_cut(site) else 0))
-            for site in self._distinct
-            if (here := [a for a in applied if a.intervention.location == site.location])
-        ]
+        edits = []
+        for site in self._distinct:
+            here = [a for a in applied if a.intervention.location == site.location]
+            if not here:
+                continue
+            at = self._positions.get(site.location) if start == self.start else None
+            offset = start if self._at_cut(site) else 0
+            edits.append(
+                (site, site_edit(site, base, here, offset=offset, positions=_rows(at, rows)))
+            )
+        return edits
 
     def _at_cut(self, site: ResolvedLocation) -> bool:
         return self.cache is not None and site.is_block_output and cut_layer(site) == self.cache.cut
@@ -459,6 +504,9 @@ class PreparedInterchanges:
         view.changed = self.changed[order]
         view.do = {v: m[order] for v, m in self.do.items()}
         view.sources = {v: t[order] for v, t in self.sources.items()}
+        view._positions = {
+            location: at[order.to(at.device)] for location, at in self._positions.items()
+        }
         if self.cache is not None:
             view.cache = self.cache.reordered(order, keys_values=keys_values)
         return view

@@ -43,6 +43,7 @@ from torch import nn
 from abstraction.alignment.das import (
     TrainingConfig,
     _Rotation,
+    _RotationStack,
     _subspaces,
     evaluate,
     fit,
@@ -260,6 +261,7 @@ def run_staircase(
     *,
     start: int,
     past: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
+    check_readout: bool = True,
 ) -> list[torch.Tensor]:
     """Readout logits of each stage ``(cut, hidden)``: block ``cut`` outputs ``hidden``.
 
@@ -275,7 +277,34 @@ def run_staircase(
         start: the first position the suffix runs on.
         past: for ``start > 0``, block -> the base run's keys and values at positions
             ``..start-1``, for every block after the lowest cut.
+        check_readout: check that every readout position lies in the suffix (a host
+            read; ``False`` where the caller checked every row once).
     """
+    logits, joined = _run_stacked(
+        network, batch, stages, start=start, past=past, check_readout=check_readout
+    )
+    return _split(logits, joined, len(batch))
+
+
+def _split(logits: torch.Tensor, joined: Sequence[int], rows: int) -> list[torch.Tensor]:
+    """Stacked logits (cells in ``joined`` order, ``rows`` each) back in stage order."""
+    out: list[torch.Tensor] = [logits] * len(joined)
+    for slot, i in enumerate(joined):
+        out[i] = logits[slot * rows : (slot + 1) * rows]
+    return out
+
+
+def _run_stacked(
+    network: Network,
+    batch: Batch,
+    stages: Sequence[tuple[int, torch.Tensor]],
+    *,
+    start: int,
+    past: Mapping[int, tuple[torch.Tensor, torch.Tensor]],
+    check_readout: bool = True,
+) -> tuple[torch.Tensor, list[int]]:
+    """:func:`run_staircase`'s logits as one tensor, ``len(batch)`` rows per cell in the
+    order the cells joined (by cut), and that order (stage indices)."""
     blocks, base, head = network.blocks, network.base_model, _unembedding(network)
     assert blocks is not None and base is not None and head is not None
     assert batch.readout is not None
@@ -341,21 +370,24 @@ def run_staircase(
     slots = torch.arange(len(joined), device=device) * length
     assert batch.readout is not None
     readout = batch.readout.to(device)
-    if bool((readout < start).any() or (readout >= start + length).any()):
-        # one cell's suffix would wrap to its own positions; stacked, it reads a neighbour's
-        raise AlignmentError(
-            f"a readout position lies outside the suffix {start}..{start + length - 1}"
-        )
+    if check_readout:
+        _check_readout(readout, start, length)
     at = (readout - start).unsqueeze(1) + slots  # (rows, cells)
     picked = final[torch.arange(rows, device=device).unsqueeze(1), at]  # (rows, cells, width)
     candidates = batch.candidates
     if candidates is not None and candidates.dim() == 2:
         candidates = candidates.repeat(len(joined), 1)
     logits = _unembed(picked.transpose(0, 1).reshape(-1, picked.shape[-1]), head, candidates)
-    out_logits: list[torch.Tensor] = [logits] * len(stages)
-    for slot, i in enumerate(joined):
-        out_logits[i] = logits[slot * rows : (slot + 1) * rows]
-    return out_logits
+    return logits, joined
+
+
+def _check_readout(readout: torch.Tensor, start: int, length: int) -> None:
+    """Refuse readout positions outside the suffix ``start..start+length-1`` (a host read)."""
+    if bool(((readout < start) | (readout >= start + length)).any()):
+        # one cell's suffix would wrap to its own positions; stacked, it reads a neighbour's
+        raise AlignmentError(
+            f"a readout position lies outside the suffix {start}..{start + length - 1}"
+        )
 
 
 def staircase_logits(
@@ -364,13 +396,31 @@ def staircase_logits(
     interventions: Sequence[Interventions],
     *,
     past_from: PreparedInterchanges | None = None,
+    check_readout: bool = True,
 ) -> list[torch.Tensor]:
     """Each cell's readout logits of base rows ``rows`` under its interventions, from one
     staircase (equal to ``cell.logits(rows, interventions)`` for each cell).
 
     ``past_from``: the cell whose cache holds the keys and values (default: the one
-    with the lowest cut).
+    with the lowest cut). ``check_readout=False`` skips the check that every readout
+    lies in the suffix (a host read: a caller that checked every row once passes it).
     """
+    logits, joined = _stacked_logits(
+        cells, rows, interventions, past_from=past_from, check_readout=check_readout
+    )
+    return _split(logits, joined, logits.shape[0] // len(joined))
+
+
+def _stacked_logits(
+    cells: Sequence[PreparedInterchanges],
+    rows: torch.Tensor | slice,
+    interventions: Sequence[Interventions],
+    *,
+    past_from: PreparedInterchanges | None = None,
+    check_readout: bool = True,
+) -> tuple[torch.Tensor, list[int]]:
+    """:func:`staircase_logits` as one tensor in the order the cells joined (by cut),
+    and that order (indices into ``cells``)."""
     first = cells[0]
     base = first.base.select(rows)
     stages = []
@@ -386,7 +436,9 @@ def staircase_logits(
     if cut > min(c for c, _ in stages):
         raise AlignmentError("past_from must hold the keys and values of the lowest cut's suffix")
     past = dict(enumerate(keeper.cache.past(rows), start=cut + 1)) if start else {}
-    return run_staircase(first.network, base, stages, start=start, past=past)
+    return _run_stacked(
+        first.network, base, stages, start=start, past=past, check_readout=check_readout
+    )
 
 
 def _suffix_positions(cell: PreparedInterchanges) -> int:
@@ -556,7 +608,11 @@ def _fit_staircase(
         raise AlignmentError("the cells' widths differ, so their shuffles would differ")
     generator = torch.Generator()
     generator.set_state(states[0])  # where each cell's own fit would shuffle from
-    optimizer = torch.optim.Adam([p for r in rotations for p in r.parameters()], lr=config.lr)
+    # one multi-tensor update for every cell's parameter (the default on a GPU; on a CPU
+    # torch would loop over them, a dozen operations per cell and step)
+    optimizer = torch.optim.Adam(
+        [p for r in rotations for p in r.parameters()], lr=config.lr, fused=True
+    )
     order = torch.randperm(first.rows, generator=generator)
     cuts = [cell.cache.cut if cell.cache is not None else 0 for cell in cells]
     keeper = cuts.index(min(cuts))
@@ -569,6 +625,11 @@ def _fit_staircase(
     active = list(range(len(cells)))
     starts = torch.arange(0, first.rows, config.batch_size)
     step, began = 0, time.perf_counter()
+    # every row's readout is checked once here, not read back at every step
+    for scored in (shuffled, scored_cells):
+        keeps = scored[keeper].cache
+        assert keeps is not None and scored[0].base.readout is not None
+        _check_readout(scored[0].base.readout, keeps.start, _suffix_positions(scored[0]))
 
     def patches(i: int, weight: torch.Tensor) -> dict[str, LowRankPatch]:
         location = cells[i].site.location
@@ -577,25 +638,36 @@ def _fit_staircase(
     for epoch in range(config.epochs):
         # each cell's losses add up where they are computed and are read once an epoch:
         # reading them every step would make a GPU wait every step
+        # the cells' losses, in the order they join the staircase (fixed for the epoch)
         loss_sums = torch.zeros(len(active), device=network.device)
+        joined: list[int] = list(range(len(active)))
+        stack = _RotationStack([rotations[i] for i in active])
         batches = starts[torch.randperm(len(starts), generator=generator)].tolist()
         for s in batches:
             rows = slice(s, s + config.batch_size)
-            logits = staircase_logits(
+            weights = stack.weights().unbind(0)  # one view op (and one stack backward)
+            logits, joined = _stacked_logits(
                 [shuffled[i] for i in active],
                 rows,
-                [patches(i, rotations[i].weight) for i in active],
+                [patches(i, weight) for i, weight in zip(active, weights, strict=True)],
                 past_from=shuffled[keeper],
+                check_readout=False,
             )
             target = labels[rows].to(network.device)
-            cell_losses = torch.stack([nn.functional.cross_entropy(x, target) for x in logits])
+            # one cross-entropy over every cell's rows, averaged per cell: each cell's
+            # loss is its own fit's, and their sum gives each rotation its own gradient
+            per_row = nn.functional.cross_entropy(
+                logits, target.repeat(len(joined)), reduction="none"
+            )
+            cell_losses = per_row.view(len(joined), -1).mean(dim=1)
             optimizer.zero_grad()
             cell_losses.sum().backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             loss_sums = loss_sums + cell_losses.detach()
             step += 1
         mean_losses = {
-            i: total / len(batches) for i, total in zip(active, loss_sums.tolist(), strict=True)
+            active[slot]: total / len(batches)
+            for slot, total in zip(joined, loss_sums.tolist(), strict=True)
         }
         for i, loss in mean_losses.items():
             if not math.isfinite(loss):

@@ -26,7 +26,7 @@ from abstraction import (
     TrainingConfig,
 )
 from abstraction.alignment import staircase
-from abstraction.alignment.das import fit, reproducible
+from abstraction.alignment.das import _Rotation, _RotationStack, fit, reproducible
 from abstraction.alignment.result import AlignmentError
 from abstraction.alignment.staircase import (
     evaluate_cells,
@@ -36,6 +36,7 @@ from abstraction.alignment.staircase import (
     staircase_unsupported,
 )
 from abstraction.network import FAMILIES
+from abstraction.op_counts import OpCounts, per_step
 
 LAYERS = 4
 SOFTCAPPED = ("gemma2",)
@@ -183,8 +184,9 @@ def test_fit_cells_trains_what_each_cell_trains_alone(
     validation = _cells(network, task, position, ioi_prompts, seed=1)
     config = TrainingConfig(epochs=3, batch_size=16, lr=5e-2, patience=1, seed=4)
     calls = []
+    stacked = staircase._run_stacked
     monkeypatch.setattr(
-        staircase, "run_staircase", lambda *a, **k: calls.append(1) or run_staircase(*a, **k)
+        staircase, "_run_stacked", lambda *a, **k: calls.append(1) or stacked(*a, **k)
     )
     together = reproducible(fit_cells)(
         cells, validation, task, ["s"], method="low_rank", rank=2, config=config
@@ -305,3 +307,60 @@ def test_a_readout_outside_the_suffix_is_refused(
         run_staircase(network, before, stages, start=start, past=past)
     for cell in cells:
         cell.close()
+
+
+def test_a_staircase_step_reads_nothing_back_and_its_rotations_cost_the_same_for_any_count(
+    gpt2: Network, bpe_tokenizer: Any, ioi_prompts: Any
+) -> None:
+    """What a GPU pays per training step: no host read (positions, readouts and the NaN
+    check are settled outside the step) and one batched parametrisation for all cells."""
+    task = _task(ioi_prompts, bpe_tokenizer, "left")
+    config = TrainingConfig(epochs=1, batch_size=8, seed=0, select_epoch=False)
+    # an epoch of 2 batches of 8 and one of 4: their difference is 2 steps
+    prepared = {
+        batches: PreparedInterchanges.for_locations(
+            gpt2,
+            task,
+            ioi_prompts.data(8 * batches, seed=batches),
+            [Location(layer=layer, position="last") for layer in range(LAYERS)],
+            ["s"],
+        )
+        for batches in (2, 4)
+    }
+
+    def per_step_of(count: int) -> OpCounts:
+        def run(batches: int) -> None:
+            cells = prepared[batches][:count]
+            assert staircase.fitted_apart(cells, None, "low_rank", config) is None
+            fit_cells(cells, None, task, ["s"], method="low_rank", config=config)
+
+        return per_step(run, 2, 2)
+
+    fewer, every = per_step_of(2), per_step_of(LAYERS)
+    assert fewer.host_reads == 0 and every.host_reads == 0
+    assert every.operations > fewer.operations  # the count sees the extra cells' work
+    # the rotations' parametrisation runs once for all cells: another cell adds its
+    # blocks and its edit, never another Householder product
+    assert fewer.by_operation["linalg_householder_product"] == 1
+    assert every.by_operation["linalg_householder_product"] == 1
+    for cells in prepared.values():
+        for cell in cells:
+            cell.close()
+
+
+def test_rotation_stack_gives_each_rotation_its_weight_and_its_gradient() -> None:
+    generator = torch.Generator().manual_seed(0)
+    rotations = [_Rotation(16, 3, generator) for _ in range(4)]
+    with torch.no_grad():
+        for rotation in rotations:
+            original = rotation.parametrizations.weight.original
+            original.add_(0.1 * torch.randn(original.shape, generator=generator))
+    stacked = _RotationStack(rotations).weights()
+    torch.testing.assert_close(stacked, torch.stack([r.weight for r in rotations]))
+    probe = torch.randn(stacked.shape, generator=generator)
+    (stacked * probe).sum().backward()
+    together = [r.parametrizations.weight.original.grad.clone() for r in rotations]
+    for rotation, grad, direction in zip(rotations, together, probe, strict=True):
+        rotation.zero_grad()
+        (rotation.weight * direction).sum().backward()
+        torch.testing.assert_close(grad, rotation.parametrizations.weight.original.grad)
