@@ -447,8 +447,10 @@ class Network:
         floating weights to ``dtype`` (``"bfloat16"``/``"bf16"``, ``"float16"``/``"fp16"``,
         ``"float32"``).
 
-        Caches and intervention weights follow the network: prefix caches stay in host
-        memory (or on disk) and each batch of rows is moved to the network's device;
+        Caches and intervention weights follow the network: prefix caches are filled in
+        host memory (or on disk) and each batch of rows is moved to the network's device,
+        except a training set's shuffled copy, which lives on the device when it fits
+        ``$ABSTRACTION_DEVICE_BUDGET`` (default: half the free device memory);
         cached activations and keys/values take the network's dtype (half the memory in
         bf16 or fp16), while rotations train in float32. The hash is recomputed for the
         cast weights.

@@ -53,6 +53,7 @@ from abstraction.runtime import Edit, hooked
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "DEVICE_BUDGET_VARIABLE",
     "KV_FAMILIES",
     "MEMORY_BUDGET_VARIABLE",
     "MemoryWarning",
@@ -60,6 +61,7 @@ __all__ = [
     "available_memory",
     "budgeted",
     "cut_layer",
+    "device_budget",
     "memory_budget",
     "memory_budget_scope",
     "memory_shortfall",
@@ -95,14 +97,41 @@ def memory_budget(value: int | None = None) -> int:
     text = os.environ.get(MEMORY_BUDGET_VARIABLE, "").strip()
     if not text:
         return DEFAULT_MEMORY_BUDGET
+    return _size(text, MEMORY_BUDGET_VARIABLE)
+
+
+def _size(text: str, variable: str) -> int:
     found = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([A-Za-z]*)", text)
     unit = found.group(2).upper() if found else ""
     if found is None or unit not in _UNITS:
         raise AbstractionError(
-            f"{MEMORY_BUDGET_VARIABLE}={text!r} is not a size; give bytes or a number with "
-            "a unit: 512MiB, 4GiB"
+            f"{variable}={text!r} is not a size; give bytes or a number with a unit: 512MiB, 4GiB"
         )
     return int(float(found.group(1)) * _UNITS[unit])
+
+
+DEVICE_BUDGET_VARIABLE = "ABSTRACTION_DEVICE_BUDGET"
+"""Environment variable: bytes (or a size with a unit) of a training set's prepared rows
+kept on an accelerator (see :func:`device_budget`); ``0`` keeps them in host memory."""
+
+
+def device_budget(device: torch.device) -> int:
+    """Bytes of prepared training rows (cached activations, keys and values, sources)
+    that may live on ``device`` instead of being copied from host memory every step.
+
+    ``$ABSTRACTION_DEVICE_BUDGET`` when set; else half the device's free memory on a
+    CUDA device (what the cache leaves is the training step's); ``0`` on the CPU, where
+    host memory is the device's.
+    """
+    if device.type == "cpu":
+        return 0
+    text = os.environ.get(DEVICE_BUDGET_VARIABLE, "").strip()
+    if text:
+        return _size(text, DEVICE_BUDGET_VARIABLE)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free // 2)
+    return 0
 
 
 class MemoryWarning(UserWarning):
@@ -531,6 +560,18 @@ class PrefixCache:
             view._order = None
         else:
             view._order = order
+        return view
+
+    def on_device(self, device: torch.device) -> PrefixCache | None:
+        """This view's rows on ``device`` (its own copy, read there at every step), or
+        ``None`` when they are on disk or read through a permutation (copy them in order
+        with :meth:`reordered` first)."""
+        if self.storage != "memory" or self._order is not None or self._filled is not None:
+            return None
+        assert isinstance(self._data, torch.Tensor)
+        view = copy.copy(self)
+        view._data = self._data.to(device)
+        view._kv = [kv.to(device) for kv in self._kv]  # type: ignore[union-attr]
         return view
 
     def close(self) -> None:

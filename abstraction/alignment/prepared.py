@@ -19,6 +19,7 @@ import torch
 from abstraction.alignment.prefix_cache import (
     PrefixCache,
     cut_layer,
+    device_budget,
     run_suffix,
     supports_kv_reuse,
 )
@@ -495,7 +496,10 @@ class PreparedInterchanges:
         A prefix cache on disk (or too large to copy) stays where it is and is read
         through the permutation (see :meth:`PrefixCache.reordered`). ``keys_values=False``
         leaves the cached keys and values out of the view (a staircase of cells reads
-        them from one cell only).
+        them from one cell only). On an accelerator, a view whose rows fit
+        :func:`~abstraction.alignment.prefix_cache.device_budget` keeps them there
+        (cache, keys and values, sources, labels), so a step gathers its batch on the
+        device instead of copying it from host memory.
         """
         view = copy.copy(self)
         view.base = self.base.select(order)
@@ -509,7 +513,28 @@ class PreparedInterchanges:
         }
         if self.cache is not None:
             view.cache = self.cache.reordered(order, keys_values=keys_values)
+        device = self.network.device
+        if device.type != "cpu" and view._training_bytes() <= device_budget(device):
+            view._move_to(device)
         return view
+
+    def _training_bytes(self) -> int:
+        """Bytes of this view's rows that a training step reads (cache and sources)."""
+        cached = self.cache.nbytes if self.cache is not None else 0
+        return cached + sum(int(t.nbytes) for t in self.sources.values())
+
+    def _move_to(self, device: torch.device) -> None:
+        """Keep this (reordered) view's rows on ``device``: each step then gathers its
+        batch there instead of copying it from host memory. A cache that cannot move
+        (on disk, or read through a permutation) stays where it is."""
+        moved = self.cache.on_device(device) if self.cache is not None else None
+        if self.cache is not None and moved is None:
+            return
+        self.cache = moved
+        self.base = self.base.to(device)
+        self.labels = self.labels.to(device)
+        self.do = {v: m.to(device) for v, m in self.do.items()}
+        self.sources = {v: t.to(device) for v, t in self.sources.items()}
 
     def close(self) -> None:
         """Free the prefix cache."""

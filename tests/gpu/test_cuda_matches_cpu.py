@@ -162,3 +162,35 @@ def test_the_callers_cuda_random_state_is_left_alone() -> None:
     before = torch.cuda.get_rng_state()
     random_weights(network, seed=3)
     assert torch.equal(torch.cuda.get_rng_state(), before)
+
+
+def test_training_rows_kept_on_the_device_train_what_host_rows_train(
+    monkeypatch: pytest.MonkeyPatch, bpe_tokenizer: Any, ioi_prompts: Any
+) -> None:
+    """A staircase's prefix cache, keys/values and sources gathered on the GPU give the
+    bases they give when every step copies its rows from host memory."""
+    from abstraction import Location, TrainingConfig
+    from abstraction.alignment.das import reproducible
+    from abstraction.alignment.prefix_cache import DEVICE_BUDGET_VARIABLE
+    from abstraction.alignment.prepared import PreparedInterchanges
+    from abstraction.alignment.staircase import fit_cells, fitted_apart
+
+    layers = 4
+    network = ioi_prompts.gpt2(bpe_tokenizer, layers).to("cuda")
+    task = ioi_prompts.task(bpe_tokenizer, "left")
+    locations = [Location(layer=layer, position="last") for layer in range(layers)]
+    cells = PreparedInterchanges.for_locations(
+        network, task, ioi_prompts.data(80), locations, ["s"]
+    )
+    config = TrainingConfig(epochs=2, batch_size=16, seed=0, select_epoch=False)
+    assert fitted_apart(cells, None, "low_rank", config) is None
+    found = {}
+    for budget in ("0", "1GiB"):
+        monkeypatch.setenv(DEVICE_BUDGET_VARIABLE, budget)
+        resident = cells[0].reordered(torch.arange(cells[0].rows))
+        assert resident.sources["s"].device.type == ("cpu" if budget == "0" else "cuda")
+        found[budget] = reproducible(fit_cells)(
+            cells, None, task, ["s"], method="low_rank", rank=1, config=config
+        )
+    for host, device in zip(found["0"], found["1GiB"], strict=True):
+        torch.testing.assert_close(host.basis, device.basis, rtol=0, atol=1e-5)

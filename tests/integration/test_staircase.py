@@ -27,6 +27,7 @@ from abstraction import (
 )
 from abstraction.alignment import staircase
 from abstraction.alignment.das import _Rotation, _RotationStack, fit, reproducible
+from abstraction.alignment.prefix_cache import DEVICE_BUDGET_VARIABLE, device_budget
 from abstraction.alignment.result import AlignmentError
 from abstraction.alignment.staircase import (
     evaluate_cells,
@@ -35,6 +36,7 @@ from abstraction.alignment.staircase import (
     staircase_logits,
     staircase_unsupported,
 )
+from abstraction.errors import AbstractionError
 from abstraction.network import FAMILIES
 from abstraction.op_counts import OpCounts, per_step
 
@@ -364,3 +366,46 @@ def test_rotation_stack_gives_each_rotation_its_weight_and_its_gradient() -> Non
         rotation.zero_grad()
         (rotation.weight * direction).sum().backward()
         torch.testing.assert_close(grad, rotation.parametrizations.weight.original.grad)
+
+
+def test_training_rows_move_to_the_device_as_one_copy_and_give_the_same_logits(
+    gpt2: Network, bpe_tokenizer: Any, ioi_prompts: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device-resident path, run here with the CPU standing in for the device (the
+    GPU test compares trained bases on a real one)."""
+    assert device_budget(torch.device("cpu")) == 0  # host memory is the CPU's device
+    monkeypatch.setenv(DEVICE_BUDGET_VARIABLE, "1GiB")
+    assert device_budget(torch.device("meta")) == 2**30
+    monkeypatch.setenv(DEVICE_BUDGET_VARIABLE, "lots")
+    with pytest.raises(AbstractionError, match="512MiB, 4GiB"):
+        device_budget(torch.device("meta"))
+    task = _task(ioi_prompts, bpe_tokenizer, "left")
+    cells = _cells(gpt2, task, "last", ioi_prompts)
+    cpu = torch.device("cpu")
+    assert cells[1].cache is not None and cells[1].cache.on_device(cpu) is None  # shared
+    order = torch.randperm(cells[1].rows, generator=torch.Generator().manual_seed(0))
+    view = cells[1].reordered(order)
+    moved = cells[1].reordered(order)
+    assert view.cache is not None and moved.cache is not None
+    moved._move_to(cpu)
+    assert moved.cache.on_device(cpu) is not None  # a view copied in order can move
+    rows = slice(3, 19)
+    chosen = {"s": LowRankPatch(cells[1].site.location, torch.eye(gpt2.width or 0)[:, :2])}
+    torch.testing.assert_close(moved.logits(rows, chosen), view.logits(rows, chosen))
+    # a cache on disk is read through the permutation: it stays where it is
+    on_disk = PreparedInterchanges(
+        gpt2,
+        task,
+        ioi_prompts.data(40),
+        Location(layer=1, position="last"),
+        ["s"],
+        memory_budget=0,
+    )
+    assert on_disk.cache is not None and on_disk.cache.storage == "disk"
+    shuffled = on_disk.reordered(torch.arange(40).flip(0))
+    assert shuffled.cache is not None and shuffled.cache.on_device(cpu) is None
+    before = shuffled.cache
+    shuffled._move_to(cpu)
+    assert shuffled.cache is before
+    for cell in (*cells, on_disk):
+        cell.close()
