@@ -215,7 +215,12 @@ def test_fit_cells_trains_what_each_cell_trains_alone(
         # lr * sign(gradient) whatever the gradient's size
         torch.testing.assert_close(a.basis, b.basis, rtol=0, atol=ADAM_ROUNDING)
         assert [e["epoch"] for e in a.curve] == [e["epoch"] for e in b.curve]  # same stopping
-        assert [e["val_iia"] for e in a.curve] == pytest.approx([e["val_iia"] for e in b.curve])
+        # a validation pair whose two candidate logits are within rounding of each other
+        # may flip (one did on an AVX-512 FP16 CPU): at most one pair per entry
+        one_pair = 1 / validation[0].rows + 1e-6
+        assert [e["val_iia"] for e in a.curve] == pytest.approx(
+            [e["val_iia"] for e in b.curve], abs=one_pair
+        )
         assert a.config == b.config
     scored = evaluate_cells(together, validation)
     for alignment, cell, hits in zip(together, validation, scored, strict=True):

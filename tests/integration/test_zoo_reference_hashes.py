@@ -1,4 +1,5 @@
-"""Each zoo network retrains to the weights its committed reports were made with.
+"""Each zoo network retrains to the weights its committed reports were made with (or, on
+a CPU class recorded to round MKL's pinned code path differently, to that class's).
 
 The hash is a property of the packages as well as the recipe, so it is checked where
 the installed versions are those of ``requirements/test.lock`` (README's test command
@@ -43,6 +44,9 @@ def test_zoo_network_retrains_to_its_reference_hash(entry: zoo.ZooEntry) -> None
         pytest.skip(
             "installed versions differ from requirements/test.lock: " + ", ".join(differences[:5])
         )
-    # trained (in the pinned child process) on a fresh clone; loaded from the cache after
-    assert zoo.load(entry.name).hash == entry.reference_hash
-    assert zoo.metrics(entry.name)["network_hash"] == entry.reference_hash
+    # trained (in the pinned child process) on a fresh clone; loaded from the cache after;
+    # the reference, or the hash recorded for a CPU class that rounds MKL's pinned path
+    # differently (the same on every run there: test_zoo_is_deterministic)
+    known = (entry.reference_hash, *entry.other_hashes)
+    assert zoo.load(entry.name).hash in known
+    assert zoo.metrics(entry.name)["network_hash"] in known
