@@ -29,7 +29,8 @@ Modules, in the order data flows (each imports only modules above it):
 ``statistics``       clustered bootstrap, permutation tests, corrections (arrays only)
 ``op_counts``        operations dispatched and host reads of a step (what a GPU pays)
 ``alignment/``       ``prefix_cache`` -> ``prepared`` (data ready at one site) ->
-                     ``result`` (:class:`Alignment`, saved) -> ``masks`` (DBM over
+                     ``result`` (:class:`Alignment`, saved) -> ``step`` (a training
+                     step's precision and capture) -> ``masks`` (DBM over
                      neurons, PCA, SAE features) -> ``das`` (training) ->
                      ``staircase`` (a position's layer cells trained together) -> ``sweep``
 ``baselines``        the nulls, built as interventions on the same prepared data
@@ -53,6 +54,7 @@ from abstraction.alignment import (
     AlignmentError,
     PrefixCache,
     PreparedInterchanges,
+    StepCaptureWarning,
     TrainingConfig,
     align,
     align_sites,
@@ -173,6 +175,7 @@ __all__ = [
     "Sampler",
     "Search",
     "SeedSummary",
+    "StepCaptureWarning",
     "SweepResult",
     "Task",
     "Thresholds",

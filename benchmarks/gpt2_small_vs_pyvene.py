@@ -43,6 +43,12 @@ in a forked process too. On the CPU nothing changes.
     python benchmarks/gpt2_small_vs_pyvene.py --quick    # 64 pairs, 1 repeat: minutes
     python benchmarks/gpt2_small_vs_pyvene.py --quick --repeats 3 --positions last --epochs 8
     python benchmarks/gpt2_small_vs_pyvene.py --quick --device cuda   # on a GPU
+    python benchmarks/gpt2_small_vs_pyvene.py --quick --device cuda --capture --precision tf32
+
+``--precision`` runs both tools' training steps in TF32 or under bfloat16 autocast (off
+by default: fp32) and then also trains ours in fp32, printing the two IIAs with a paired
+test; ``--capture`` compiles our training step once and replays it (CUDA graphs on a
+GPU); pyvene's step stays eager, and the header line says so.
 
 At one epoch our activations phase (each source and base through all 12 blocks once)
 bounds the last position's speed-up (the "ceiling" line); more epochs amortise it.
@@ -76,6 +82,7 @@ from abstraction import (
 )
 from abstraction.alignment.das import _Rotation, fit, reproducible
 from abstraction.alignment.staircase import evaluate_cells, fit_cells, fitted_apart
+from abstraction.alignment.step import PRECISIONS, step_precision
 from abstraction.locations import resolve_positions
 from abstraction.network import Batch, import_pyvene, resolve_device
 from abstraction.op_counts import per_step
@@ -360,10 +367,11 @@ def train_pyvene(
     for order in epoch_orders(len(labels), config) if orders is None else orders:
         for first in range(0, len(order), config.batch_size):
             rows = order[first : first + config.batch_size]
-            loss = torch.nn.functional.cross_entropy(
-                pyvene_logits(model, rows, base, source, base_at, source_at),
-                labels[torch.tensor(rows)].to(DEVICE),
-            )
+            with step_precision(config.precision, DEVICE):  # --precision: as ours
+                loss = torch.nn.functional.cross_entropy(
+                    pyvene_logits(model, rows, base, source, base_at, source_at),
+                    labels[torch.tensor(rows)].to(DEVICE),
+                )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -546,6 +554,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda, cuda:N")
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="both tools' training steps (fp32: exact; tf32: TF32 matmuls on CUDA; bf16: "
+        "bfloat16 autocast); other than fp32, ours also trains in fp32 and IIAs are compared",
+    )
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="our training step compiled once and replayed (torch.compile; CUDA graphs on "
+        "CUDA); pyvene's runs eagerly",
+    )
+    parser.add_argument(
         "--counts-only",
         action="store_true",
         help="print only the operations and host reads per training step (minutes)",
@@ -579,6 +600,8 @@ def main() -> None:
         patience=args.epochs,
         seed=args.seed,
         select_epoch=False,  # pyvene's loop: no scoring between epochs, the last one kept
+        precision=args.precision,
+        capture=args.capture,
     )
     import_pyvene()
     print(
@@ -588,6 +611,8 @@ def main() -> None:
         f"{args.batch_size}, Adam {args.lr}; {repeats} repeat(s); torch threads {args.threads}; "
         f"our memory budget {args.memory_budget} GiB"
         + (f"; device {DEVICE}" if DEVICE.type != "cpu" else "")
+        + (f"; both tools' steps in {args.precision}" if args.precision != "fp32" else "")
+        + ("; our step captured (pyvene's eager)" if args.capture else "")
     )
     if args.counts_only:
         for name in args.positions.split(","):
@@ -698,6 +723,20 @@ def main() -> None:
             f"p = {test.p_value:.3g}; best cell (ours) layer {best}: "
             f"{ours[0]['correct'][best].mean():.3f} vs {theirs[0]['correct'][best].mean():.3f}"
         )
+        if args.precision != "fp32":
+            exact = forked(
+                run_ours, network, task, frames, position, replace(config, precision="fp32"), budget
+            )
+            e_correct = np.concatenate(exact["correct"])
+            e_iia = iia(e_correct, clusters)
+            versus = paired_test(a_correct, e_correct, clusters, alternative="two-sided")
+            print(
+                f"IIA of ours in {args.precision} against ours in fp32: {a_iia.value:.3f} vs "
+                f"{e_iia.value:.3f} ({e_iia.low:.3f}-{e_iia.high:.3f}); difference "
+                f"{versus.difference.value:+.3f} (95% CI {versus.difference.low:+.3f} to "
+                f"{versus.difference.high:+.3f}), two-sided p = {versus.p_value:.3g}; fp32 "
+                f"training {exact['times']['training']:.2f} s"
+            )
     print("\nspeed-up per position: " + ", ".join(f"{k} {v:.1f}x" for k, v in speedups.items()))
     print("(targets: last >= 30x, first >= 3x)")
     print(f"speedup_vs_pyvene={speedups.get('last', next(iter(speedups.values()))):.2f}")

@@ -28,6 +28,7 @@ from torch.func import functional_call
 from abstraction.alignment.masks import Featurizers, fit_masks
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import FEATURE_METHODS, METHODS, Alignment, AlignmentError
+from abstraction.alignment.step import PRECISIONS, Precision, batch_rows, captured, step_precision
 from abstraction.errors import UnknownNameError, nearest
 from abstraction.interventions import BoundlessPatch, Intervention, LowRankPatch, boundary_mask
 from abstraction.locations import Location
@@ -126,6 +127,15 @@ class TrainingConfig:
             epochs without a better one. ``False``: score nothing while training and
             keep the last epoch (pyvene's and causalab's training loops); the curve's
             ``val_iia`` is then ``None``. DAS methods only.
+        precision: the training step's arithmetic: ``"fp32"`` (exact float32),
+            ``"tf32"`` (TensorFloat-32 matrix products on CUDA; elsewhere fp32) or
+            ``"bf16"`` (bfloat16 autocast on the forward pass). Validation scoring and
+            the saved basis stay float32. DAS methods only
+            (:mod:`abstraction.alignment.step`).
+        capture: compile the training step's forward once and replay it
+            (``torch.compile``; CUDA graphs on CUDA), falling back to eager with a
+            warning where compiling fails. The same function, so the same basis up to
+            rounding. DAS methods only.
     """
 
     epochs: int = 10
@@ -146,8 +156,14 @@ class TrainingConfig:
     sae_steps: int = 2000
     sae_lr: float = 1e-3
     select_epoch: bool = True
+    precision: Precision = "fp32"
+    capture: bool = False
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise AlignmentError(
+                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+            )
         if self.epochs < 1 or self.batch_size < 1 or self.patience < 1:
             raise AlignmentError(
                 f"epochs, batch_size and patience must be at least 1, got {self.epochs}, "
@@ -182,9 +198,9 @@ class TrainingConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy.
 
-        The DBM, SAE and ``select_epoch`` fields appear only where they differ from their
-        defaults, so the dictionary (and the sweep run keys hashed from it) of a DAS
-        configuration is what it was before those fields existed.
+        The DBM, SAE, ``select_epoch``, ``precision`` and ``capture`` fields appear only
+        where they differ from their defaults, so the dictionary (and the sweep run keys
+        hashed from it) of a DAS configuration is what it was before those fields existed.
         """
         extra: dict[str, Any] = {}
         for name in _FEATURE_FIELDS:
@@ -204,6 +220,8 @@ class TrainingConfig:
 
 _FEATURE_FIELDS = (
     "select_epoch",
+    "precision",
+    "capture",
     "mask_lr",
     "sparsity",
     "mask_temperature",
@@ -550,6 +568,12 @@ def fit_sites(
                 f"select_epoch=False is for the DAS methods; method={method!r} keeps the best "
                 "epoch under its hard masks (leave select_epoch at True)"
             )
+        if config.precision != "fp32" or config.capture:
+            raise AlignmentError(
+                f"precision= and capture= act on the DAS methods' training step; method "
+                f"{method!r} trains masks in fp32, eagerly (leave precision='fp32', "
+                "capture=False)"
+            )
         if subspaces is not None:
             raise AlignmentError(
                 f"method={method!r} learns which features each variable keeps, so subspaces= "
@@ -619,12 +643,11 @@ def fit_sites(
     start_time = time.perf_counter()
 
     def interventions_now(
-        weights: Mapping[Location, torch.Tensor], temperature: float
+        weights: Mapping[Location, torch.Tensor], temperature: torch.Tensor
     ) -> dict[str, Intervention]:
         if method == "boundless":
             ((location, weight),) = weights.items()
-            t = torch.tensor(temperature, device=weight.device)
-            return {variables[0]: BoundlessPatch(location, weight, boundary, t)}
+            return {variables[0]: BoundlessPatch(location, weight, boundary, temperature)}
         return {
             v: LowRankPatch(location, weights[location][:, a:b])
             for location, members in spans.items()
@@ -643,20 +666,30 @@ def fit_sites(
     # in a new random order. Re-copying the data every epoch cost more than training.
     shuffled = prepared.reordered(torch.randperm(prepared.rows, generator=generator))
     starts = torch.arange(0, prepared.rows, config.batch_size)
-    schedule = temperatures.tolist()
+    # the schedule lives on the device: a step indexes it rather than copying a number
+    schedule = temperatures.to(network.device)
+
+    def step_loss(rows: torch.Tensor | slice, temperature: torch.Tensor) -> torch.Tensor:
+        weights = {location: r.weight for location, r in rotations.items()}
+        logits = shuffled.logits(rows, interventions_now(weights, temperature))
+        loss = nn.functional.cross_entropy(logits, shuffled.labels[rows].to(logits.device))
+        if method == "boundless":
+            loss = loss + config.boundary_coef * torch.clamp(boundary, 1e-3, 1.0)
+        return loss
+
+    forward = captured(step_loss, enabled=config.capture, device=network.device)
     for epoch in range(config.epochs):
         # the losses add up where they are computed and are read once an epoch: reading
         # each step's loss (or checking it for NaN) would make a GPU wait every step
         loss_sum = torch.zeros((), device=network.device)
         batches = starts[torch.randperm(len(starts), generator=generator)].tolist()
         for s in batches:
-            rows = slice(s, s + config.batch_size)
-            temperature = schedule[min(step, total - 1)]
-            weights = {location: r.weight for location, r in rotations.items()}
-            logits = shuffled.logits(rows, interventions_now(weights, temperature))
-            loss = nn.functional.cross_entropy(logits, shuffled.labels[rows].to(logits.device))
-            if method == "boundless":
-                loss = loss + config.boundary_coef * torch.clamp(boundary, 1e-3, 1.0)
+            size = config.batch_size
+            with step_precision(config.precision, network.device):
+                loss = forward(
+                    batch_rows(s, size, prepared.rows, config.capture, shuffled.labels.device),
+                    schedule[min(step, total - 1)],
+                )
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()

@@ -31,6 +31,7 @@ does not apply (see :func:`staircase_unsupported`) it fits the cells one at a ti
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 import time
@@ -57,6 +58,7 @@ from abstraction.alignment.prefix_cache import (
 )
 from abstraction.alignment.prepared import PASS_BYTES, Interventions, PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError
+from abstraction.alignment.step import batch_rows, captured, step_precision
 from abstraction.interventions import LowRankPatch
 from abstraction.network import Batch, Network
 from abstraction.task import Task
@@ -381,6 +383,35 @@ def _run_stacked(
     return logits, joined
 
 
+def _staircase_loss(
+    cells: Sequence[PreparedInterchanges],
+    rotations: Sequence[_Rotation],
+    patches: Sequence[Callable[[torch.Tensor], Interventions]],
+    keeper: PreparedInterchanges,
+    labels: torch.Tensor,
+) -> Callable[[torch.Tensor | slice], torch.Tensor]:
+    """A staircase training step's forward: each cell's mean cross-entropy on base rows
+    ``rows``, in the order the cells join the staircase (by cut)."""
+    stack = _RotationStack(rotations)
+
+    def losses(rows: torch.Tensor | slice) -> torch.Tensor:
+        weights = stack.weights().unbind(0)  # one view op (and one stack backward)
+        logits, joined = _stacked_logits(
+            cells,
+            rows,
+            [patch(weight) for patch, weight in zip(patches, weights, strict=True)],
+            past_from=keeper,
+            check_readout=False,
+        )
+        target = labels[rows].to(logits.device)
+        # one cross-entropy over every cell's rows, averaged per cell: each cell's loss is
+        # its own fit's, and their sum gives each rotation its own gradient
+        per_row = nn.functional.cross_entropy(logits, target.repeat(len(joined)), reduction="none")
+        return per_row.view(len(joined), -1).mean(dim=1)
+
+    return losses
+
+
 def _check_readout(readout: torch.Tensor, start: int, length: int) -> None:
     """Refuse readout positions outside the suffix ``start..start+length-1`` (a host read)."""
     if bool(((readout < start) | (readout >= start + length)).any()):
@@ -635,38 +666,39 @@ def _fit_staircase(
         location = cells[i].site.location
         return {v: LowRankPatch(location, weight[:, a:b]) for v, (a, b) in spans[i].items()}
 
+    steps: dict[tuple[int, ...], Callable[[torch.Tensor | slice], torch.Tensor]] = {}
     for epoch in range(config.epochs):
         # each cell's losses add up where they are computed and are read once an epoch:
         # reading them every step would make a GPU wait every step
-        # the cells' losses, in the order they join the staircase (fixed for the epoch)
-        loss_sums = torch.zeros(len(active), device=network.device)
-        joined: list[int] = list(range(len(active)))
-        stack = _RotationStack([rotations[i] for i in active])
+        members = tuple(active)
+        if members not in steps:  # a new step only when early stopping drops a cell
+            steps[members] = captured(
+                _staircase_loss(
+                    [shuffled[i] for i in members],
+                    [rotations[i] for i in members],
+                    [functools.partial(patches, i) for i in members],
+                    shuffled[keeper],
+                    labels,
+                ),
+                enabled=config.capture,
+                device=network.device,
+            )
+        forward = steps[members]
+        # the cells' losses, in the order they join the staircase (by cut)
+        joined = sorted(range(len(members)), key=lambda slot: cuts[members[slot]])
+        loss_sums = torch.zeros(len(members), device=network.device)
         batches = starts[torch.randperm(len(starts), generator=generator)].tolist()
         for s in batches:
-            rows = slice(s, s + config.batch_size)
-            weights = stack.weights().unbind(0)  # one view op (and one stack backward)
-            logits, joined = _stacked_logits(
-                [shuffled[i] for i in active],
-                rows,
-                [patches(i, weight) for i, weight in zip(active, weights, strict=True)],
-                past_from=shuffled[keeper],
-                check_readout=False,
-            )
-            target = labels[rows].to(network.device)
-            # one cross-entropy over every cell's rows, averaged per cell: each cell's
-            # loss is its own fit's, and their sum gives each rotation its own gradient
-            per_row = nn.functional.cross_entropy(
-                logits, target.repeat(len(joined)), reduction="none"
-            )
-            cell_losses = per_row.view(len(joined), -1).mean(dim=1)
+            rows = batch_rows(s, config.batch_size, first.rows, config.capture, labels.device)
+            with step_precision(config.precision, network.device):
+                cell_losses = forward(rows)
             optimizer.zero_grad()
             cell_losses.sum().backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             loss_sums = loss_sums + cell_losses.detach()
             step += 1
         mean_losses = {
-            active[slot]: total / len(batches)
+            members[slot]: total / len(batches)
             for slot, total in zip(joined, loss_sums.tolist(), strict=True)
         }
         for i, loss in mean_losses.items():

@@ -164,16 +164,11 @@ def test_the_callers_cuda_random_state_is_left_alone() -> None:
     assert torch.equal(torch.cuda.get_rng_state(), before)
 
 
-def test_training_rows_kept_on_the_device_train_what_host_rows_train(
-    monkeypatch: pytest.MonkeyPatch, bpe_tokenizer: Any, ioi_prompts: Any
-) -> None:
-    """A staircase's prefix cache, keys/values and sources gathered on the GPU give the
-    bases they give when every step copies its rows from host memory."""
-    from abstraction import Location, TrainingConfig
-    from abstraction.alignment.das import reproducible
-    from abstraction.alignment.prefix_cache import DEVICE_BUDGET_VARIABLE
+def _last_position_cells_on_cuda(bpe_tokenizer: Any, ioi_prompts: Any) -> tuple[Any, Any]:
+    """A 4-layer GPT-2 on the GPU: its cells at the last position (80 IOI pairs), and
+    their task."""
+    from abstraction import Location
     from abstraction.alignment.prepared import PreparedInterchanges
-    from abstraction.alignment.staircase import fit_cells, fitted_apart
 
     layers = 4
     network = ioi_prompts.gpt2(bpe_tokenizer, layers).to("cuda")
@@ -182,6 +177,20 @@ def test_training_rows_kept_on_the_device_train_what_host_rows_train(
     cells = PreparedInterchanges.for_locations(
         network, task, ioi_prompts.data(80), locations, ["s"]
     )
+    return cells, task
+
+
+def test_training_rows_kept_on_the_device_train_what_host_rows_train(
+    monkeypatch: pytest.MonkeyPatch, bpe_tokenizer: Any, ioi_prompts: Any
+) -> None:
+    """A staircase's prefix cache, keys/values and sources gathered on the GPU give the
+    bases they give when every step copies its rows from host memory."""
+    from abstraction import TrainingConfig
+    from abstraction.alignment.das import reproducible
+    from abstraction.alignment.prefix_cache import DEVICE_BUDGET_VARIABLE
+    from abstraction.alignment.staircase import fit_cells, fitted_apart
+
+    cells, task = _last_position_cells_on_cuda(bpe_tokenizer, ioi_prompts)
     config = TrainingConfig(epochs=2, batch_size=16, seed=0, select_epoch=False)
     assert fitted_apart(cells, None, "low_rank", config) is None
     found = {}
@@ -194,3 +203,34 @@ def test_training_rows_kept_on_the_device_train_what_host_rows_train(
         )
     for host, device in zip(found["0"], found["1GiB"], strict=True):
         torch.testing.assert_close(host.basis, device.basis, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_a_captured_staircase_on_cuda_trains_the_eager_bases(
+    precision: str, bpe_tokenizer: Any, ioi_prompts: Any
+) -> None:
+    """CUDA graphs (``capture=True``: torch.compile's "reduce-overhead" mode) replay the
+    staircase step and train the eager step's bases, in each precision; TF32 and bf16
+    train near fp32 (the same direction), not the same bits."""
+    import warnings
+
+    from abstraction import StepCaptureWarning, TrainingConfig
+    from abstraction.alignment.das import reproducible
+    from abstraction.alignment.staircase import fit_cells, fitted_apart
+
+    cells, task = _last_position_cells_on_cuda(bpe_tokenizer, ioi_prompts)
+    fp32 = TrainingConfig(epochs=2, batch_size=32, lr=5e-2, seed=0, select_epoch=False)
+    assert fitted_apart(cells, None, "low_rank", fp32) is None
+    eager = TrainingConfig(**{**vars(fp32), "precision": precision})
+    captured = TrainingConfig(**{**vars(eager), "capture": True})
+    exact = reproducible(fit_cells)(cells, None, task, ["s"], method="low_rank", config=fp32)
+    plain = reproducible(fit_cells)(cells, None, task, ["s"], method="low_rank", config=eager)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StepCaptureWarning)
+        replayed = reproducible(fit_cells)(
+            cells, None, task, ["s"], method="low_rank", config=captured
+        )
+    for a, b, c in zip(replayed, plain, exact, strict=True):
+        torch.testing.assert_close(a.basis, b.basis, rtol=0, atol=5e-3)
+        cosine = torch.nn.functional.cosine_similarity(b.basis, c.basis, dim=0).abs()
+        assert float(cosine.min()) > 0.9

@@ -31,6 +31,7 @@ ORDER = [
     "alignment.prefix_cache",
     "alignment.prepared",
     "alignment.result",
+    "alignment.step",
     "alignment.masks",
     "alignment.das",
     "alignment.staircase",
