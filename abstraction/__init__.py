@@ -38,6 +38,9 @@ Modules, in the order data flows (each imports only modules above it):
 ``verdict``          ``verify`` gathers evidence, ``decide`` gives the verdict; ``compare``
 ``results``          :class:`ExperimentResult`: ``results.json`` and its schema
 ``experiment``       :class:`Experiment` files and ``run`` end to end
+``tasks/``           ``library`` (:class:`~abstraction.tasks.StandardTask`, registry) ->
+                     one module per task (``ioi``, ``agreement``) -> ``behaviour``
+                     (does a network solve a task?)
 ``report``           HTML, Markdown and figures from a result (never recomputes)
 ``cli``              the ``abstraction`` command (nothing imports it)
 ==================  =================================================================

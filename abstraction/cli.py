@@ -7,6 +7,8 @@
 ``report DIR``       render a report again from its ``results.json``
 ``zoo``              list the reference networks (``--train NAME`` trains one)
 ``graph FILE``       draw the causal model(s) of a hypothesis file to PNG
+``tasks list``       the library's tasks (``run --task NAME --network MODEL`` runs one)
+``tasks check M``    model M's accuracy on each task's prompts
 ==================  ===============================================================
 
 Exit codes: 0 done; 2 bad input - a file that does not exist or cannot be read, a
@@ -24,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Annotated
@@ -223,7 +226,7 @@ class _Phases:
 
 
 def _run(
-    file: Path,
+    file: Path | None,
     seed: int,
     quick: bool,
     out: Path,
@@ -234,18 +237,32 @@ def _run(
     device: str | None = None,
     memory_budget: float | None = None,
     dtype: str | None = None,
+    task: str | None = None,
+    network: str | None = None,
+    unsolved: bool = False,
 ) -> None:
     from abstraction import experiment as runner
     from abstraction import report
 
     try:
+        if (file is None) == (task is None):
+            raise BadInput(
+                "give a hypothesis FILE or --task NAME (with --network MODEL), not both and "
+                "not neither; `abstraction tasks list` prints the tasks"
+            )
+        if (task is None) != (network is None):
+            raise BadInput("--task and --network go together: --task NAME --network MODEL")
         quiet = as_json
         start = time.perf_counter()
         with _Phases(errors if quiet else console, transient=quiet) as phase:
-            # importing may take minutes: a zoo network trains on first use
-            phase(f"importing {file}")
-            module = load_file(file)
-            experiment = find_experiment(module, file)
+            if task is not None and network is not None:
+                experiment = _task_experiment(task, network, unsolved, phase)
+            else:
+                assert file is not None
+                # importing may take minutes: a zoo network trains on first use
+                phase(f"importing {file}")
+                module = load_file(file)
+                experiment = find_experiment(module, file)
             if require_search and experiment.search is None:
                 raise BadInput(
                     f"{file}: `abstraction sweep` needs the experiment to declare "
@@ -276,6 +293,30 @@ def _run(
         sys.stdout.write(results.to_json())
         return
     _summary(results, index, time.perf_counter() - start)
+
+
+def _task_experiment(
+    name: str, network: str, unsolved: bool, phase: Callable[[str], None]
+) -> Experiment:
+    """A library task's standard experiment on ``network``, once the network is seen to
+    solve the task (``unsolved``: align it even if it does not)."""
+    from abstraction import tasks
+    from abstraction.experiment import load_network
+
+    standard = tasks.get(name)
+    phase(f"loading {network}")
+    loaded = load_network(network)
+    phase(f"checking that {loaded.name} solves {name}")
+    seen = tasks.behaviour(loaded, standard)
+    if not seen.solved and not unsolved:
+        accuracy = "unscored" if seen.accuracy is None else f"{seen.accuracy.value:.3f}"
+        raise BadInput(
+            f"{loaded.name} does not solve task {name!r} (accuracy {accuracy} over the "
+            f"candidates on {seen.prompts} prompts; needs {tasks.SOLVED:.2f}"
+            + (f"; {seen.problem}" if seen.problem else "")
+            + "): an alignment could not make it faithful. Pass --unsolved to align anyway."
+        )
+    return standard.experiment(loaded)
 
 
 def _summary(results: ExperimentResult, index: Path, seconds: float) -> None:
@@ -365,7 +406,22 @@ FileArgument = Annotated[Path, typer.Argument(help="a hypothesis file, e.g. hypo
 
 @app.command()
 def run(
-    file: FileArgument,
+    file: Annotated[
+        Path | None,
+        typer.Argument(help="a hypothesis file, e.g. hypotheses/x.py (or give --task)"),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="a library task's standard experiment (`abstraction tasks list`)"),
+    ] = None,
+    network: Annotated[
+        str | None,
+        typer.Option(help="with --task: a zoo name, checkpoint directory or GGUF file"),
+    ] = None,
+    unsolved: Annotated[
+        bool,
+        typer.Option("--unsolved", help="with --task: align even if the network fails the task"),
+    ] = False,
     seed: SeedOption = 0,
     quick: QuickOption = False,
     out: OutOption = Path("reports"),
@@ -376,7 +432,8 @@ def run(
     memory_budget: BudgetOption = None,
     dtype: DtypeOption = None,
 ) -> None:
-    """Run the experiment declared in FILE and write its report."""
+    """Run the experiment declared in FILE (or a library task's, --task NAME --network
+    MODEL) and write its report."""
     _run(
         file,
         seed,
@@ -389,6 +446,9 @@ def run(
         device=device,
         memory_budget=memory_budget,
         dtype=dtype,
+        task=task,
+        network=network,
+        unsolved=unsolved,
     )
 
 
@@ -486,6 +546,67 @@ def zoo(
     for entry in zoo_module.entries():
         cached = zoo_module.cached(entry.name, seed)
         table.add_row(entry.name, entry.description, "yes" if cached else "no")
+    console.print(table)
+
+
+tasks_app = typer.Typer(no_args_is_help=True, help="The field's tasks, ready to run.")
+app.add_typer(tasks_app, name="tasks")
+
+
+@tasks_app.command("list")
+def tasks_list() -> None:
+    """List the library's tasks."""
+    from abstraction import tasks
+
+    table = Table(title="tasks (abstraction run --task NAME --network MODEL)")
+    for column in ("name", "what the model must do", "variables", "positions", "rivals"):
+        table.add_column(column)
+    for name in tasks.names():
+        task = tasks.get(name)
+        table.add_row(
+            name,
+            f"{task.description} ({task.reference})",
+            ", ".join(task.variables),
+            ", ".join(task.positions),
+            ", ".join(r.name for r in task.rivals) or "-",
+        )
+    console.print(table)
+
+
+@tasks_app.command("check")
+def tasks_check(
+    model: Annotated[str, typer.Argument(help="a zoo name, checkpoint directory or GGUF file")],
+    task: Annotated[
+        list[str] | None, typer.Option(help="a task to check (repeatable; default: all)")
+    ] = None,
+    prompts: Annotated[int, typer.Option(min=1, help="prompts scored per task")] = 200,
+    seed: SeedOption = 0,
+    debug: DebugOption = False,
+) -> None:
+    """Print MODEL's accuracy on each task's own prompts (over the candidates)."""
+    from abstraction import tasks
+    from abstraction.experiment import load_network
+
+    try:
+        chosen = [tasks.get(name) for name in (task or tasks.names())]
+        network = load_network(model)
+        table = Table(title=f"{network.name}: accuracy over the candidates ({prompts} prompts)")
+        for column in ("task", "accuracy", "95% CI", "solved"):
+            table.add_column(column)
+        for standard in chosen:
+            seen = tasks.behaviour(network, standard, prompts=prompts, seed=seed)
+            if seen.accuracy is None:
+                table.add_row(standard.name, "-", "-", f"cannot be scored: {seen.problem}")
+                continue
+            a = seen.accuracy
+            verdict = "yes" if seen.solved else f"no (below {tasks.SOLVED:.2f}): not aligned"
+            table.add_row(standard.name, f"{a.value:.3f}", f"{a.low:.3f}-{a.high:.3f}", verdict)
+    except AbstractionError as exc:
+        _fail(exc, 2, debug)
+        return
+    except Exception as exc:
+        _fail(exc, 1, debug)
+        return
     console.print(table)
 
 
