@@ -684,12 +684,11 @@ def fit_sites(
         loss_sum = torch.zeros((), device=network.device)
         batches = starts[torch.randperm(len(starts), generator=generator)].tolist()
         for s in batches:
-            size = config.batch_size
+            rows = batch_rows(
+                s, config.batch_size, prepared.rows, config.capture, shuffled.labels.device
+            )
             with step_precision(config.precision, network.device):
-                loss = forward(
-                    batch_rows(s, size, prepared.rows, config.capture, shuffled.labels.device),
-                    schedule[min(step, total - 1)],
-                )
+                loss = forward(rows, schedule[min(step, total - 1)])
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()

@@ -389,12 +389,13 @@ def _staircase_loss(
     patches: Sequence[Callable[[torch.Tensor], Interventions]],
     keeper: PreparedInterchanges,
     labels: torch.Tensor,
-) -> Callable[[torch.Tensor | slice], torch.Tensor]:
+) -> Callable[[torch.Tensor | slice], tuple[torch.Tensor, list[int]]]:
     """A staircase training step's forward: each cell's mean cross-entropy on base rows
-    ``rows``, in the order the cells join the staircase (by cut)."""
+    ``rows``, in the order the cells join the staircase (by cut), and that order
+    (indices into ``cells``)."""
     stack = _RotationStack(rotations)
 
-    def losses(rows: torch.Tensor | slice) -> torch.Tensor:
+    def losses(rows: torch.Tensor | slice) -> tuple[torch.Tensor, list[int]]:
         weights = stack.weights().unbind(0)  # one view op (and one stack backward)
         logits, joined = _stacked_logits(
             cells,
@@ -407,7 +408,7 @@ def _staircase_loss(
         # one cross-entropy over every cell's rows, averaged per cell: each cell's loss is
         # its own fit's, and their sum gives each rotation its own gradient
         per_row = nn.functional.cross_entropy(logits, target.repeat(len(joined)), reduction="none")
-        return per_row.view(len(joined), -1).mean(dim=1)
+        return per_row.view(len(joined), -1).mean(dim=1), joined
 
     return losses
 
@@ -666,7 +667,9 @@ def _fit_staircase(
         location = cells[i].site.location
         return {v: LowRankPatch(location, weight[:, a:b]) for v, (a, b) in spans[i].items()}
 
-    steps: dict[tuple[int, ...], Callable[[torch.Tensor | slice], torch.Tensor]] = {}
+    steps: dict[
+        tuple[int, ...], Callable[[torch.Tensor | slice], tuple[torch.Tensor, list[int]]]
+    ] = {}
     for epoch in range(config.epochs):
         # each cell's losses add up where they are computed and are read once an epoch:
         # reading them every step would make a GPU wait every step
@@ -685,13 +688,13 @@ def _fit_staircase(
             )
         forward = steps[members]
         # the cells' losses, in the order they join the staircase (by cut)
-        joined = sorted(range(len(members)), key=lambda slot: cuts[members[slot]])
         loss_sums = torch.zeros(len(members), device=network.device)
+        joined: list[int] = []
         batches = starts[torch.randperm(len(starts), generator=generator)].tolist()
         for s in batches:
             rows = batch_rows(s, config.batch_size, first.rows, config.capture, labels.device)
             with step_precision(config.precision, network.device):
-                cell_losses = forward(rows)
+                cell_losses, joined = forward(rows)
             optimizer.zero_grad()
             cell_losses.sum().backward()  # type: ignore[no-untyped-call]
             optimizer.step()
