@@ -39,9 +39,11 @@ Modules, in the order data flows (each imports only modules above it):
 ``results``          :class:`ExperimentResult`: ``results.json`` and its schema
 ``experiment``       :class:`Experiment` files and ``run`` end to end
 ``tasks/``           ``library`` (:class:`~abstraction.tasks.StandardTask`, registry) ->
-                     one module per task (``ioi``, ``agreement``) -> ``behaviour``
-                     (does a network solve a task?)
+                     one module per task (``agreement``, ``entity_binding``,
+                     ``factual_recall``, ``greater_than``, ``ioi``, ``mcqa``) ->
+                     ``behaviour`` (does a network solve a task?)
 ``report``           HTML, Markdown and figures from a result (never recomputes)
+``tasks.table``      every task a network solves, aligned: one summary table and figure
 ``cli``              the ``abstraction`` command (nothing imports it)
 ==================  =================================================================
 

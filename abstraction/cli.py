@@ -9,6 +9,7 @@
 ``graph FILE``       draw the causal model(s) of a hypothesis file to PNG
 ``tasks list``       the library's tasks (``run --task NAME --network MODEL`` runs one)
 ``tasks check M``    model M's accuracy on each task's prompts
+``tasks table M``    align every task M solves; one summary table and figure
 ==================  ===============================================================
 
 Exit codes: 0 done; 2 bad input - a file that does not exist or cannot be read, a
@@ -240,6 +241,7 @@ def _run(
     task: str | None = None,
     network: str | None = None,
     unsolved: bool = False,
+    heads: bool = False,
 ) -> None:
     from abstraction import experiment as runner
     from abstraction import report
@@ -252,11 +254,13 @@ def _run(
             )
         if (task is None) != (network is None):
             raise BadInput("--task and --network go together: --task NAME --network MODEL")
+        if heads and task is None:
+            raise BadInput("--heads goes with --task: a hypothesis file declares its own search")
         quiet = as_json
         start = time.perf_counter()
         with _Phases(errors if quiet else console, transient=quiet) as phase:
             if task is not None and network is not None:
-                experiment = _task_experiment(task, network, unsolved, phase)
+                experiment = _task_experiment(task, network, unsolved, phase, heads=heads)
             else:
                 assert file is not None
                 # importing may take minutes: a zoo network trains on first use
@@ -296,10 +300,11 @@ def _run(
 
 
 def _task_experiment(
-    name: str, network: str, unsolved: bool, phase: Callable[[str], None]
+    name: str, network: str, unsolved: bool, phase: Callable[[str], None], heads: bool = False
 ) -> Experiment:
     """A library task's standard experiment on ``network``, once the network is seen to
-    solve the task (``unsolved``: align it even if it does not)."""
+    solve the task (``unsolved``: align it even if it does not; ``heads``: also try the
+    attention heads the literature names)."""
     from abstraction import tasks
     from abstraction.experiment import load_network
 
@@ -316,7 +321,7 @@ def _task_experiment(
             + (f"; {seen.problem}" if seen.problem else "")
             + "): an alignment could not make it faithful. Pass --unsolved to align anyway."
         )
-    return standard.experiment(loaded)
+    return standard.experiment(loaded, heads=heads)
 
 
 def _summary(results: ExperimentResult, index: Path, seconds: float) -> None:
@@ -422,6 +427,10 @@ def run(
         bool,
         typer.Option("--unsolved", help="with --task: align even if the network fails the task"),
     ] = False,
+    heads: Annotated[
+        bool,
+        typer.Option("--heads", help="with --task: also try the heads the literature names"),
+    ] = False,
     seed: SeedOption = 0,
     quick: QuickOption = False,
     out: OutOption = Path("reports"),
@@ -449,6 +458,7 @@ def run(
         task=task,
         network=network,
         unsolved=unsolved,
+        heads=heads,
     )
 
 
@@ -559,7 +569,9 @@ def tasks_list() -> None:
     from abstraction import tasks
 
     table = Table(title="tasks (abstraction run --task NAME --network MODEL)")
-    for column in ("name", "what the model must do", "variables", "positions", "rivals"):
+    # names are what a user types next: never wrapped
+    table.add_column("name", no_wrap=True)
+    for column in ("what the model must do", "variables", "positions", "rivals"):
         table.add_column(column)
     for name in tasks.names():
         task = tasks.get(name)
@@ -592,7 +604,7 @@ def tasks_check(
         network = load_network(model)
         table = Table(title=f"{network.name}: accuracy over the candidates ({prompts} prompts)")
         for column in ("task", "accuracy", "95% CI", "solved"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=column != "solved")
         for standard in chosen:
             seen = tasks.behaviour(network, standard, prompts=prompts, seed=seed)
             if seen.accuracy is None:
@@ -608,6 +620,51 @@ def tasks_check(
         _fail(exc, 1, debug)
         return
     console.print(table)
+
+
+@tasks_app.command("table")
+def tasks_table(
+    model: Annotated[str, typer.Argument(help="a zoo name, checkpoint directory or GGUF file")],
+    task: Annotated[
+        list[str] | None, typer.Option(help="a task to include (repeatable; default: all)")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="directory for the reports, table.md and the figure")
+    ] = Path("reports/tasks"),
+    layers: Annotated[
+        list[int] | None,
+        typer.Option(help="a residual layer to sweep (repeatable; default: every third)"),
+    ] = None,
+    pairs: Annotated[int, typer.Option(min=50, help="counterfactual pairs per task")] = 800,
+    heads: Annotated[
+        bool,
+        typer.Option("--heads", help="also try the heads the literature names (slower)"),
+    ] = False,
+    seed: SeedOption = 0,
+    debug: DebugOption = False,
+) -> None:
+    """Align every task MODEL solves, layer by layer, and write one summary table
+    (OUT/table.md, OUT/table.json), a figure of IIA by layer (OUT/iia_by_layer.png) and
+    each task's report; tasks MODEL does not solve are listed with their accuracy."""
+    from abstraction import tasks
+
+    try:
+        if task:
+            for name in task:
+                tasks.get(name)  # an unknown name fails before anything loads
+        budget = tasks.TableBudget(layers=layers or None, pairs=pairs, heads=heads)
+        with _Phases(console, transient=False) as phase:
+            table = tasks.results_table(
+                model, task, out=out, budget=budget, seed=seed, progress=phase
+            )
+    except AbstractionError as exc:
+        _fail(exc, 2, debug)
+        return
+    except Exception as exc:
+        _fail(exc, 1, debug)
+        return
+    console.print(table.markdown())
+    console.print(f"written: {out / 'table.md'}, {out / 'table.json'}")
 
 
 @app.command()

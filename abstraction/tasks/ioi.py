@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from abstraction.causal_model import CausalModel, causal_model
-from abstraction.tasks.library import StandardTask, register, vocabulary
+from abstraction.tasks.library import StandardTask, distinct_pair, register, vocabulary
 
 __all__ = ["TEMPLATES", "ioi"]
 
@@ -57,8 +57,7 @@ def _models() -> tuple[CausalModel, CausalModel, CausalModel]:
 def _sampler(names: Sequence[str], places: Sequence[str], things: Sequence[str]) -> Any:
     def draw(rng: np.random.Generator, n: int) -> dict[str, list[str]]:
         """Two different names, the subject one of them (either, equally often)."""
-        first = rng.integers(0, len(names), n)
-        second = (first + rng.integers(1, len(names), n)) % len(names)
+        first, second = distinct_pair(rng, len(names), n)
         pick = rng.integers(0, 2, n)
         return {
             "a": [names[i] for i in first],
@@ -87,4 +86,7 @@ def ioi() -> StandardTask:
         positions=("last", "s.last"),
         rivals=(first_name, repeated_name),
         candidates=("a", "b"),
+        # Wang et al.'s S-inhibition (layers 7-8) and name-mover (9-10) heads of GPT-2
+        # small's 12 layers
+        head_depths=(7 / 12, 8 / 12, 9 / 12, 10 / 12),
     )

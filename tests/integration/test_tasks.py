@@ -9,6 +9,8 @@ several tokens.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +22,7 @@ from typer.testing import CliRunner
 from abstraction import tasks, zoo
 from abstraction.cli import app
 from abstraction.counterfactuals import factual_dataset
-from abstraction.errors import UnknownNameError
+from abstraction.errors import DeclarationError, UnknownNameError
 
 
 def _corpus() -> list[str]:
@@ -33,7 +35,15 @@ def _corpus() -> list[str]:
             text = task.templates[i % len(task.templates)].format(**row)
             answer = row[task.model.output]
             lines.append(text + (task.answers or {}).get(answer, f" {answer}"))
+        # answers (capitals, languages, names) are common words to a real tokenizer,
+        # which gives each its own token: seen often enough, these merge into words too
+        answers = set((task.answers or {}).values())
+        answers |= {f" {v}" for slot in task.candidates or () for v in frame[slot]}
+        lines += [f"one{text}" for text in sorted(answers)] * REPEATS
     return lines
+
+
+REPEATS = 40
 
 
 def _byte_level(corpus: list[str], size: int) -> PreTrainedTokenizerFast:
@@ -52,7 +62,15 @@ def _byte_level(corpus: list[str], size: int) -> PreTrainedTokenizerFast:
 def _metaspace(corpus: list[str], size: int) -> PreTrainedTokenizerFast:
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.normalizer = normalizers.NFKC()
-    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    # as SentencePiece language models (Llama, Gemma) do, numbers split into digits and
+    # a newline is a token of its own
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", behavior="isolated"),
+            pre_tokenizers.Metaspace(),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
     tk.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(
         vocab_size=size, special_tokens=["<unk>", "<s>", "<pad>"], limit_alphabet=100
@@ -71,16 +89,16 @@ def tokenizer(request: pytest.FixtureRequest) -> Any:
     corpus = _corpus()
     # vocabularies that merge enough for every prompt's candidates to start with distinct
     # tokens and leave many slot values in several pieces (found by trying sizes: a
-    # smaller byte-level one gives IOI's Sarah and Sophie the same first token, which
-    # PromptTask refuses, naming them)
+    # smaller byte-level one gives IOI's Sarah and Sophie, or the capitals Athens and
+    # Arabic, the same first token, which PromptTask refuses, naming them)
     if request.param == "byte_level":
-        return _byte_level(corpus, 550)
-    return _metaspace(corpus, 350)
+        return _byte_level(corpus, 800)
+    return _metaspace(corpus, 600)
 
 
-@pytest.mark.parametrize("name", ["ioi", "agreement"])
+@pytest.mark.parametrize("name", tasks.names())
 def test_every_task_builds_on_each_tokenizer_with_multi_token_slots(
-    name: str, tokenizer: Any
+    name: str, tokenizer: Any, request: pytest.FixtureRequest
 ) -> None:
     task = tasks.get(name)
     prompt = task.prompt_task(tokenizer)
@@ -93,7 +111,9 @@ def test_every_task_builds_on_each_tokenizer_with_multi_token_slots(
     texts = prompt.prompts(frame)["prompt"].tolist()
     assert any(p.endswith(".last") for p in task.positions if p != "last")
     split = 0
-    for slot in task.model.inputs:
+    slots = [s for s in prompt.slots if f"{s}.first" in batch.positions]
+    assert slots, f"task {name} positions none of its slots"
+    for slot in slots:
         first, last = batch.positions[f"{slot}.first"], batch.positions[f"{slot}.last"]
         for row in range(64):
             # the slot's tokens, first to last, decode to its value (however many there
@@ -102,7 +122,9 @@ def test_every_task_builds_on_each_tokenizer_with_multi_token_slots(
             assert str(frame[slot].iloc[row]) in pieces, (slot, pieces, texts[row])
             assert len(pieces.strip()) <= len(str(frame[slot].iloc[row])) + 2
             split += int(last[row] > first[row])
-    if len(tokenizer) < 1000:  # the trained test tokenizers leave values in pieces
+    # the byte-level one leaves some slot values of every task in pieces (the
+    # SentencePiece-style one merges, e.g., the binding task's names whole)
+    if request.node.callspec.params["tokenizer"] == "byte_level":
         assert split > 0
 
 
@@ -127,7 +149,14 @@ def test_a_hypothesis_can_swap_the_causal_model_and_keep_the_prompts() -> None:
     assert differs == mismatched  # the rival disagrees exactly on mismatched numbers
 
 
-SMOLLM2_ACCURACY = {"ioi": 0.995, "agreement": 0.975}
+SMOLLM2_ACCURACY = {
+    "agreement": 0.975,
+    "entity_binding": 0.730,
+    "factual_recall": 1.000,
+    "greater_than": 0.740,
+    "ioi": 0.995,
+    "mcqa": 0.505,
+}
 """README's table (`abstraction tasks check smollm2-135m --prompts 200`)."""
 
 
@@ -173,3 +202,43 @@ def test_behaviour_reports_a_task_its_tokenizer_cannot_write() -> None:
     assert seen.problem is not None and "start with the same token" in seen.problem
     with pytest.raises(ValueError, match="at least 1"):
         tasks.behaviour(Untrained(), tasks.get("agreement"), prompts=0)  # type: ignore[arg-type]
+
+
+def test_tasks_table_lists_an_unsolved_task_and_aligns_nothing(tmp_path: Path) -> None:
+    # SmolLM2 answers MIB's colour questions at chance: the table says so and runs no
+    # experiment for it
+    out = tmp_path / "tables"
+    result = CliRunner().invoke(
+        app, ["tasks", "table", "smollm2-135m", "--task", "mcqa", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "table.json").read_text())
+    assert table["rows"] == [] and table["by_layer"] == {}
+    (mcqa,) = table["behaviour"]
+    assert mcqa["task"] == "mcqa" and not mcqa["solved"]
+    assert mcqa["accuracy"] == pytest.approx(SMOLLM2_ACCURACY["mcqa"], abs=1e-9)
+    assert "| mcqa | 0.505" in (out / "table.md").read_text()
+    assert not (out / "iia_by_layer.png").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["table.json", "table.md"]
+    wrong = CliRunner().invoke(app, ["tasks", "table", "smollm2-135m", "--task", "nope"])
+    assert wrong.exit_code == 2 and "no task named" in wrong.output
+
+
+def test_heads_the_literature_names_are_searched_at_their_depth() -> None:
+    network = zoo.load("smollm2-135m")  # 30 layers
+    ioi = tasks.get("ioi")
+    # Wang et al.'s layers 7-10 of GPT-2 small's 12, scaled to 30
+    assert ioi.head_layers(30) == [18, 20, 22, 25]
+    assert ioi.head_layers(12) == [7, 8, 9, 10]
+    search = ioi.experiment(network, heads=True).search
+    assert not isinstance(search, dict) and search is not None
+    assert list(search.components) == ["residual", "head"]
+    assert search.head_layers == [18, 20, 22, 25] and list(search.head_positions or ()) == ["last"]
+    plain = ioi.experiment(network).search
+    assert plain is not None and not isinstance(plain, dict)
+    assert list(plain.components) == ["residual"]
+    with pytest.raises(DeclarationError, match="names no attention heads"):
+        tasks.get("agreement").experiment(network, heads=True)
+    # a task with two variables sweeps each on its own pairs
+    recall = tasks.get("factual_recall").experiment(network)
+    assert isinstance(recall.search, dict) and set(recall.search) == {"entity", "relation"}

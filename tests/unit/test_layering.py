@@ -42,10 +42,15 @@ ORDER = [
     "results",
     "experiment",
     "tasks.library",
-    "tasks.ioi",
     "tasks.agreement",
+    "tasks.entity_binding",
+    "tasks.factual_recall",
+    "tasks.greater_than",
+    "tasks.ioi",
+    "tasks.mcqa",
     "tasks.behaviour",
     "report",
+    "tasks.table",
     "cli",
 ]
 SHARED = {"errors", "files"}
