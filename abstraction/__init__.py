@@ -27,6 +27,8 @@ Modules, in the order data flows (each imports only modules above it):
 ``runtime``          the hook runtime every intervention runs through; ``intervene``
 ``pyvene_interop``   ``to_pyvene`` / ``from_pyvene``
 ``statistics``       clustered bootstrap, permutation tests, corrections (arrays only)
+``evidence``         the plain records a verdict is decided on (no torch)
+``verdict``          ``decide``: the verdict, a pure function of the evidence (no torch)
 ``op_counts``        operations dispatched and host reads of a step (what a GPU pays)
 ``alignment/``       ``prefix_cache`` -> ``prepared`` (data ready at one site) ->
                      ``result`` (:class:`Alignment`, saved) -> ``step`` (a training
@@ -35,7 +37,8 @@ Modules, in the order data flows (each imports only modules above it):
                      ``staircase`` (a position's layer cells trained together) -> ``sweep``
 ``baselines``        the nulls, built as interventions on the same prepared data
 ``diagnostics``      illusion diagnostics (dormant, disconnected, subspace vs full patch)
-``verdict``          ``verify`` gathers evidence, ``decide`` gives the verdict; ``compare``
+``verification``     ``verify`` gathers the evidence (training, baselines, diagnostics,
+                     statistics) for ``decide``; ``compare`` tests two on the same pairs
 ``results``          :class:`ExperimentResult`: ``results.json`` and its schema
 ``experiment``       :class:`Experiment` files and ``run`` end to end
 ``tasks/``           ``library`` (:class:`~abstraction.tasks.StandardTask`, registry) ->
@@ -50,87 +53,206 @@ Modules, in the order data flows (each imports only modules above it):
 ``errors`` (each error with its fix; :class:`DamagedFileError` for files) and ``files``
 (atomic, durable writes; checked reads) serve all of them.
 
-The public API is listed here; everything else is internal.
+The public API is listed here; everything else is internal. Its names load on first use,
+so ``abstraction.report`` and ``abstraction.results`` render and read ``results.json``
+without importing torch.
 """
 
-from abstraction import planted, zoo
-from abstraction.alignment import (
-    Alignment,
-    AlignmentError,
-    PrefixCache,
-    PreparedInterchanges,
-    StepCaptureWarning,
-    TrainingConfig,
-    align,
-    align_sites,
-    evaluate,
-    evaluate_cells,
-    fit,
-    fit_cells,
-    fit_sites,
-)
-from abstraction.alignment.sweep import Cell, SweepResult, sweep
-from abstraction.baselines import BASELINES, run_baselines
-from abstraction.causal_model import CausalModel, CausalModelBuilder, Domain, causal_model
-from abstraction.counterfactuals import (
-    BalancedSampler,
-    FunctionSampler,
-    RowSampler,
-    Sampler,
-    UniformSampler,
-    balanced,
-    control_model,
-    counterfactual_dataset,
-    exhaustive_size,
-    factual_dataset,
-    from_function,
-    from_rows,
-    relabel,
-    split_by_base,
-    uniform,
-)
-from abstraction.diagnostics import Diagnostics
-from abstraction.errors import (
-    AbstractionError,
-    DamagedFileError,
-    DeclarationError,
-    DomainError,
-    UnknownNameError,
-)
-from abstraction.experiment import Experiment, Search, load_network, run
-from abstraction.interventions import (
-    BoundlessPatch,
-    Intervention,
-    InterventionError,
-    LowRankPatch,
-    MeanAblation,
-    Patch,
-    RotatedPatch,
-    ZeroAblation,
-)
-from abstraction.locations import Location, LocationError
-from abstraction.mechanism import Mechanism, VectorizationWarning
-from abstraction.network import Batch, Network, NetworkError
-from abstraction.prompts import PromptTask
-from abstraction.pyvene_interop import from_pyvene, to_pyvene
-from abstraction.results import SCHEMA_VERSION, ExperimentResult, ResultsError, results_schema
-from abstraction.runtime import collect, intervene
-from abstraction.statistics import Comparison, Estimate, SeedSummary
-from abstraction.task import EntityVectorTask, Task, TokenTask
-from abstraction.verdict import (
-    Counterexample,
-    Decision,
-    Evidence,
-    NullEvidence,
-    Thresholds,
-    VariableEvidence,
-    VariableResult,
-    Verdict,
-    Verification,
-    compare,
-    decide,
-    verify,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The public names load on first use (PEP 562), so importing one light module (a report
+# renderer, the results schema) does not import torch and the training stack with it.
+if TYPE_CHECKING:
+    from abstraction import planted, zoo
+    from abstraction.alignment import (
+        Alignment,
+        AlignmentError,
+        PrefixCache,
+        PreparedInterchanges,
+        StepCaptureWarning,
+        TrainingConfig,
+        align,
+        align_sites,
+        evaluate,
+        evaluate_cells,
+        fit,
+        fit_cells,
+        fit_sites,
+    )
+    from abstraction.alignment.sweep import Cell, SweepResult, sweep
+    from abstraction.baselines import BASELINES, run_baselines
+    from abstraction.causal_model import CausalModel, CausalModelBuilder, Domain, causal_model
+    from abstraction.counterfactuals import (
+        BalancedSampler,
+        FunctionSampler,
+        RowSampler,
+        Sampler,
+        UniformSampler,
+        balanced,
+        control_model,
+        counterfactual_dataset,
+        exhaustive_size,
+        factual_dataset,
+        from_function,
+        from_rows,
+        relabel,
+        split_by_base,
+        uniform,
+    )
+    from abstraction.errors import (
+        AbstractionError,
+        DamagedFileError,
+        DeclarationError,
+        DomainError,
+        UnknownNameError,
+    )
+    from abstraction.evidence import (
+        Counterexample,
+        Diagnostics,
+        Evidence,
+        NullEvidence,
+        VariableEvidence,
+    )
+    from abstraction.experiment import Experiment, Search, load_network, run
+    from abstraction.interventions import (
+        BoundlessPatch,
+        Intervention,
+        InterventionError,
+        LowRankPatch,
+        MeanAblation,
+        Patch,
+        RotatedPatch,
+        ZeroAblation,
+    )
+    from abstraction.locations import Location, LocationError
+    from abstraction.mechanism import Mechanism, VectorizationWarning
+    from abstraction.network import Batch, Network, NetworkError
+    from abstraction.prompts import PromptTask
+    from abstraction.pyvene_interop import from_pyvene, to_pyvene
+    from abstraction.results import SCHEMA_VERSION, ExperimentResult, ResultsError, results_schema
+    from abstraction.runtime import collect, intervene
+    from abstraction.statistics import Comparison, Estimate, SeedSummary
+    from abstraction.task import EntityVectorTask, Task, TokenTask
+    from abstraction.verdict import Decision, Thresholds, Verdict, decide
+    from abstraction.verification import VariableResult, Verification, compare, verify
+
+_EXPORTS: dict[str, str] = {
+    "AbstractionError": "abstraction.errors",
+    "Alignment": "abstraction.alignment",
+    "AlignmentError": "abstraction.alignment",
+    "BASELINES": "abstraction.baselines",
+    "BalancedSampler": "abstraction.counterfactuals",
+    "Batch": "abstraction.network",
+    "BoundlessPatch": "abstraction.interventions",
+    "CausalModel": "abstraction.causal_model",
+    "CausalModelBuilder": "abstraction.causal_model",
+    "Cell": "abstraction.alignment.sweep",
+    "Comparison": "abstraction.statistics",
+    "Counterexample": "abstraction.evidence",
+    "DamagedFileError": "abstraction.errors",
+    "Decision": "abstraction.verdict",
+    "DeclarationError": "abstraction.errors",
+    "Diagnostics": "abstraction.evidence",
+    "Domain": "abstraction.causal_model",
+    "DomainError": "abstraction.errors",
+    "EntityVectorTask": "abstraction.task",
+    "Estimate": "abstraction.statistics",
+    "Evidence": "abstraction.evidence",
+    "Experiment": "abstraction.experiment",
+    "ExperimentResult": "abstraction.results",
+    "FunctionSampler": "abstraction.counterfactuals",
+    "Intervention": "abstraction.interventions",
+    "InterventionError": "abstraction.interventions",
+    "Location": "abstraction.locations",
+    "LocationError": "abstraction.locations",
+    "LowRankPatch": "abstraction.interventions",
+    "MeanAblation": "abstraction.interventions",
+    "Mechanism": "abstraction.mechanism",
+    "Network": "abstraction.network",
+    "NetworkError": "abstraction.network",
+    "NullEvidence": "abstraction.evidence",
+    "Patch": "abstraction.interventions",
+    "PrefixCache": "abstraction.alignment",
+    "PreparedInterchanges": "abstraction.alignment",
+    "PromptTask": "abstraction.prompts",
+    "ResultsError": "abstraction.results",
+    "RotatedPatch": "abstraction.interventions",
+    "RowSampler": "abstraction.counterfactuals",
+    "SCHEMA_VERSION": "abstraction.results",
+    "Sampler": "abstraction.counterfactuals",
+    "Search": "abstraction.experiment",
+    "SeedSummary": "abstraction.statistics",
+    "StepCaptureWarning": "abstraction.alignment",
+    "SweepResult": "abstraction.alignment.sweep",
+    "Task": "abstraction.task",
+    "Thresholds": "abstraction.verdict",
+    "TokenTask": "abstraction.task",
+    "TrainingConfig": "abstraction.alignment",
+    "UniformSampler": "abstraction.counterfactuals",
+    "UnknownNameError": "abstraction.errors",
+    "VariableEvidence": "abstraction.evidence",
+    "VariableResult": "abstraction.verification",
+    "VectorizationWarning": "abstraction.mechanism",
+    "Verdict": "abstraction.verdict",
+    "Verification": "abstraction.verification",
+    "ZeroAblation": "abstraction.interventions",
+    "align": "abstraction.alignment",
+    "align_sites": "abstraction.alignment",
+    "balanced": "abstraction.counterfactuals",
+    "causal_model": "abstraction.causal_model",
+    "collect": "abstraction.runtime",
+    "compare": "abstraction.verification",
+    "control_model": "abstraction.counterfactuals",
+    "counterfactual_dataset": "abstraction.counterfactuals",
+    "decide": "abstraction.verdict",
+    "evaluate": "abstraction.alignment",
+    "evaluate_cells": "abstraction.alignment",
+    "exhaustive_size": "abstraction.counterfactuals",
+    "factual_dataset": "abstraction.counterfactuals",
+    "fit": "abstraction.alignment",
+    "fit_cells": "abstraction.alignment",
+    "fit_sites": "abstraction.alignment",
+    "from_function": "abstraction.counterfactuals",
+    "from_pyvene": "abstraction.pyvene_interop",
+    "from_rows": "abstraction.counterfactuals",
+    "intervene": "abstraction.runtime",
+    "load_network": "abstraction.experiment",
+    "planted": "abstraction",
+    "relabel": "abstraction.counterfactuals",
+    "results_schema": "abstraction.results",
+    "run": "abstraction.experiment",
+    "run_baselines": "abstraction.baselines",
+    "split_by_base": "abstraction.counterfactuals",
+    "sweep": "abstraction.alignment.sweep",
+    "to_pyvene": "abstraction.pyvene_interop",
+    "uniform": "abstraction.counterfactuals",
+    "verify": "abstraction.verification",
+    "zoo": "abstraction",
+}
+"""Public name -> the module that defines it (``"abstraction"``: the name is a submodule,
+``planted`` and ``zoo``)."""
+
+# The decorator shares its module's name: bound now, so that importing the submodule
+# (which sets the package attribute of that name on first import) cannot shadow it.
+from abstraction.causal_model import causal_model  # noqa: E402
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'abstraction' has no attribute {name!r}")
+    if module == "abstraction":
+        value: Any = importlib.import_module(f"abstraction.{name}")
+    else:
+        value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 

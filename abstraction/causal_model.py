@@ -364,7 +364,7 @@ class CausalModel:
 
     def domain(self, variable: str) -> Domain | None:
         """The declared finite domain of ``variable`` (``None`` when unbounded/undeclared)."""
-        self._check_variable(variable)
+        self.check_variable(variable)
         return self._domains.get(variable)
 
     def values(self, variable: str) -> Domain:
@@ -393,7 +393,7 @@ class CausalModel:
             except DomainError:
                 # too many combinations to enumerate: the values seen on a large uniform
                 # sample (rare values may be missed; declare a domain to be exact)
-                columns = self._uniform_sample(GRID_LIMIT // 4, names=free)
+                columns = self.uniform_sample(GRID_LIMIT // 4, names=free)
             n = len(next(iter(columns.values()))) if columns else 1
             computed: dict[str, np.ndarray] = dict(columns)
             for v in self._order:
@@ -405,12 +405,12 @@ class CausalModel:
 
     def descendants(self, variable: str) -> set[str]:
         """Variables downstream of ``variable``."""
-        self._check_variable(variable)
+        self.check_variable(variable)
         return set(nx.descendants(self._graph, variable))
 
     def ancestors(self, variable: str) -> set[str]:
         """Variables upstream of ``variable``."""
-        self._check_variable(variable)
+        self.check_variable(variable)
         return set(nx.ancestors(self._graph, variable))
 
     def graph(self) -> nx.DiGraph:
@@ -476,13 +476,13 @@ class CausalModel:
         Returns:
             A dict from every variable (inputs included) to its value.
         """
-        self._check_inputs(inputs)
+        self.check_inputs(inputs)
         for var in self._inputs:
-            self._check_value(var, inputs[var], role="input")
+            self.check_value(var, inputs[var], role="input")
         interventions = dict(interventions or {})
         for var, value in interventions.items():
-            self._check_variable(var, role="intervened")
-            self._check_value(var, value, role="intervention on")
+            self.check_variable(var, role="intervened")
+            self.check_value(var, value, role="intervention on")
         values: dict[str, Any] = {}
         for v in self._order:
             # numpy scalars (e.g. read from a DataFrame) are run as the Python values
@@ -517,7 +517,7 @@ class CausalModel:
         origins = self._check_origins(origins, sources)
         values = dict(fixed or {})
         for var, source in sources.items():
-            self._check_variable(var, role="intervened")
+            self.check_variable(var, role="intervened")
             values[var] = self.run(source)[origins.get(var, var)]
         return self.run(base, values)
 
@@ -530,7 +530,7 @@ class CausalModel:
                 raise ValueError(
                     f"origins= names {target!r}, which has no source; give sources[{target!r}]"
                 )
-            self._check_variable(origin, role="origin")
+            self.check_variable(origin, role="origin")
         return origins
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -568,7 +568,7 @@ class CausalModel:
         Returns:
             A dict from every variable to a 1-D numpy array.
         """
-        self._check_inputs(inputs)
+        self.check_inputs(inputs)
         columns = {
             k: as_column(v if isinstance(v, np.ndarray) else list(v))
             for k, v in inputs.items()
@@ -583,7 +583,7 @@ class CausalModel:
         n = lengths.pop()
         fixed: dict[str, np.ndarray] = {}
         for var, value in (interventions or {}).items():
-            self._check_variable(var, role="intervened")
+            self.check_variable(var, role="intervened")
             fixed[var] = _broadcast(value, n, var)
         masks = {v: np.asarray(m, dtype=bool) for v, m in (where or {}).items()}
         for var in masks:
@@ -591,7 +591,7 @@ class CausalModel:
                 raise ValueError(f"where= names {var!r}, which is not intervened on")
         if validate:
             for var, column in [*columns.items(), *fixed.items()]:
-                self._check_column(var, column if var not in masks else column[masks[var]])
+                self.check_column(var, column if var not in masks else column[masks[var]])
         values: dict[str, np.ndarray] = {}
         for v in self._order:
             if v in fixed and v not in masks:
@@ -624,15 +624,16 @@ class CausalModel:
         origins = self._check_origins(origins, sources)
         values: dict[str, Any] = dict(fixed or {})
         for var, source in sources.items():
-            self._check_variable(var, role="intervened")
+            self.check_variable(var, role="intervened")
             if var in values:
                 raise ValueError(f"{var!r} is both fixed and interchanged; choose one")
             values[var] = self.run_batch(source, validate=validate)[origins.get(var, var)]
         return self.run_batch(base, values, where=where, validate=validate)
 
-    def _uniform_sample(
+    def uniform_sample(
         self, n: int, seed: int = 0, names: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
+        """``n`` draws of the inputs (or of ``names``), each uniform over its domain."""
         rng = np.random.default_rng(seed)
         columns = {}
         for v in self._inputs if names is None else names:
@@ -673,7 +674,8 @@ class CausalModel:
 
     # -- validation -------------------------------------------------------------------
 
-    def _check_variable(self, var: str, role: str = "") -> None:
+    def check_variable(self, var: str, role: str = "") -> None:
+        """Raise :class:`UnknownNameError`, naming the nearest, unless ``var`` is a variable."""
         if var not in self._graph:
             what = f"{role} variable" if role else "variable"
             raise UnknownNameError(
@@ -681,7 +683,8 @@ class CausalModel:
                 + nearest(var, self._order)
             )
 
-    def _check_inputs(self, inputs: Mapping[str, Any]) -> None:
+    def check_inputs(self, inputs: Mapping[str, Any]) -> None:
+        """Raise unless ``inputs`` gives every input a value and names nothing else."""
         missing = [v for v in self._inputs if v not in inputs]
         unknown = [k for k in inputs if k not in self._inputs]
         if unknown:
@@ -695,7 +698,8 @@ class CausalModel:
                 f"{self._name!r}; give every input a value"
             )
 
-    def _check_value(self, var: str, value: Any, role: str) -> None:
+    def check_value(self, var: str, value: Any, role: str) -> None:
+        """Raise :class:`DomainError` when ``value`` is outside ``var``'s declared domain."""
         dom = self._domains.get(var)
         if dom is None:
             return
@@ -705,7 +709,8 @@ class CausalModel:
                 f"use one of the declared values or widen the domain of {var!r}"
             )
 
-    def _check_column(self, var: str, column: np.ndarray) -> None:
+    def check_column(self, var: str, column: np.ndarray) -> None:
+        """Raise :class:`DomainError` when a value of ``column`` is outside ``var``'s domain."""
         dom = self._domains.get(var)
         if dom is None:
             return

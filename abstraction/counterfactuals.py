@@ -115,7 +115,7 @@ class BalancedSampler:
 
     def __call__(self, model: CausalModel, rng: np.random.Generator, n: int) -> Columns:
         for v in self.by:
-            model._check_variable(v, role="balanced")
+            model.check_variable(v, role="balanced")
         try:
             grid_size = int(np.prod([len(model.domain(v) or ()) for v in model.inputs]))
         except TypeError:
@@ -184,7 +184,7 @@ class FunctionSampler:
                 f"sampler function {self.fn!r} returned {type(drawn).__name__}; it must return a "
                 "dict mapping each input name to a column of n values"
             )
-        model._check_inputs(drawn)
+        model.check_inputs(drawn)
         columns = {v: as_column(list(drawn[v])) for v in model.inputs}
         for v, column in columns.items():
             if len(column) != n:
@@ -192,7 +192,7 @@ class FunctionSampler:
                     f"sampler function {self.fn!r} returned {len(column)} values for input "
                     f"{v!r}; it must return exactly n={n}"
                 )
-            model._check_column(v, column)
+            model.check_column(v, column)
         return columns
 
 
@@ -372,10 +372,10 @@ def _check_fixed(
 ) -> dict[str, Any]:
     checked = dict(fixed or {})
     for var, value in checked.items():
-        model._check_variable(var, role="fixed")
+        model.check_variable(var, role="fixed")
         if var in targets:
             raise ValueError(f"{var!r} is both fixed and interchanged; choose one")
-        model._check_value(var, value, role="fixed value of")
+        model.check_value(var, value, role="fixed value of")
     return checked
 
 
@@ -400,9 +400,9 @@ def _normalise_sets(
         found: list[str] = []
         for entry in entries:
             target, _, origin = (part.strip() for part in entry.partition("<-"))
-            model._check_variable(target, role="intervened")
+            model.check_variable(target, role="intervened")
             if origin:
-                model._check_variable(origin, role="origin")
+                model.check_variable(origin, role="origin")
                 if origins.get(target, origin) != origin or target in plain:
                     raise ValueError(
                         f"{target!r} takes its value from different variables in different "
@@ -781,7 +781,7 @@ def relabel(frame: pd.DataFrame, model: CausalModel) -> pd.DataFrame:
     """
     targets = [c[len("do.") :] for c in frame.columns if c.startswith("do.")]
     for v in targets:
-        model._check_variable(v, role="intervened")
+        model.check_variable(v, role="intervened")
     base = {name: frame[f"base.{name}"].to_numpy() for name in model.inputs}
     sources = {
         v: {name: frame[f"source.{v}.{name}"].to_numpy() for name in model.inputs} for v in targets
@@ -831,7 +831,7 @@ def control_model(
     seen. Pass ``distribution`` when the experiment's sampler is not uniform: under
     uniform IOI inputs the subject is almost never one of the two names.
     """
-    model._check_variable(variable, role="controlled")
+    model.check_variable(variable, role="controlled")
     if variable in model.inputs:
         raise DeclarationError(
             f"{variable!r} is an input; a control task shuffles an intermediate variable",
@@ -859,7 +859,7 @@ def control_model(
 
     elif combinations < 2**62:
         sample = (
-            model._uniform_sample(CONTROL_SAMPLE, seed=seed)
+            model.uniform_sample(CONTROL_SAMPLE, seed=seed)
             if distribution is None
             else {v: np.asarray(distribution[v]) for v in inputs}
         )

@@ -31,8 +31,7 @@ for the verdict is decided in :mod:`abstraction.verdict` from thresholds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -41,6 +40,7 @@ import torch
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment
 from abstraction.causal_model import CausalModel
+from abstraction.evidence import Diagnostics
 from abstraction.interventions import Intervention, Patch
 
 __all__ = ["DORMANT_VARIANCE", "Diagnostics", "diagnose", "isolated_pairs", "output_agreement"]
@@ -51,39 +51,6 @@ their average variance per direction."""
 
 CONNECTED_ENERGY = 0.99
 """The span of output gradients is the smallest one holding this share of their energy."""
-
-
-@dataclass(frozen=True)
-class Diagnostics:
-    """Illusion diagnostics of one aligned variable (``None``: could not be measured here).
-
-    Attributes:
-        dormant_effect: share of the patch's effect on the output margin that comes
-            through directions real inputs do not vary in.
-        disconnection: share of the aligned subspace outside the span of output gradients.
-        subspace_iia: the alignment's IIA on the isolated pairs.
-        patch_iia: the full patch's IIA on the same pairs.
-        isolated_pairs: how many isolated pairs that change the label were scored.
-        note: why a measurement is missing.
-    """
-
-    dormant_effect: float | None = None
-    disconnection: float | None = None
-    subspace_iia: float | None = None
-    patch_iia: float | None = None
-    isolated_pairs: int = 0
-    note: str = ""
-
-    @property
-    def patch_gap(self) -> float | None:
-        """``subspace_iia - patch_iia`` (``None`` without isolated pairs)."""
-        if self.subspace_iia is None or self.patch_iia is None:
-            return None
-        return self.subspace_iia - self.patch_iia
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy."""
-        return asdict(self)
 
 
 @dataclass(frozen=True, repr=False, eq=False)

@@ -67,7 +67,8 @@ from abstraction.results import (
 )
 from abstraction.statistics import iia
 from abstraction.task import Task
-from abstraction.verdict import Thresholds, Verification, _rows_for, compare, verify
+from abstraction.verdict import Thresholds
+from abstraction.verification import Verification, compare, rows_for, verify
 
 __all__ = ["EXHAUSTIVE_TEST_LIMIT", "Experiment", "Search", "load_network", "run"]
 
@@ -208,7 +209,7 @@ class Experiment:
                 "search=Search(layers=..., positions=...) to choose the site on validation",
             )
         for v in self.variables:
-            self.model._check_variable(v, role="aligned")
+            self.model.check_variable(v, role="aligned")
         for option, per_variable in (("location", self.location), ("search", self.search)):
             if not isinstance(per_variable, Mapping):
                 continue
@@ -286,7 +287,7 @@ class Experiment:
         }
         for rival in self.rivals:
             for v in self.variables:
-                rival._check_variable(v, role="aligned")
+                rival.check_variable(v, role="aligned")
 
     def _check_positions(self) -> None:
         """Named positions must be ones the task defines (checked before any data is made)."""
@@ -364,7 +365,7 @@ def run(
     torch thread count and leaves the caller's global RNG untouched, so its numbers do not
     depend on either. The result holds the verdict and every reported number
     (``result.to_json()`` is ``results.json``; ``result.to_frame()`` a table), and carries
-    the :class:`~abstraction.verdict.Verification` and the trained alignment.
+    the :class:`~abstraction.verification.Verification` and the trained alignment.
 
     Args:
         experiment: what to run.
@@ -618,7 +619,7 @@ def _compare_methods(
         finally:
             engine.close()
         for v in variables:
-            rows = _rows_for(test, v)  # the rows verify scores the variable on
+            rows = rows_for(test, v)  # the rows verify scores the variable on
             untrained_patch[v] = float(correct[rows].mean())
     rows_by_variable: dict[str, list[MethodRow]] = {v: [] for v in variables}
     validation_iia: dict[str, float] = {}

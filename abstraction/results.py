@@ -7,12 +7,12 @@ drift apart; :data:`SCHEMA_VERSION` is the one version number of that format.
 
 The smaller records (:class:`VariableRecord`, :class:`AlignmentRecord`, ...) are the
 JSON shape of the library's own objects; each has an ``of`` constructor that reads
-the object (a :class:`~abstraction.verdict.VariableResult`, an
+the object (a :class:`~abstraction.verification.VariableResult`, an
 :class:`~abstraction.alignment.Alignment`, ...). Estimates, comparisons, thresholds,
 seed summaries and counterexamples are the library's dataclasses themselves.
 
 A result made by :func:`abstraction.run` also carries, unserialised, the
-:class:`~abstraction.verdict.Verification` it came from (and through it the trained
+:class:`~abstraction.verification.Verification` it came from (and through it the trained
 alignment and the per-pair correctness); a result read back from ``results.json``
 carries only what the file holds.
 
@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, PrivateAttr, ValidationError
 
-from abstraction.diagnostics import Diagnostics
 from abstraction.errors import AbstractionError, DamagedFileError
+from abstraction.evidence import Counterexample, Diagnostics
 from abstraction.files import read_json
 from abstraction.statistics import Comparison, Estimate, SeedSummary
-from abstraction.verdict import Counterexample, Thresholds, Verdict
+from abstraction.verdict import Thresholds, Verdict
 
 if TYPE_CHECKING:
     from abstraction.alignment.result import Alignment
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from abstraction.causal_model import CausalModel
     from abstraction.locations import Location
     from abstraction.network import Network
-    from abstraction.verdict import VariableResult, Verification
+    from abstraction.verification import VariableResult, Verification
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -688,7 +688,7 @@ class ExperimentResult(_Record):
 
     @property
     def verification(self) -> Verification:
-        """The :class:`~abstraction.verdict.Verification` (only on results from ``run``)."""
+        """The :class:`~abstraction.verification.Verification` (only on results from ``run``)."""
         if self._verification is None:
             raise ResultsError(
                 f"the result of {self.experiment!r} was read from results.json, which holds "

@@ -80,7 +80,7 @@ from abstraction import (
     causal_model,
     counterfactual_dataset,
 )
-from abstraction.alignment.das import _Rotation, fit, reproducible
+from abstraction.alignment.das import LearnedRotation, fit, reproducible
 from abstraction.alignment.staircase import evaluate_cells, fit_cells, fitted_apart
 from abstraction.alignment.step import PRECISIONS, step_precision
 from abstraction.locations import resolve_positions
@@ -168,7 +168,9 @@ def gpt2_small(seed: int) -> Network:
 
 def initial_basis(seed: int) -> torch.Tensor:
     """The rank-1 basis our DAS starts from with this seed (given to pyvene too)."""
-    return reproducible(lambda: _Rotation(WIDTH, 1, torch.Generator().manual_seed(seed)))().weight
+    return reproducible(
+        lambda: LearnedRotation(WIDTH, 1, torch.Generator().manual_seed(seed))
+    )().weight
 
 
 # -- FLOP counts ------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ from abstraction import (
     counterfactual_dataset,
     zoo,
 )
-from abstraction.alignment.das import _Rotation, fit, reproducible
+from abstraction.alignment.das import LearnedRotation, fit, reproducible
 from abstraction.alignment.staircase import evaluate_cells, fit_cells, fitted_apart
 from abstraction.interventions import InterventionError
 from abstraction.locations import resolve_positions
@@ -315,7 +315,9 @@ def sweep_flops(
 
 def initial_basis(width: int, seed: int) -> torch.Tensor:
     """The rank-1 basis our DAS starts from with this seed (given to pyvene too)."""
-    return reproducible(lambda: _Rotation(width, 1, torch.Generator().manual_seed(seed)))().weight
+    return reproducible(
+        lambda: LearnedRotation(width, 1, torch.Generator().manual_seed(seed))
+    )().weight
 
 
 def pyvene_cell(network: Network, layer: int, basis: torch.Tensor) -> tuple[dict[str, Any], Any]:

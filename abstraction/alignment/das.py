@@ -236,7 +236,7 @@ _FEATURE_FIELDS = (
 _DEFAULTS = TrainingConfig()
 
 
-class _Rotation(nn.Module):
+class LearnedRotation(nn.Module):
     """An orthonormal ``(width, k)`` basis, parametrised to stay orthonormal (as pyvene)."""
 
     def __init__(self, width: int, k: int, generator: torch.Generator) -> None:
@@ -247,10 +247,10 @@ class _Rotation(nn.Module):
         nn.utils.parametrizations.orthogonal(self, "weight")
 
 
-class _RotationStack:
+class LearnedRotationStack:
     """The weights of several same-shaped rotations, computed as one batched map.
 
-    Each :class:`_Rotation` recomputes its orthogonal parametrisation (a Householder
+    Each :class:`LearnedRotation` recomputes its orthogonal parametrisation (a Householder
     product or a matrix exponential, then its fixed base) at every step; a staircase of
     cells would pay it, forward and backward, once per cell. Stacked, the same map runs
     once for all of them, so a step dispatches the same number of operations for 2 cells
@@ -258,7 +258,7 @@ class _RotationStack:
     products sum in another order), and each parameter gets exactly its own gradient.
     """
 
-    def __init__(self, rotations: Sequence[_Rotation]) -> None:
+    def __init__(self, rotations: Sequence[LearnedRotation]) -> None:
         # torch types a parametrised module's attributes loosely: name what they are
         parametrized: list[Any] = [
             r.parametrizations.weight  # type: ignore[union-attr]
@@ -276,7 +276,7 @@ class _RotationStack:
         return out
 
 
-def _subspaces(
+def subspace_spans(
     method: str,
     variables: Sequence[str],
     width: int,
@@ -619,16 +619,16 @@ def fit_sites(
         )
     generator = torch.Generator().manual_seed(config.seed)
     spans: dict[Location, dict[str, tuple[int, int]]] = {}
-    rotations: dict[Location, _Rotation] = {}
+    rotations: dict[Location, LearnedRotation] = {}
     for location, members in groups.items():
         width = prepared.width_of(members[0])
-        spans[location] = _subspaces(method, members, width, rank, subspaces)
+        spans[location] = subspace_spans(method, members, width, rank, subspaces)
         k = (
             width
             if method in ("das", "boundless")
             else max(stop for _, stop in spans[location].values())
         )
-        rotations[location] = _Rotation(width, k, generator).to(network.device)
+        rotations[location] = LearnedRotation(width, k, generator).to(network.device)
     boundary = nn.Parameter(torch.tensor(0.5, device=network.device))
     params: list[nn.Parameter] = [p for r in rotations.values() for p in r.parameters()]
     if method == "boundless":

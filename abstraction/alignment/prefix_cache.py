@@ -228,7 +228,7 @@ may stop at the final hidden state and unembed only the readout position."""
 
 def supports_kv_reuse(network: Network) -> bool:
     """Whether :class:`PrefixCache` may keep keys and values for ``network`` (``start > 0``)."""
-    return tested_model_type(network, KV_FAMILIES) and _unembedding(network) is not None
+    return tested_model_type(network, KV_FAMILIES) and unembedding(network) is not None
 
 
 def tested_model_type(network: Network, families: Sequence[str]) -> bool:
@@ -241,7 +241,7 @@ def tested_model_type(network: Network, families: Sequence[str]) -> bool:
     return getattr(network.config, "model_type", None) in family.model_types
 
 
-def _unembedding(network: Network) -> nn.Linear | None:
+def unembedding(network: Network) -> nn.Linear | None:
     """The output embedding when the logits are exactly ``hidden @ W.T (+ b)``."""
     if not tested_model_type(network, _READOUT_FAMILIES) or network.base_model is None:
         return None
@@ -343,7 +343,7 @@ def run_suffix(
             grouped-query attention).
     """
     batch = batch.to(network.device)
-    head = _unembedding(network) if batch.readout is not None else None
+    head = unembedding(network) if batch.readout is not None else None
     if head is None:
         if start:
             raise AbstractionError("a suffix from position > 0 needs a known unembedding")
@@ -365,19 +365,17 @@ def run_suffix(
             else v
             for k, v in inputs.items()
         }
-        inputs[_cache_keyword(base)] = _past_cache(past, cut, len(network.blocks), start, hidden)
+        inputs[_cache_keyword(base)] = past_cache(past, cut, len(network.blocks), start, hidden)
     with stub_blocks(network, cut, hidden, tuple_len), hooked(network, edits):
         output = base(**inputs, use_cache=False)
     final = getattr(output, "last_hidden_state", None)
     if final is None:
         final = output[0]
     rows = torch.arange(final.shape[0], device=final.device)
-    return _unembed(final[rows, batch.readout - start], head, batch.candidates)
+    return unembed(final[rows, batch.readout - start], head, batch.candidates)
 
 
-def _unembed(
-    hidden: torch.Tensor, head: nn.Linear, candidates: torch.Tensor | None
-) -> torch.Tensor:
+def unembed(hidden: torch.Tensor, head: nn.Linear, candidates: torch.Tensor | None) -> torch.Tensor:
     """``head(hidden)`` restricted to the candidate ids: only their rows are multiplied."""
     if candidates is None:
         logits: torch.Tensor = head(hidden)
@@ -393,7 +391,7 @@ def _unembed(
     return logits
 
 
-def _past_cache(
+def past_cache(
     past: Sequence[tuple[torch.Tensor, torch.Tensor]],
     cut: int,
     n_blocks: int,
@@ -537,6 +535,13 @@ class PrefixCache:
             both = _rows(kv, index)  # (rows, 2, heads, start, dim)
             out.append((both[:, 0], both[:, 1]))
         return out
+
+    @staticmethod
+    def filled_together(caches: Sequence[PrefixCache]) -> bool:
+        """Whether ``caches`` were filled by one pass and share their storage
+        (:meth:`for_cuts`), as a staircase of cells needs."""
+        first = caches[0]._filled if caches else None
+        return first is not None and all(c._filled is first for c in caches)
 
     def reordered(self, order: torch.Tensor, *, keys_values: bool = True) -> PrefixCache:
         """This cache with rows permuted by ``order`` (for shuffled training).

@@ -155,7 +155,7 @@ class PreparedInterchanges:
         reuse_keys_values: bool = True,
     ) -> None:
         self._setup(network, task, data, location, variables, _encode(task, data, variables))
-        batch_size = min(batch_size, self._rows_per_pass())
+        batch_size = min(batch_size, self.rows_per_pass())
         self.sources: dict[str, torch.Tensor] = {
             v: _collect(network, task.batch(data, f"source.{v}."), [self.sites[v]], batch_size)[0]
             for v in self.variables
@@ -205,7 +205,7 @@ class PreparedInterchanges:
         if not prepared:
             return []
         first = prepared[0]
-        batch_size = min(batch_size, first._rows_per_pass())
+        batch_size = min(batch_size, first.rows_per_pass())
         for v in first.variables:
             sites = [item.sites[v] for item in prepared]
             found = _collect(network, task.batch(data, f"source.{v}."), sites, batch_size)
@@ -252,7 +252,7 @@ class PreparedInterchanges:
             at = resolve_positions(site.location.position, self.base, length)
             if at is None:
                 continue
-            offset = self.start if self._at_cut(site) else 0
+            offset = self.start if self.at_cut(site) else 0
             if offset and bool((at < offset).any()):
                 raise InterventionError(
                     f"at {site.location}: a row's position is before {offset}, the first "
@@ -302,7 +302,7 @@ class PreparedInterchanges:
             else None
         )
 
-    def _rows_per_pass(self, cached_bytes_per_row: int = 0) -> int:
+    def rows_per_pass(self, cached_bytes_per_row: int = 0) -> int:
         """Rows per forward pass that keep its working set near :data:`PASS_BYTES`.
 
         A block's working set is about 24 floats per position and unit of width
@@ -432,7 +432,7 @@ class PreparedInterchanges:
         hidden = self.cache.get(rows).to(self.network.device)
         hooks = []
         for site, edit in self._edits(base, rows, interventions, self.cache.start):
-            if self._at_cut(site):
+            if self.at_cut(site):
                 # The cached block output is the site itself: edit it before the suffix runs.
                 hidden = edit(hidden)
             else:
@@ -449,13 +449,13 @@ class PreparedInterchanges:
             if not here:
                 continue
             at = self._positions.get(site.location) if start == self.start else None
-            offset = start if self._at_cut(site) else 0
+            offset = start if self.at_cut(site) else 0
             edits.append(
                 (site, site_edit(site, base, here, offset=offset, positions=_rows(at, rows)))
             )
         return edits
 
-    def _at_cut(self, site: ResolvedLocation) -> bool:
+    def at_cut(self, site: ResolvedLocation) -> bool:
         return self.cache is not None and site.is_block_output and cut_layer(site) == self.cache.cut
 
     @torch.no_grad()
@@ -474,7 +474,7 @@ class PreparedInterchanges:
             rows = torch.arange(self.rows)
         if batch_size is None:
             cached = self.cache.nbytes // max(1, self.rows) if self.cache is not None else 0
-            batch_size = min(8192, self._rows_per_pass(cached))
+            batch_size = min(8192, self.rows_per_pass(cached))
         preds = [
             self.logits(rows[s : s + batch_size], interventions).argmax(-1).cpu()
             for s in range(0, len(rows), batch_size)

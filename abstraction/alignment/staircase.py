@@ -42,19 +42,20 @@ import torch
 from torch import nn
 
 from abstraction.alignment.das import (
+    LearnedRotation,
+    LearnedRotationStack,
     TrainingConfig,
-    _Rotation,
-    _RotationStack,
-    _subspaces,
     evaluate,
     fit,
     reproducible,
+    subspace_spans,
 )
 from abstraction.alignment.prefix_cache import (
-    _past_cache,
-    _unembed,
-    _unembedding,
+    PrefixCache,
+    past_cache,
     tested_model_type,
+    unembed,
+    unembedding,
 )
 from abstraction.alignment.prepared import PASS_BYTES, Interventions, PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError
@@ -152,14 +153,13 @@ def staircase_unsupported(cells: Sequence[PreparedInterchanges]) -> str | None:
     first = cells[0]
     if any(cell.cache is None for cell in cells):
         return "some cells have no prefix cache"
-    filled = [cell.cache._filled for cell in cells if cell.cache is not None]
-    if filled[0] is None or any(f is not filled[0] for f in filled):
+    if not PrefixCache.filled_together([cell.cache for cell in cells if cell.cache is not None]):
         return "the cells were not prepared together (PreparedInterchanges.for_locations)"
     if any(cell.network is not first.network for cell in cells):
         return "the cells belong to different networks"
     if any(cell.variables != first.variables for cell in cells):
         return "the cells align different variables"
-    if first.base.readout is None or _unembedding(first.network) is None:
+    if first.base.readout is None or unembedding(first.network) is None:
         return "the network has no known unembedding at a readout position"
     if not _block_calling(first.network):
         model_type = getattr(first.network.config, "model_type", None)
@@ -174,7 +174,7 @@ def staircase_unsupported(cells: Sequence[PreparedInterchanges]) -> str | None:
             f"need (one of {MASKED_ATTENTION} does)"
         )
     for cell in cells:
-        if cell.multi_site or not cell._at_cut(cell.site):
+        if cell.multi_site or not cell.at_cut(cell.site):
             return f"{cell.site.location} is not the cached block output"
     return None
 
@@ -214,7 +214,7 @@ def _causal_mask(
     cache = None
     if start:
         later = [past[j] for j in range(cut + 1, len(blocks))]
-        cache = _past_cache(later, cut, len(blocks), start, hidden)
+        cache = past_cache(later, cut, len(blocks), start, hidden)
     length = start + hidden.shape[1]
     positions = torch.arange(start, length, device=hidden.device).unsqueeze(0)
     # transformers renamed create_causal_mask's `past_key_values` to `cache` (5.2x) and
@@ -307,7 +307,7 @@ def _run_stacked(
 ) -> tuple[torch.Tensor, list[int]]:
     """:func:`run_staircase`'s logits as one tensor, ``len(batch)`` rows per cell in the
     order the cells joined (by cut), and that order (stage indices)."""
-    blocks, base, head = network.blocks, network.base_model, _unembedding(network)
+    blocks, base, head = network.blocks, network.base_model, unembedding(network)
     assert blocks is not None and base is not None and head is not None
     assert batch.readout is not None
     device = network.device
@@ -379,13 +379,13 @@ def _run_stacked(
     candidates = batch.candidates
     if candidates is not None and candidates.dim() == 2:
         candidates = candidates.repeat(len(joined), 1)
-    logits = _unembed(picked.transpose(0, 1).reshape(-1, picked.shape[-1]), head, candidates)
+    logits = unembed(picked.transpose(0, 1).reshape(-1, picked.shape[-1]), head, candidates)
     return logits, joined
 
 
 def _staircase_loss(
     cells: Sequence[PreparedInterchanges],
-    rotations: Sequence[_Rotation],
+    rotations: Sequence[LearnedRotation],
     patches: Sequence[Callable[[torch.Tensor], Interventions]],
     keeper: PreparedInterchanges,
     labels: torch.Tensor,
@@ -393,7 +393,7 @@ def _staircase_loss(
     """A staircase training step's forward: each cell's mean cross-entropy on base rows
     ``rows``, in the order the cells join the staircase (by cut), and that order
     (indices into ``cells``)."""
-    stack = _RotationStack(rotations)
+    stack = LearnedRotationStack(rotations)
 
     def losses(rows: torch.Tensor | slice) -> tuple[torch.Tensor, list[int]]:
         weights = stack.weights().unbind(0)  # one view op (and one stack backward)
@@ -520,7 +520,7 @@ def evaluate_cells(
     scored as one staircase where the cells allow it."""
     first = cells[0]
     cached = first.cache.nbytes // max(1, first.rows) if first.cache is not None else 0
-    small = first._rows_per_pass(cached) * _suffix_positions(first) <= SMALL_STEP_ROWS
+    small = first.rows_per_pass(cached) * _suffix_positions(first) <= SMALL_STEP_ROWS
     if not small or staircase_unsupported(cells) is not None:
         return [evaluate(a, c) for a, c in zip(alignments, cells, strict=True)]
     return _correct(cells, [a.interventions() for a in alignments])
@@ -621,10 +621,10 @@ def _fit_staircase(
     first = cells[0]
     network = first.network
     spans, rotations = [], []
-    drawn: dict[tuple[int, int], tuple[_Rotation, torch.Tensor]] = {}
+    drawn: dict[tuple[int, int], tuple[LearnedRotation, torch.Tensor]] = {}
     for cell in cells:
         width = cell.width_of(variables[0])
-        spans.append(_subspaces(method, variables, width, rank, None))
+        spans.append(subspace_spans(method, variables, width, rank, None))
         k = width if method == "das" else max(stop for _, stop in spans[-1].values())
         if (width, k) not in drawn:
             # as each cell's own fit under `reproducible`: its generator and the global RNG
@@ -633,7 +633,7 @@ def _fit_staircase(
             generator = torch.Generator().manual_seed(config.seed)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                drawn[width, k] = (_Rotation(width, k, generator), generator.get_state())
+                drawn[width, k] = (LearnedRotation(width, k, generator), generator.get_state())
         rotations.append(copy.deepcopy(drawn[width, k][0]).to(network.device))
     states = [state for _, state in drawn.values()]
     if any(not torch.equal(s, states[0]) for s in states):

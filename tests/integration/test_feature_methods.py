@@ -25,7 +25,7 @@ from abstraction.alignment import Alignment, AlignmentError, PreparedInterchange
 from abstraction.errors import DamagedFileError, DeclarationError
 from abstraction.featurizers import Rotation
 from abstraction.interventions import FeaturePatch
-from abstraction.verdict import verify
+from abstraction.verification import verify
 
 SITE = Location.module("represent")
 VARIABLES = ["wx", "yz"]

@@ -26,7 +26,7 @@ from abstraction import (
     TrainingConfig,
 )
 from abstraction.alignment import staircase
-from abstraction.alignment.das import _Rotation, _RotationStack, fit, reproducible
+from abstraction.alignment.das import LearnedRotation, LearnedRotationStack, fit, reproducible
 from abstraction.alignment.prefix_cache import DEVICE_BUDGET_VARIABLE, device_budget
 from abstraction.alignment.result import AlignmentError
 from abstraction.alignment.staircase import (
@@ -359,12 +359,12 @@ def test_a_staircase_step_reads_nothing_back_and_its_rotations_cost_the_same_for
 
 def test_rotation_stack_gives_each_rotation_its_weight_and_its_gradient() -> None:
     generator = torch.Generator().manual_seed(0)
-    rotations = [_Rotation(16, 3, generator) for _ in range(4)]
+    rotations = [LearnedRotation(16, 3, generator) for _ in range(4)]
     with torch.no_grad():
         for rotation in rotations:
             original = rotation.parametrizations.weight.original
             original.add_(0.1 * torch.randn(original.shape, generator=generator))
-    stacked = _RotationStack(rotations).weights()
+    stacked = LearnedRotationStack(rotations).weights()
     torch.testing.assert_close(stacked, torch.stack([r.weight for r in rotations]))
     probe = torch.randn(stacked.shape, generator=generator)
     (stacked * probe).sum().backward()

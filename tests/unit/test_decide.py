@@ -203,7 +203,7 @@ def test_counterexamples_with_entity_labels_group_by_whether_the_label_changes()
     import numpy as np
     import pandas as pd
 
-    from abstraction.verdict import _counterexamples
+    from abstraction.verification import _counterexamples
 
     names = [f"name{i}" for i in range(40)]
     test = pd.DataFrame(

@@ -27,6 +27,8 @@ ORDER = [
     "runtime",
     "pyvene_interop",
     "statistics",
+    "evidence",
+    "verdict",
     "op_counts",
     "alignment.prefix_cache",
     "alignment.prepared",
@@ -38,7 +40,7 @@ ORDER = [
     "alignment.sweep",
     "baselines",
     "diagnostics",
-    "verdict",
+    "verification",
     "results",
     "experiment",
     "tasks.library",
@@ -98,3 +100,70 @@ def test_report_never_imports_alignment_and_nothing_imports_cli() -> None:
     assert not any(i.startswith("alignment") for i in _imports(PACKAGE / "report.py"))
     for path in PACKAGE.rglob("*.py"):
         assert "cli" not in _imports(path) or path.name == "__main__.py", path
+
+
+def test_a_report_renders_without_torch_or_training_code(tmp_path: Path) -> None:
+    # results.json is read and its report rendered with torch unimportable: neither the
+    # records nor the renderer need the training stack
+    import subprocess
+    import sys
+
+    report = PACKAGE.parent / "reports" / "hierarchical_equality"
+    script = f"""
+import sys
+class Blocked:  # any import of torch now fails
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Blocked())
+from abstraction import report
+from abstraction.results import ExperimentResult
+result = ExperimentResult.from_json(open({str(report / "results.json")!r}).read())
+report.write(result, {str(tmp_path / "out")!r})
+heavy = sorted(m for m in sys.modules if m.startswith(("abstraction.alignment",
+    "abstraction.verification", "abstraction.network", "abstraction.baselines")))
+print("loaded:", heavy)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "loaded: []" in done.stdout
+    # the same report as one rendered with everything importable
+    from abstraction import report as renderer
+    from abstraction.results import ExperimentResult
+
+    result = ExperimentResult.from_json((report / "results.json").read_text())
+    renderer.write(result, tmp_path / "with_torch")
+    written = (tmp_path / "out" / "report.md").read_text()
+    assert written == (tmp_path / "with_torch" / "report.md").read_text()
+    assert (tmp_path / "out" / "index.html").stat().st_size > 0
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_no_private_name_crosses_a_module() -> None:
+    # a module reads only its own private names: what another module needs is public
+    # there (imports of `_name`, and `obj._name` where this module defines no `_name`)
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        own = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                own.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                own.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                own.add(node.id)
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                own.add(node.target.id)
+        where = path.relative_to(PACKAGE.parent)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("abstraction"):
+                wrong += [f"{where}: imports {a.name}" for a in node.names if _private(a.name)]
+            elif isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in own:
+                wrong.append(f"{where}:{node.lineno}: reads .{node.attr}")
+    assert not wrong, wrong
