@@ -649,9 +649,6 @@ def tasks_table(
     from abstraction import tasks
 
     try:
-        if task:
-            for name in task:
-                tasks.get(name)  # an unknown name fails before anything loads
         budget = tasks.TableBudget(layers=layers or None, pairs=pairs, heads=heads)
         with _Phases(console, transient=False) as phase:
             table = tasks.results_table(

@@ -42,6 +42,7 @@ from abstraction.results import (
 )
 
 __all__ = [
+    "describe_location",
     "draw_causal_graph",
     "draw_head_heatmap",
     "draw_heatmap",
@@ -364,7 +365,8 @@ def _fmt(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def _where(location: Mapping[str, Any]) -> str:
+def describe_location(location: Mapping[str, Any]) -> str:
+    """``"layer 18 residual @ s.last"``: a location record (a dict of its fields) in words."""
     if location.get("path"):
         where = f"{location['path']} ({location.get('hook', 'output')})"
     else:
@@ -383,17 +385,17 @@ def _where(location: Mapping[str, Any]) -> str:
 
 def _where_all(locations: Mapping[str, Mapping[str, Any]]) -> str:
     """``"layer 1 residual @ last"``, or ``"s at ...; io at ..."`` for several sites."""
-    distinct = {_where(loc) for loc in locations.values()}
+    distinct = {describe_location(loc) for loc in locations.values()}
     if len(distinct) == 1:
         return distinct.pop()
-    return "; ".join(f"{v} at {_where(loc)}" for v, loc in locations.items())
+    return "; ".join(f"{v} at {describe_location(loc)}" for v, loc in locations.items())
 
 
 def _locations(document: Mapping[str, Any]) -> str:
     per_variable = document["config"].get("locations")
     if per_variable:
-        return "; ".join(f"{v} at {_where(loc)}" for v, loc in per_variable.items())
-    return _where(document["alignment"]["location"])
+        return "; ".join(f"{v} at {describe_location(loc)}" for v, loc in per_variable.items())
+    return describe_location(document["alignment"]["location"])
 
 
 def render(results: ExperimentResult, figures: Mapping[str, Path]) -> tuple[str, str]:

@@ -192,11 +192,7 @@ class ResultsTable:
 
 
 def _site(record: SweepRecord | None) -> str:
-    if record is None:
-        return "-"
-    c = record.chosen
-    head = f" head {c.head}" if c.head is not None else ""
-    return f"layer {c.layer} {c.component}{head} @ {c.position}"
+    return "-" if record is None else report.describe_location(record.chosen.model_dump())
 
 
 def _rows(task: str, result: ExperimentResult, seconds: float) -> list[TableRow]:
@@ -257,8 +253,9 @@ def results_table(
     start = time.perf_counter()
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
-    loaded = load_network(network)
+    # an unknown task name fails before the network loads
     chosen = [get(t) if isinstance(t, str) else t for t in (tasks or names())]
+    loaded = load_network(network)
     seen: list[Behaviour] = []
     rows: list[TableRow] = []
     by_layer: dict[str, list[dict[str, Any]]] = {}
