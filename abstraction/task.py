@@ -199,7 +199,7 @@ class EntityVectorTask(Task):
         dim: the dimension of each entity vector.
         seed: seed of the random vectors (uniform in [-1, 1], rounded to 2 decimals as in
             pyvene's tutorial).
-        labels: output value -> class id (default: the output's values in order).
+        labels_map: output value -> class id (default: the output's values in order).
         sequence_dim: add a length-1 position dimension (pyvene's MLP expects
             ``inputs_embeds`` of shape ``(batch, 1, width)``).
     """

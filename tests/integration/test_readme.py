@@ -1,4 +1,6 @@
-"""README's code runs as written: the tour's hypothesis declares a valid experiment."""
+"""README's (and the docs site's) marked code runs as written: the tour's hypothesis
+declares a valid experiment, the notebook path runs, and so do the examples of
+``docs/concepts/causal-models.md`` and ``docs/howto/own-network.md``."""
 
 from __future__ import annotations
 
@@ -10,11 +12,16 @@ import pytest
 from abstraction import CausalModel, Experiment
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = README.parent / "docs"
 
 
 def readme_block(marker: str) -> str:
-    """The fenced code block that follows the line ``<!-- marker -->`` in README.md."""
-    lines = README.read_text(encoding="utf-8").splitlines()
+    """The fenced code block that follows the line ``<!-- marker -->`` in README.md or in
+    a page of the docs site (``docs/**/*.md``); the marker must occur once in all."""
+    pages = [README, *sorted(DOCS.rglob("*.md"))]
+    found = [p for p in pages if f"<!-- {marker} -->" in p.read_text(encoding="utf-8")]
+    assert len(found) == 1, f"<!-- {marker} --> is in {found}, not in exactly one page"
+    lines = found[0].read_text(encoding="utf-8").splitlines()
     start = lines.index(f"<!-- {marker} -->") + 1
     assert lines[start].startswith("```"), f"no code block after <!-- {marker} -->"
     end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("```"))
