@@ -5,8 +5,8 @@ The same tree-structured algorithm, rival and subspaces as
 pyvene's tutorial MLP (3 ReLU layers of width 16) with the tutorial's training recipe,
 except that its training inputs draw every entity uniformly from the 20 (``w == x`` and
 ``y == z`` each hold one time in 20) instead of making the four (wx, yz) cases equally
-likely. That one change takes layer-0 IIA from about 0.88 to about 0.999 (README, "How
-faithful is faithful").
+likely. That one change takes layer-0 IIA from about 0.88 to about 0.999 (docs/calibration.md,
+"How faithful is faithful").
 
     abstraction run hypotheses/hierarchical_equality_uniform.py
 """

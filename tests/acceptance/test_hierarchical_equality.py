@@ -1,4 +1,4 @@
-"""The examples end to end: each gives the verdict README documents for it, and the main
+"""The examples end to end: each gives the verdict README and docs/ document for it, and the main
 hierarchical-equality hypothesis beats every null and its rival."""
 
 from __future__ import annotations
@@ -70,9 +70,9 @@ def test_each_example_gives_its_documented_verdict(name: str, verdict: str) -> N
 
 
 def test_method_comparison_on_the_uniform_mlp_ranks_as_documented() -> None:
-    """README's "what ranks where": on the uniformly trained MLP's layer 0, a mask over a
-    few neurons and DAS both align wx and yz (>= 0.95), the full patch and PCA do not, and
-    no method's untrained-network null comes near its IIA."""
+    """docs/howto/featurizers.md's "what ranks where": on the uniformly trained MLP's
+    layer 0, a mask over a few neurons and DAS both align wx and yz (>= 0.95), the full
+    patch and PCA do not, and no method's untrained-network null comes near its IIA."""
     results = run(_experiment("hierarchical_equality_methods"), seed=0)
     validate(results)
     methods = results.methods

@@ -111,8 +111,9 @@ def test_json_output(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["ioi", "binding"])
 def test_language_model_examples_quick_json(name: str, tmp_path: Path) -> None:
-    """README's language-model examples run as a user would: `--quick --json`, exit 0,
-    a schema-valid results.json that says the zoo LM solves the task on held-out words."""
+    """The language-model examples (docs/howto/language-models.md) run as a user would:
+    `--quick --json`, exit 0, a schema-valid results.json that says the zoo LM solves the
+    task on held-out words."""
     code, output = _run(
         "run",
         str(ROOT / "hypotheses" / f"{name}.py"),

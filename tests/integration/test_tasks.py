@@ -1,5 +1,6 @@
 """The task library: every task builds on three kinds of tokenizer, multi-token slots
-included; SmolLM2 solves the tasks README says it solves; the CLI lists and checks them.
+included; SmolLM2 solves the tasks docs/howto/tasks.md says it solves; the CLI lists and
+checks them.
 
 Tokenizers: SmolLM2-135M's own (from its GGUF file), a GPT-2-style byte-level BPE and a
 SentencePiece-style (Metaspace) BPE, both trained here on the tasks' own prompts with
@@ -157,7 +158,7 @@ SMOLLM2_ACCURACY = {
     "ioi": 0.995,
     "mcqa": 0.505,
 }
-"""README's table (`abstraction tasks check smollm2-135m --prompts 200`)."""
+"""docs/howto/tasks.md's table (`abstraction tasks check smollm2-135m --prompts 200`)."""
 
 
 def test_tasks_check_on_smollm2_reproduces_the_readme() -> None:
