@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from abstraction.alignment import (
         Alignment,
         AlignmentError,
+        Method,
         PrefixCache,
         PreparedInterchanges,
         StepCaptureWarning,
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
         fit,
         fit_cells,
         fit_sites,
+        method_named,
     )
     from abstraction.alignment.sweep import Cell, SweepResult, sweep
     from abstraction.baselines import BASELINES, run_baselines
@@ -173,6 +175,7 @@ _EXPORTS: dict[str, str] = {
     "NetworkError": "abstraction.network",
     "NullEvidence": "abstraction.evidence",
     "Patch": "abstraction.interventions",
+    "Method": "abstraction.alignment",
     "PrefixCache": "abstraction.alignment",
     "PreparedInterchanges": "abstraction.alignment",
     "PromptTask": "abstraction.prompts",
@@ -213,6 +216,7 @@ _EXPORTS: dict[str, str] = {
     "fit": "abstraction.alignment",
     "fit_cells": "abstraction.alignment",
     "fit_sites": "abstraction.alignment",
+    "method_named": "abstraction.alignment",
     "from_function": "abstraction.counterfactuals",
     "from_pyvene": "abstraction.pyvene_interop",
     "from_rows": "abstraction.counterfactuals",
@@ -289,6 +293,7 @@ __all__ = [
     "LowRankPatch",
     "MeanAblation",
     "Mechanism",
+    "Method",
     "Network",
     "NetworkError",
     "NullEvidence",
@@ -338,6 +343,7 @@ __all__ = [
     "from_rows",
     "intervene",
     "load_network",
+    "method_named",
     "planted",
     "relabel",
     "results_schema",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -32,11 +32,10 @@ import torch
 from torch import nn
 
 from abstraction.alignment.das import TrainingConfig, evaluate, fit_sites
-from abstraction.alignment.masks import Featurizers
+from abstraction.alignment.method import Featurizers, Method, method_named
 from abstraction.alignment.prepared import PreparedInterchanges
-from abstraction.alignment.result import FEATURE_METHODS, Alignment
+from abstraction.alignment.result import Alignment
 from abstraction.counterfactuals import control_model, relabel
-from abstraction.featurizers import Identity, SparseAutoencoder
 from abstraction.interventions import Intervention, MeanAblation, Patch, random_subspace_patches
 from abstraction.network import Network, restore_default_linear_init, seeded
 from abstraction.task import Task
@@ -150,7 +149,7 @@ def run_baselines(
     config = config or TrainingConfig()
     alignments = [alignment] if isinstance(alignment, Alignment) else list(alignment)
     variables = [v for a in alignments for v in a.variables]
-    method = alignments[0].method if alignments[0].method != "patch" else "das"
+    method = method_named(alignments[0].method).null()
     has_basis = all(a.basis is not None for a in alignments)
     results: list[BaselineResult] = []
 
@@ -173,7 +172,7 @@ def run_baselines(
         elif name == "untrained":
             note("DAS on a randomly initialised network")
             fresh = random_weights(network, seed=1)
-            featurizer, null_config = _null_featurizers(alignments, config)
+            featurizer, null_config = method.null_featurizers(alignments, config)
             correct, accuracy, unchanged = _retrained(
                 fresh,
                 task,
@@ -217,7 +216,7 @@ def run_baselines(
                     alignments,
                     method,
                     config,
-                    featurizer=_same_featurizers(alignments),
+                    featurizer=method.same_featurizers(alignments),
                 )
                 results.append(BaselineResult(name, v, correct.unsqueeze(0)))
         elif name == "patch":
@@ -238,7 +237,7 @@ def _retrained(
     task: Task,
     splits: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
     alignments: Sequence[Alignment],
-    method: str,
+    method: Method,
     config: TrainingConfig,
     reference: PreparedInterchanges | None = None,
     featurizer: Featurizers = None,
@@ -260,7 +259,7 @@ def _retrained(
             task,
             variables,
             method=method,
-            rank=None if method in FEATURE_METHODS else ranks,
+            rank=None if method.featurized else ranks,
             config=config,
             featurizer=featurizer,
         )
@@ -271,44 +270,6 @@ def _retrained(
         for p in prepared:
             p.close()
     return correct, accuracy, unchanged
-
-
-def _same_featurizers(alignments: Sequence[Alignment]) -> Featurizers:
-    """The alignments' own featurizers, for a null on the same network (the control task):
-    PCA is fitted again (on the same activations it is the same), the rest reused."""
-    if alignments[0].method not in ("dbm", "sae"):
-        return None
-    return {a.location: a.featurizer for a in alignments if a.featurizer is not None}
-
-
-def _null_featurizers(
-    alignments: Sequence[Alignment], config: TrainingConfig
-) -> tuple[Featurizers, TrainingConfig]:
-    """The featurizers for the untrained-network null: fitted again on that network.
-
-    PCA is refitted and an SAE trained on the random network's activations (with the
-    aligned SAE's width and k); DBM over neurons stays over neurons. DBM over a
-    featurizer given by the user is run over that same featurizer (it cannot be refitted).
-    """
-    method = alignments[0].method
-    if method == "sae":
-        sae = alignments[0].featurizer
-        if isinstance(sae, SparseAutoencoder):
-            config = replace(
-                config,
-                sae_features=sae.features,
-                sae_k=sae.k,
-                sae_activation="topk" if sae.activation == "topk" else "relu",
-            )
-        return None, config
-    if method == "dbm":
-        given = {
-            a.location: a.featurizer
-            for a in alignments
-            if a.featurizer is not None and not isinstance(a.featurizer, Identity)
-        }
-        return (given or None), config
-    return None, config
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "AbstractionError",
+    "AlignmentError",
     "DamagedFileError",
     "DeclarationError",
     "DomainError",
@@ -73,6 +74,10 @@ class DamagedFileError(AbstractionError, ValueError):
 
 class DomainError(AbstractionError, ValueError):
     """A value lies outside the finite domain declared for its variable."""
+
+
+class AlignmentError(AbstractionError, ValueError):
+    """An alignment cannot be trained, saved, loaded or used as asked."""
 
 
 def nearest(name: str, candidates: Iterable[str], n: int = 3) -> str:

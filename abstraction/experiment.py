@@ -34,9 +34,10 @@ import pandas as pd
 import torch
 
 from abstraction.alignment.das import TrainingConfig, reproducible
+from abstraction.alignment.method import Method, method_named, method_names
 from abstraction.alignment.prefix_cache import MemoryWarning, budgeted, memory_shortfall
 from abstraction.alignment.prepared import PreparedInterchanges
-from abstraction.alignment.result import FEATURE_METHODS, METHODS, library_versions
+from abstraction.alignment.result import library_versions
 from abstraction.alignment.sweep import Cell, SweepResult, planned_cells, sweep
 from abstraction.baselines import BASELINES, random_weights
 from abstraction.causal_model import CausalModel
@@ -47,7 +48,13 @@ from abstraction.counterfactuals import (
     samples_whole_domain,
     split_by_base,
 )
-from abstraction.errors import AbstractionError, DeclarationError, DomainError, nearest
+from abstraction.errors import (
+    AbstractionError,
+    AlignmentError,
+    DeclarationError,
+    DomainError,
+    nearest,
+)
 from abstraction.featurizers import Featurizer
 from abstraction.interventions import Patch
 from abstraction.locations import Location, resolve, split_position
@@ -222,25 +229,17 @@ class Experiment:
                     f"give {option}={{variable: ...}} with exactly one entry per aligned variable",
                 )
         for method in (self.method, *self.compare_methods):
-            if method not in METHODS:
+            _declared_method(self.name, method, "unknown method")
+        for method in self.compare_methods:
+            if _declared_method(self.name, method).one_variable and len(self.variables) > 1:
                 raise DeclarationError(
-                    f"experiment {self.name!r}: unknown method {method!r}",
-                    f"use one of {', '.join(METHODS)}; " + nearest(method, METHODS),
+                    f"experiment {self.name!r} compares {method!r}, which aligns one variable",
+                    f"leave {method!r} out of compare_methods, or align one variable",
                 )
-        if "boundless" in self.compare_methods and len(self.variables) > 1:
-            raise DeclarationError(
-                f"experiment {self.name!r} compares boundless DAS, which aligns one variable",
-                "leave 'boundless' out of compare_methods, or align one variable",
-            )
         searches = self.search.values() if isinstance(self.search, Mapping) else [self.search]
         for each in searches:
             for method in (each.methods or ()) if each is not None else ():
-                if method not in METHODS:
-                    raise DeclarationError(
-                        f"experiment {self.name!r}: Search(methods=...) names unknown method "
-                        f"{method!r}",
-                        f"use one of {', '.join(METHODS)}; " + nearest(method, METHODS),
-                    )
+                _declared_method(self.name, method, "Search(methods=...) names unknown method")
             if isinstance(self.search, Mapping) and each is not None and each.methods:
                 raise DeclarationError(
                     f"experiment {self.name!r} searches each variable's site on its own and "
@@ -254,11 +253,11 @@ class Experiment:
             )
         if (
             isinstance(self.location, Mapping)
-            and self.method == "boundless"
+            and _declared_method(self.name, self.method).one_variable
             and len(set(self.location.values())) > 1
         ):
             raise DeclarationError(
-                "boundless DAS aligns one variable at one site",
+                f"method {self.method!r} aligns one variable at one site",
                 "use method='das' for variables at several sites",
             )
         for option, given in (("subspaces", self.subspaces), ("rank", self.rank)):
@@ -464,7 +463,7 @@ def run(
         progress=progress,
         alignment=sweep_result.alignment if sweep_result is not None else None,
         alignment_seeds=exp.seeds,
-        featurizer=exp.featurizer if method in ("dbm", "sae") else None,
+        featurizer=exp.featurizer if method_named(method).takes_featurizer else None,
     )
     timings["verify"] = time.perf_counter() - start
     methods = None
@@ -601,17 +600,17 @@ def _compare_methods(
             where,
             variables,
             method=method,
-            rank=None if method in FEATURE_METHODS else rank,
-            subspaces=exp.subspaces if method in ("das", "low_rank") else None,
+            rank=None if method_named(method).featurized else rank,
+            subspaces=exp.subspaces if method_named(method).takes_subspaces else None,
             config=training,
             thresholds=exp.thresholds,
             # the patch's untrained null is the random network patched (below); verify's
             # own would train DAS there
-            baselines=() if method == "patch" else (*nulls, "untrained"),
-            featurizer=exp.featurizer if method in ("dbm", "sae") else None,
+            baselines=(*nulls, "untrained") if method_named(method).trained else (),
+            featurizer=exp.featurizer if method_named(method).takes_featurizer else None,
         )
     untrained_patch: dict[str, float] = {}
-    if "patch" in results:
+    if any(not method_named(m).trained for m in results):  # the full patch
         fresh = random_weights(network, seed=1)
         engine = PreparedInterchanges(fresh, exp.task, test, locations, variables)
         try:
@@ -642,7 +641,7 @@ def _compare_methods(
                     ci=(result.iia.low, result.iia.high),
                     untrained_iia=(
                         untrained_patch[v]
-                        if method == "patch"
+                        if not method_named(method).trained
                         else result.baselines.get("untrained")
                     ),
                     validation_iia=validation_iia[method],
@@ -714,7 +713,7 @@ def _locate(
             head_positions=search.head_positions,
             head_layers=search.head_layers,
             modules=search.modules,
-            ranks=search.ranks[:1] if method in FEATURE_METHODS else search.ranks,
+            ranks=search.ranks[:1] if method_named(method).featurized else search.ranks,
             method=method,
             test=pairs[2],
             config=training,
@@ -777,11 +776,23 @@ def _quick_layers(exp: Experiment, n_layers: int) -> tuple[Experiment, list[int]
     return replace(exp, search=thin(exp.search)), layers
 
 
+def _declared_method(experiment: str, name: str, problem: str = "unknown method") -> Method:
+    """The method an experiment names, or a declaration error that lists the methods."""
+    try:
+        return method_named(name)
+    except AlignmentError:
+        raise DeclarationError(
+            f"experiment {experiment!r}: {problem} {name!r}",
+            f"use one of {', '.join(method_names())}; " + nearest(name, method_names()),
+        ) from None
+
+
 def _rank(exp: Experiment) -> int | Mapping[str, int] | None:
     """The rank a fixed location is aligned with: ``exp.rank``, else 1 per variable for DAS
     (as :class:`Search` defaults to), never the whole site, which is a full patch."""
-    if exp.rank is None and exp.subspaces is None and exp.method == "das":
-        return 1
+    fixed = method_named(exp.method).experiment_rank
+    if exp.rank is None and exp.subspaces is None and fixed is not None:
+        return fixed
     return exp.rank
 
 
@@ -803,7 +814,7 @@ def _planned(network: Network, exp: Experiment) -> int:
                 modules=search.modules,
                 head_positions=search.head_positions,
                 head_layers=search.head_layers,
-                ranks=search.ranks[:1] if method in FEATURE_METHODS else search.ranks,
+                ranks=search.ranks[:1] if method_named(method).featurized else search.ranks,
             )
     return total
 

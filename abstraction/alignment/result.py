@@ -21,29 +21,25 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from abstraction.errors import AbstractionError, DamagedFileError, UnknownNameError, nearest
+from abstraction.alignment.method import method_named, method_names
+from abstraction.errors import (
+    AbstractionError,
+    AlignmentError,
+    DamagedFileError,
+    UnknownNameError,
+    nearest,
+)
 from abstraction.featurizers import Featurizer, FeaturizerError, featurizer_from
 from abstraction.files import atomic_write, atomic_write_json, read_json, sha256_file
 from abstraction.interventions import FeaturePatch, Intervention, LowRankPatch, Patch
 from abstraction.locations import Location
 from abstraction.network import Network
 
-__all__ = ["FEATURE_METHODS", "FORMAT_VERSION", "Alignment", "AlignmentError", "library_versions"]
+__all__ = ["FORMAT_VERSION", "Alignment", "AlignmentError", "library_versions"]
 
 FORMAT_VERSION = 2
 """2: the JSON records the tensor file's SHA-256 and shapes (version 1 files still load,
 checked for structure only)."""
-
-METHODS = ("das", "low_rank", "boundless", "patch", "dbm", "pca", "sae")
-
-FEATURE_METHODS = ("dbm", "pca", "sae")
-"""Methods that select features of a featurizer with a learned binary mask (DBM): over
-the neurons (or a given featurizer's features), over principal components, over an
-SAE's features."""
-
-
-class AlignmentError(AbstractionError, ValueError):
-    """An alignment cannot be saved, loaded or used as asked."""
 
 
 def library_versions() -> dict[str, str]:
@@ -138,7 +134,7 @@ class Alignment:
         """
         if self.featurizer is not None and variable in self.masks:
             return FeaturePatch(self.location, self.featurizer, self.masks[variable])
-        if self.method == "patch" or self.basis is None:
+        if self.basis is None:
             return Patch(self.location)
         return LowRankPatch(self.location, basis=self.variable_basis(variable))
 
@@ -270,8 +266,8 @@ def _checked_fields(file: Path, meta: dict[str, Any], fix: str) -> dict[str, Any
             raise bad(f"the field {key!r} is missing")
         if not isinstance(meta[key], kind):
             raise bad(f"{key!r} is a {type(meta[key]).__name__}, not a {kind.__name__}")
-    if meta["method"] not in METHODS:
-        raise bad(f"unknown method {meta['method']!r}; {nearest(meta['method'], METHODS)}")
+    if meta["method"] not in method_names():
+        raise bad(f"unknown method {meta['method']!r}; {nearest(meta['method'], method_names())}")
     subspaces: dict[str, tuple[int, int]] = {}
     for name, span in meta["subspaces"].items():
         if not (
@@ -338,7 +334,7 @@ def _checked_tensors(
         raise DamagedFileError(
             file, f"not a readable safetensors file ({type(exc).__name__}: {exc})", fix
         ) from None
-    featurized = fields["method"] in FEATURE_METHODS
+    featurized = method_named(fields["method"]).featurized
     unexpected = sorted(
         k
         for k in tensors
@@ -354,7 +350,7 @@ def _checked_tensors(
                 file, f"tensor shapes {shapes} differ from those recorded {recorded['shapes']}", fix
             )
     basis = tensors.get("basis")
-    if fields["method"] != "patch":
+    if method_named(fields["method"]).trained:
         if basis is None:
             raise DamagedFileError(
                 file,
@@ -383,7 +379,7 @@ def _checked_features(
     fix: str,
 ) -> tuple[Featurizer | None, dict[str, torch.Tensor]]:
     """A feature method's featurizer and masks, checked against each other and the basis."""
-    if fields["method"] not in FEATURE_METHODS:
+    if not method_named(fields["method"]).featurized:
         return None, {}
     description = meta.get("featurizer")
     if not isinstance(description, dict):

@@ -33,23 +33,14 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from abstraction.alignment.das import (
-    LearnedRotation,
-    LearnedRotationStack,
-    TrainingConfig,
-    evaluate,
-    fit,
-    reproducible,
-    subspace_spans,
-)
+from abstraction.alignment.das import evaluate, fit, reproducible
+from abstraction.alignment.method import Method, method_named, method_names
 from abstraction.alignment.prefix_cache import (
     PrefixCache,
     past_cache,
@@ -58,8 +49,11 @@ from abstraction.alignment.prefix_cache import (
     unembedding,
 )
 from abstraction.alignment.prepared import PASS_BYTES, Interventions, PreparedInterchanges
-from abstraction.alignment.result import Alignment, AlignmentError
-from abstraction.alignment.step import batch_rows, captured, step_precision
+from abstraction.alignment.result import Alignment
+from abstraction.alignment.rotation import LearnedRotation, LearnedRotationStack, subspace_spans
+from abstraction.alignment.step import captured
+from abstraction.alignment.training import EpochScore, StepLoss, TrainingConfig, train
+from abstraction.errors import AlignmentError
 from abstraction.interventions import LowRankPatch
 from abstraction.network import Batch, Network
 from abstraction.task import Task
@@ -74,8 +68,6 @@ __all__ = [
     "staircase_unsupported",
 ]
 
-STAIRCASE_METHODS = ("das", "low_rank")
-"""Alignment methods :func:`fit_cells` trains as a staircase (others: one cell at a time)."""
 
 FINAL_NORMS = {"gpt2": "ln_f", "gpt_neox": "final_layer_norm", "llama": "norm"}
 """The base model's final norm in each family the staircase runs on."""
@@ -529,13 +521,17 @@ def evaluate_cells(
 def fitted_apart(
     cells: Sequence[PreparedInterchanges],
     validation: Sequence[PreparedInterchanges] | None,
-    method: str,
+    method: str | Method,
     config: TrainingConfig,
 ) -> str | None:
     """Why :func:`fit_cells` would fit ``cells`` one at a time, or ``None`` when it trains
     them as one staircase (same arguments as :func:`fit_cells`)."""
-    if method not in STAIRCASE_METHODS:
-        return f"method {method!r} is fitted cell by cell (a staircase trains {STAIRCASE_METHODS})"
+    chosen = method_named(method)
+    if not chosen.staircase:
+        return (
+            f"method {chosen.name!r} is fitted cell by cell (a staircase trains "
+            f"{', '.join(n for n in method_names() if method_named(n).staircase)})"
+        )
     reason = staircase_unsupported(cells)
     if reason is None and validation is not None:
         reason = staircase_unsupported(validation)
@@ -556,7 +552,7 @@ def fit_cells(
     task: Task,
     variables: Sequence[str],
     *,
-    method: str = "das",
+    method: str | Method = "das",
     rank: int | None = None,
     config: TrainingConfig | None = None,
     progress: Callable[[int, dict[str, float | None]], None] | None = None,
@@ -605,7 +601,122 @@ def fit_cells(
             )
             for i, cell in enumerate(cells)
         ]
-    return _fit_staircase(cells, validation, task, variables, method, rank, config, progress)
+    return _fit_staircase(
+        cells, validation, task, variables, method_named(method), rank, config, progress
+    )
+
+
+class StaircaseObjective:
+    """What a staircase trains (an :class:`~abstraction.alignment.training.Objective`):
+    one rotation per cell, each cell a unit with its own early stopping, every step one
+    pass through the cells' shared staircase."""
+
+    def __init__(
+        self,
+        cells: Sequence[PreparedInterchanges],
+        validation: Sequence[PreparedInterchanges] | None,
+        variables: Sequence[str],
+        method: Method,
+        rank: int | None,
+        config: TrainingConfig,
+    ) -> None:
+        self.cells, self.config = list(cells), config
+        self.scored = list(validation) if validation is not None else list(cells)
+        self.units, self.rows = len(cells), cells[0].rows
+        self.device = cells[0].network.device
+        self.nan_hint = "lower the learning rate or check the network's outputs for NaN"
+        self.spans, self.rotations = [], []
+        drawn: dict[tuple[int, int], tuple[LearnedRotation, torch.Tensor]] = {}
+        for cell in cells:
+            width = cell.width_of(variables[0])
+            self.spans.append(subspace_spans(method, variables, width, rank, None))
+            k = method.rotation_width(width, max(stop for _, stop in self.spans[-1].values()))
+            if (width, k) not in drawn:
+                # as each cell's own fit under `reproducible`: its generator and the global
+                # RNG state; every cell of this shape draws the same start, so it is copied
+                # (the draw is a QR of a width x width matrix)
+                generator = torch.Generator().manual_seed(config.seed)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    drawn[width, k] = (
+                        LearnedRotation(width, k, generator),
+                        generator.get_state(),
+                    )
+            self.rotations.append(copy.deepcopy(drawn[width, k][0]).to(self.device))
+        states = [state for _, state in drawn.values()]
+        if any(not torch.equal(s, states[0]) for s in states):
+            raise AlignmentError("the cells' widths differ, so their shuffles would differ")
+        self.generator = torch.Generator()
+        self.generator.set_state(states[0])  # where each cell's own fit would shuffle from
+        cuts = [cell.cache.cut if cell.cache is not None else 0 for cell in cells]
+        self.keeper = cuts.index(min(cuts))
+        self.shuffled = self.cells
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        # one multi-tensor update for every cell's parameter (the default on a GPU; on a
+        # CPU torch would loop over them, a dozen operations per cell and step)
+        params = [p for r in self.rotations for p in r.parameters()]
+        return torch.optim.Adam(params, lr=self.config.lr, fused=True)
+
+    def reorder(self, order: torch.Tensor) -> torch.device:
+        self.shuffled = [
+            cell.reordered(order, keys_values=(i == self.keeper))
+            for i, cell in enumerate(self.cells)
+        ]
+        # every row's readout is checked once here, not read back at every step
+        for scored in (self.shuffled, self.scored):
+            keeps = scored[self.keeper].cache
+            assert keeps is not None and scored[0].base.readout is not None
+            _check_readout(scored[0].base.readout, keeps.start, _suffix_positions(scored[0]))
+        return self.shuffled[0].labels.device
+
+    def patches(self, i: int, weight: torch.Tensor) -> dict[str, LowRankPatch]:
+        """Cell ``i``'s interventions with its rotation's ``weight``."""
+        location = self.cells[i].site.location
+        return {v: LowRankPatch(location, weight[:, a:b]) for v, (a, b) in self.spans[i].items()}
+
+    def step(self, members: tuple[int, ...]) -> StepLoss:
+        forward = captured(
+            _staircase_loss(
+                [self.shuffled[i] for i in members],
+                [self.rotations[i] for i in members],
+                [functools.partial(self.patches, i) for i in members],
+                self.shuffled[self.keeper],
+                self.shuffled[0].labels,
+            ),
+            enabled=self.config.capture,
+            device=self.device,
+        )
+
+        def run(
+            rows: torch.Tensor | slice, step: int
+        ) -> tuple[torch.Tensor, torch.Tensor, Sequence[int]]:
+            # the cells' losses, in the order they join the staircase (by cut)
+            cell_losses, joined = forward(rows)
+            return cell_losses.sum(), cell_losses, joined
+
+        return run
+
+    def snapshot(self, unit: int) -> torch.Tensor:
+        return self.rotations[unit].weight.detach().clone()
+
+    def score(
+        self, members: Sequence[int], snapshots: Mapping[int, torch.Tensor], select: bool
+    ) -> dict[int, EpochScore]:
+        if not select:
+            return {i: EpochScore(None) for i in members}
+        correct = _correct(
+            [self.scored[i] for i in members],
+            [self.patches(i, snapshots[i]) for i in members],
+            past_from=self.scored[self.keeper] if self.keeper in members else None,
+        )
+        return {
+            i: EpochScore(float(hits.float().mean()))
+            for i, hits in zip(members, correct, strict=True)
+        }
+
+    def unit_name(self, unit: int) -> str:
+        return f"cell {self.cells[unit].site.location}"
 
 
 def _fit_staircase(
@@ -613,153 +724,28 @@ def _fit_staircase(
     validation: Sequence[PreparedInterchanges] | None,
     task: Task,
     variables: Sequence[str],
-    method: str,
+    method: Method,
     rank: int | None,
     config: TrainingConfig,
     progress: Callable[[int, dict[str, float | None]], None] | None,
 ) -> list[Alignment]:
-    first = cells[0]
-    network = first.network
-    spans, rotations = [], []
-    drawn: dict[tuple[int, int], tuple[LearnedRotation, torch.Tensor]] = {}
-    for cell in cells:
-        width = cell.width_of(variables[0])
-        spans.append(subspace_spans(method, variables, width, rank, None))
-        k = width if method == "das" else max(stop for _, stop in spans[-1].values())
-        if (width, k) not in drawn:
-            # as each cell's own fit under `reproducible`: its generator and the global RNG
-            # state; every cell of this shape draws the same start, so it is copied (the
-            # draw is a QR of a width x width matrix)
-            generator = torch.Generator().manual_seed(config.seed)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                drawn[width, k] = (LearnedRotation(width, k, generator), generator.get_state())
-        rotations.append(copy.deepcopy(drawn[width, k][0]).to(network.device))
-    states = [state for _, state in drawn.values()]
-    if any(not torch.equal(s, states[0]) for s in states):
-        raise AlignmentError("the cells' widths differ, so their shuffles would differ")
-    generator = torch.Generator()
-    generator.set_state(states[0])  # where each cell's own fit would shuffle from
-    # one multi-tensor update for every cell's parameter (the default on a GPU; on a CPU
-    # torch would loop over them, a dozen operations per cell and step)
-    optimizer = torch.optim.Adam(
-        [p for r in rotations for p in r.parameters()], lr=config.lr, fused=True
-    )
-    order = torch.randperm(first.rows, generator=generator)
-    cuts = [cell.cache.cut if cell.cache is not None else 0 for cell in cells]
-    keeper = cuts.index(min(cuts))
-    shuffled = [cell.reordered(order, keys_values=(i == keeper)) for i, cell in enumerate(cells)]
-    scored_cells = list(validation) if validation is not None else list(cells)
-    labels = shuffled[0].labels
-    curves: list[list[dict[str, float | None]]] = [[] for _ in cells]
-    best: list[tuple[float, torch.Tensor] | None] = [None] * len(cells)
-    stale = [0] * len(cells)
-    active = list(range(len(cells)))
-    starts = torch.arange(0, first.rows, config.batch_size)
-    step, began = 0, time.perf_counter()
-    # every row's readout is checked once here, not read back at every step
-    for scored in (shuffled, scored_cells):
-        keeps = scored[keeper].cache
-        assert keeps is not None and scored[0].base.readout is not None
-        _check_readout(scored[0].base.readout, keeps.start, _suffix_positions(scored[0]))
-
-    def patches(i: int, weight: torch.Tensor) -> dict[str, LowRankPatch]:
-        location = cells[i].site.location
-        return {v: LowRankPatch(location, weight[:, a:b]) for v, (a, b) in spans[i].items()}
-
-    steps: dict[
-        tuple[int, ...], Callable[[torch.Tensor | slice], tuple[torch.Tensor, list[int]]]
-    ] = {}
-    for epoch in range(config.epochs):
-        # each cell's losses add up where they are computed and are read once an epoch:
-        # reading them every step would make a GPU wait every step
-        members = tuple(active)
-        if members not in steps:  # a new step only when early stopping drops a cell
-            steps[members] = captured(
-                _staircase_loss(
-                    [shuffled[i] for i in members],
-                    [rotations[i] for i in members],
-                    [functools.partial(patches, i) for i in members],
-                    shuffled[keeper],
-                    labels,
-                ),
-                enabled=config.capture,
-                device=network.device,
-            )
-        forward = steps[members]
-        # the cells' losses, in the order they join the staircase (by cut)
-        loss_sums = torch.zeros(len(members), device=network.device)
-        joined: list[int] = []
-        batches = starts[torch.randperm(len(starts), generator=generator)].tolist()
-        for s in batches:
-            rows = batch_rows(s, config.batch_size, first.rows, config.capture, labels.device)
-            with step_precision(config.precision, network.device):
-                cell_losses, joined = forward(rows)
-            optimizer.zero_grad()
-            cell_losses.sum().backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            loss_sums = loss_sums + cell_losses.detach()
-            step += 1
-        mean_losses = {
-            members[slot]: total / len(batches)
-            for slot, total in zip(joined, loss_sums.tolist(), strict=True)
-        }
-        for i, loss in mean_losses.items():
-            if not math.isfinite(loss):
-                raise AlignmentError(
-                    f"the loss of cell {cells[i].site.location} became {loss} in epoch "
-                    f"{epoch} (by step {step}); lower the learning rate or check the "
-                    "network's outputs for NaN"
-                )
-        with torch.no_grad():
-            snapshots = {i: rotations[i].weight.detach().clone() for i in active}
-            correct: list[torch.Tensor | None] = [None] * len(active)
-            if config.select_epoch:
-                correct = list(
-                    _correct(
-                        [scored_cells[i] for i in active],
-                        [patches(i, snapshots[i]) for i in active],
-                        past_from=scored_cells[keeper] if keeper in active else None,
-                    )
-                )
-        for i, hits in zip(list(active), correct, strict=True):
-            val_iia = None if hits is None else float(hits.float().mean())
-            entry: dict[str, float | None] = {
-                "epoch": float(epoch + 1),
-                "step": float(step),
-                "loss": mean_losses[i],
-                "val_iia": val_iia,
-                "seconds": time.perf_counter() - began,
-            }
-            curves[i].append(entry)
-            if progress is not None:
-                progress(i, entry)
-            held = best[i]
-            if held is None or val_iia is None or val_iia > held[0]:
-                best[i], stale[i] = (val_iia or 0.0, snapshots[i]), 0
-            else:
-                stale[i] += 1
-                if stale[i] >= config.patience:
-                    active.remove(i)
-        if not active:
-            break
-    network_hash, model_hash = network.hash, task.model.source_hash
-    alignments = []
-    for i, cell in enumerate(cells):
-        held = best[i]
-        assert held is not None
-        alignments.append(
-            Alignment(
-                method=method,
-                location=cell.site.location,
-                network_hash=network_hash,
-                model_hash=model_hash,
-                basis=held[1].cpu(),
-                subspaces=dict(spans[i]),
-                boundary={},
-                temperature=None,
-                curve=list(curves[i]),
-                config={"method": method, "rank": rank, **config.to_dict()},
-            )
+    objective = StaircaseObjective(cells, validation, variables, method, rank, config)
+    trained = train(objective, config, objective.generator, progress=progress)
+    network_hash, model_hash = cells[0].network.hash, task.model.source_hash
+    return [
+        Alignment(
+            method=method.name,
+            location=cell.site.location,
+            network_hash=network_hash,
+            model_hash=model_hash,
+            basis=best.cpu(),
+            subspaces=dict(spans),
+            boundary={},
+            temperature=None,
+            curve=list(curve),
+            config={"method": method.name, "rank": rank, **config.to_dict()},
         )
-    return alignments
+        for cell, best, spans, curve in zip(
+            cells, trained.best, objective.spans, trained.curves, strict=True
+        )
+    ]

@@ -28,7 +28,7 @@ from typing import Literal, ParamSpec, TypeVar
 
 import torch
 
-from abstraction.alignment.result import AlignmentError
+from abstraction.errors import AlignmentError
 
 __all__ = [
     "PRECISIONS",

@@ -46,6 +46,7 @@ import torch
 from filelock import FileLock
 
 from abstraction.alignment.das import TrainingConfig, evaluate, fit, reproducible
+from abstraction.alignment.method import Method, method_named
 from abstraction.alignment.prefix_cache import budgeted
 from abstraction.alignment.prepared import PreparedInterchanges
 from abstraction.alignment.result import Alignment, AlignmentError
@@ -245,7 +246,7 @@ def sweep(
     heads: Sequence[int] | None = None,
     modules: Sequence[str] = (),
     ranks: Sequence[int] = (1,),
-    method: str = "das",
+    method: str | Method = "das",
     test: pd.DataFrame | None = None,
     head_positions: Sequence[int | str | None] | None = None,
     head_layers: Sequence[int] | None = None,
@@ -273,7 +274,8 @@ def sweep(
             layer (``"blocks.{layer}.mlp"``), for networks of any family; a path
             ending in ``:input`` hooks the module's input.
         ranks: subspace dimensions per variable to try.
-        method: the alignment method.
+        method: the alignment method (its name, or a
+            :class:`~abstraction.alignment.method.Method`).
         test: held-out pairs on which only the chosen cell is evaluated.
         head_positions: the positions where the ``"head"`` component is tried (default:
             ``positions``); e.g. every head at the last token only, where a sweep of
@@ -293,6 +295,7 @@ def sweep(
             their own ``ABSTRACTION_MEMORY_BUDGET``.
     """
     config = config or TrainingConfig()
+    method = method_named(method).name  # cells, run keys and Ray workers carry the name
     where = resolve_device(device) if device is not None else network.device
     if (workers or address) and where.type != "cpu":
         raise AlignmentError(

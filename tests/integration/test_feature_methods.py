@@ -237,17 +237,21 @@ def test_verify_runs_its_nulls_with_the_same_method(kind: str, method: str) -> N
 
 
 def test_the_untrained_null_fits_its_featurizer_again() -> None:
-    from abstraction.baselines import _null_featurizers, _same_featurizers
+    from abstraction.alignment.method import method_named
+
+    def null_featurizers(a: Alignment) -> tuple[object, TrainingConfig]:
+        return method_named(a.method).null_featurizers([a], CONFIG)
 
     _, sae_alignment, _ = _aligned("sparse", "sae", 0)
-    featurizer, config = _null_featurizers([sae_alignment], CONFIG)
+    featurizer, config = null_featurizers(sae_alignment)
     assert featurizer is None  # an SAE is trained on the random network ...
     assert config.sae_features == 32 and config.sae_activation == "relu"  # ... of this shape
-    assert _same_featurizers([sae_alignment]) == {SITE: sae_alignment.featurizer}  # control
+    same = method_named("sae").same_featurizers([sae_alignment])
+    assert same == {SITE: sae_alignment.featurizer}  # control
     _, pca_alignment, _ = _aligned("principal", "pca", 0)
-    assert _null_featurizers([pca_alignment], CONFIG)[0] is None  # PCA refitted
+    assert null_featurizers(pca_alignment)[0] is None  # PCA refitted
     _, dbm_alignment, _ = _aligned("neurons", "dbm", 0)
-    assert _null_featurizers([dbm_alignment], CONFIG)[0] is None  # neurons stay neurons
+    assert null_featurizers(dbm_alignment)[0] is None  # neurons stay neurons
 
 
 def test_arguments_that_do_not_fit_a_method_are_refused() -> None:
